@@ -1,0 +1,89 @@
+"""Prices and the running cost of a session, computed from the usage providers report."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .base import EmbeddingResult
+
+__all__ = ["PRICES_PER_MILLION_TOKENS", "CostReport", "CostTracker", "Usage", "price_per_million"]
+
+PRICES_PER_MILLION_TOKENS: Mapping[str, float] = {
+    "text-embedding-3-small": 0.02,
+    "text-embedding-3-large": 0.13,
+    "text-embedding-ada-002": 0.10,
+}
+"""USD per 1M input tokens for paid models; local models cost nothing."""
+
+FREE_PROVIDERS = frozenset({"local"})
+
+
+def price_per_million(provider: str, model: str, overrides: Mapping[str, float] | None = None) -> float | None:
+    """USD per 1M tokens, or None when the price is unknown (never silently zero)."""
+    if overrides and model in overrides:
+        return overrides[model]
+    if provider in FREE_PROVIDERS:
+        return 0.0
+    return PRICES_PER_MILLION_TOKENS.get(model)
+
+
+def cost_usd(provider: str, model: str, tokens: int, overrides: Mapping[str, float] | None = None) -> float | None:
+    price = price_per_million(provider, model, overrides)
+    return None if price is None else tokens * price / 1_000_000
+
+
+@dataclass
+class Usage:
+    """What some slice of the work consumed."""
+
+    tokens: int = 0
+    requests: int = 0
+    embeddings: int = 0
+    usd: float = 0.0
+    unpriced_tokens: int = 0
+    """Tokens of models whose price is unknown: their cost is not in `usd`."""
+
+    def add(self, result: EmbeddingResult) -> None:
+        self.tokens += result.tokens
+        self.requests += result.requests
+        self.embeddings += result.count
+        if result.cost_usd is None:
+            self.unpriced_tokens += result.tokens
+        else:
+            self.usd += result.cost_usd
+
+
+@dataclass
+class CostReport:
+    total_usd: float
+    total: Usage
+    by_provider: dict[str, Usage] = field(default_factory=dict)
+    by_model: dict[str, Usage] = field(default_factory=dict)
+
+
+class CostTracker:
+    """Totals of this session, by provider and by model."""
+
+    def __init__(self) -> None:
+        self._total = Usage()
+        self._by_provider: dict[str, Usage] = {}
+        self._by_model: dict[str, Usage] = {}
+
+    def record(self, result: EmbeddingResult) -> None:
+        self._total.add(result)
+        self._by_provider.setdefault(result.provider, Usage()).add(result)
+        self._by_model.setdefault(result.model, Usage()).add(result)
+
+    @property
+    def total_usd(self) -> float:
+        return self._total.usd
+
+    def report(self) -> CostReport:
+        copy = lambda usage: Usage(**vars(usage))  # noqa: E731 - callers must not mutate our totals
+        return CostReport(
+            total_usd=self._total.usd,
+            total=copy(self._total),
+            by_provider={name: copy(u) for name, u in self._by_provider.items()},
+            by_model={name: copy(u) for name, u in self._by_model.items()},
+        )

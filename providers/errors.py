@@ -1,0 +1,70 @@
+"""Errors raised by the embedding core.
+
+Every error is an `EmbeddingError`, and every message says what happened and what to do:
+
+    EmbeddingError
+    ├── ConfigurationError        bad settings: unknown provider or model, missing key
+    ├── InputError                bad texts: empty, not a string, too many, too long
+    ├── ResponseTooLargeError     the answer would not fit in one message
+    ├── BudgetExceededError       the hard spending limit would be passed
+    └── ProviderError             the provider failed to embed
+        ├── AuthenticationError   the provider rejected the credentials
+        ├── QuotaExceededError    the account has no credit left (retrying cannot help)
+        ├── RateLimitError        still rate limited after every retry
+        └── ProviderUnavailableError  timeouts, dropped connections and 5xx after every retry
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "BudgetExceededError",
+    "ConfigurationError",
+    "EmbeddingError",
+    "InputError",
+    "ProviderError",
+    "ProviderUnavailableError",
+    "QuotaExceededError",
+    "RateLimitError",
+    "ResponseTooLargeError",
+]
+
+
+class EmbeddingError(Exception):
+    """Base class of every error the embedding core raises."""
+
+
+class ConfigurationError(EmbeddingError):
+    """A setting is wrong: an unknown provider or model, a missing API key."""
+
+
+class InputError(EmbeddingError):
+    """The texts to embed are not acceptable; nothing was sent to a provider."""
+
+
+class ResponseTooLargeError(EmbeddingError):
+    """The answer would exceed the size one message may have."""
+
+
+class BudgetExceededError(EmbeddingError):
+    """Embedding these texts would pass the hard spending limit."""
+
+
+class ProviderError(EmbeddingError):
+    """The provider failed to embed the texts."""
+
+
+class AuthenticationError(ProviderError):
+    """The provider rejected the credentials."""
+
+
+class QuotaExceededError(ProviderError):
+    """The provider account has no credit left; retrying cannot help."""
+
+
+class RateLimitError(ProviderError):
+    """The provider kept answering 'rate limited' after every retry."""
+
+
+class ProviderUnavailableError(ProviderError):
+    """The provider could not be reached or kept failing after every retry."""

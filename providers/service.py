@@ -1,0 +1,150 @@
+"""`EmbeddingService`: the one facade the MCP server, the CLI and Python callers use."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from .base import EmbeddingProvider, EmbeddingResult, ProgressCallback
+from .cost import CostReport, CostTracker, cost_usd
+from .errors import ConfigurationError, EmbeddingError
+from .settings import Settings
+from .validation import validate_texts
+
+__all__ = ["PROVIDER_FACTORIES", "EmbeddingService", "ProviderFactory", "SwitchResult"]
+
+ProviderFactory = Callable[[Settings, "str | None"], EmbeddingProvider]
+"""Builds a provider from the settings and a model name (None: the configured default)."""
+
+
+def _local(settings: Settings, model: str | None) -> EmbeddingProvider:
+    from .local import LocalProvider
+
+    return LocalProvider.from_settings(settings, model)
+
+
+def _openai(settings: Settings, model: str | None) -> EmbeddingProvider:
+    from .openai import OpenAIProvider
+
+    return OpenAIProvider.from_settings(settings, model)
+
+
+PROVIDER_FACTORIES: Mapping[str, ProviderFactory] = {"local": _local, "openai": _openai}
+
+
+@dataclass(frozen=True)
+class SwitchResult:
+    provider: str
+    model: str
+    dimensions: int
+    previous_provider: str
+    previous_model: str
+
+
+class EmbeddingService:
+    """Embeds texts with the active provider and keeps the cost of the session.
+
+    ```python
+    service = EmbeddingService(provider="local")
+    embedding = await service.generate("def calculate_total(items):")
+    embeddings = await service.batch_generate(["chunk1", "chunk2"])
+    print(service.get_cost())
+    ```
+    """
+
+    def __init__(
+        self,
+        provider: str | None = None,
+        model: str | None = None,
+        *,
+        settings: Settings | None = None,
+        factories: Mapping[str, ProviderFactory] = PROVIDER_FACTORIES,
+        price_overrides: Mapping[str, float] | None = None,
+    ) -> None:
+        # The Python API is an entry point too: without explicit settings, read the environment.
+        self.settings = settings if settings is not None else Settings.from_env()
+        self._factories = factories
+        self._price_overrides = price_overrides
+        self._instances: dict[tuple[str, str | None], EmbeddingProvider] = {}
+        self._costs = CostTracker()
+        self._active = self._provider(provider or self.settings.provider, model)
+
+    @property
+    def provider(self) -> EmbeddingProvider:
+        """The provider calls use unless they name another."""
+        return self._active
+
+    def get_provider(self, name: str | None = None) -> EmbeddingProvider:
+        """The active provider, or the named one with its default model."""
+        if name is None or name == self._active.name:
+            return self._active
+        return self._provider(name, None)
+
+    async def embed(
+        self, texts: Sequence[str], *, provider: str | None = None, progress: ProgressCallback | None = None
+    ) -> EmbeddingResult:
+        """Validate, embed and account for `texts`; the result carries its cost."""
+        valid = validate_texts(texts, self.settings.limits)
+        chosen = self.get_provider(provider)
+        result = await chosen.embed(valid, progress=progress)
+        result = dataclasses.replace(
+            result, cost_usd=cost_usd(result.provider, result.model, result.tokens, self._price_overrides)
+        )
+        self._costs.record(result)
+        return result
+
+    async def generate(self, text: str) -> list[float]:
+        """Embed one text."""
+        return (await self.batch_generate([text]))[0]
+
+    async def batch_generate(self, texts: Sequence[str]) -> list[list[float]]:
+        """Embed texts; vectors come back in input order."""
+        result = await self.embed(texts)
+        return result.vectors.tolist()  # type: ignore[no-any-return]
+
+    def switch_provider(self, name: str, model: str | None = None) -> SwitchResult:
+        """Make `name` (with `model`, or its default model) the provider later calls use."""
+        previous = self._active
+        self._active = self._provider(name, model)
+        return SwitchResult(
+            provider=self._active.name,
+            model=self._active.model,
+            dimensions=self._active.dimensions,
+            previous_provider=previous.name,
+            previous_model=previous.model,
+        )
+
+    def get_cost(self) -> float:
+        """Total USD spent in this session."""
+        return self._costs.total_usd
+
+    def cost_report(self) -> CostReport:
+        return self._costs.report()
+
+    async def aclose(self) -> None:
+        for instance in {id(i): i for i in self._instances.values()}.values():
+            await instance.aclose()
+        self._instances.clear()
+
+    async def __aenter__(self) -> EmbeddingService:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def _provider(self, name: str, model: str | None) -> EmbeddingProvider:
+        key = name.strip().lower() if isinstance(name, str) else name
+        factory = self._factories.get(key)
+        if factory is None:
+            raise ConfigurationError(f"unknown provider {name!r}; choose one of: {', '.join(self._factories)}.")
+        cached = self._instances.get((key, model))
+        if cached is not None:
+            return cached
+        instance = factory(self.settings, model)
+        if not isinstance(instance, EmbeddingProvider):  # pragma: no cover - a factory bug, not user input
+            raise EmbeddingError(f"provider factory {key!r} returned {type(instance).__name__}")
+        # Reachable both by the name asked for (None: the default) and by the model it resolved to.
+        self._instances[(key, model)] = instance
+        self._instances.setdefault((key, instance.model), instance)
+        return instance

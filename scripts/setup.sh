@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Make or refresh .venv with everything the server (and, with --test, the test suite) needs.
+# Every line of output goes to stderr: `make serve` runs this before the stdio server.
+set -euo pipefail
+exec 1>&2
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+extras=""
+[[ "${1:-}" == "--test" ]] && extras="[test]"
+
+if [[ ! -x $VENV/bin/python ]]; then
+    echo "setup: creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+
+# Reinstall only when the project's requirements changed since the last successful set-up.
+stamp="$VENV/.signal-hub-setup$extras"
+if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+    echo "setup: installing signal-hub-embeddings$extras into $VENV"
+    # torch first, pinned to the CPU build, so nothing later pulls a CUDA build.
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check torch==2.13.0
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -e ".$extras"
+    touch "$stamp"
+fi
+
+if [[ -n $extras ]]; then
+    lock=tests/inspector/package-lock.json
+    if [[ -f $lock && ( ! -d tests/inspector/node_modules || $lock -nt tests/inspector/node_modules ) ]]; then
+        echo "setup: installing the MCP Inspector (npm ci)"
+        npm ci --prefix tests/inspector --no-audit --no-fund --loglevel=error
+        touch tests/inspector/node_modules
+    fi
+fi

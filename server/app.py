@@ -1,0 +1,175 @@
+"""The MCP adapter: four tools over one `EmbeddingService`, built in the server's lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Literal
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult, TextContent
+from pydantic import BaseModel, Field
+
+from providers import EmbeddingError, EmbeddingResult, EmbeddingService, Settings
+
+from .encoding import Encoding, check_message_size, encode_vectors
+from .models import (
+    CostResult,
+    EmbedBatchResult,
+    EmbedTextResult,
+    ProviderRef,
+    SwitchProviderResult,
+    TruncatedText,
+    UsageOut,
+)
+
+__all__ = ["build_server"]
+
+ProviderName = Literal["local", "openai"]
+
+INSTRUCTIONS = """\
+Text embeddings for semantic code search. embed_text embeds one text; embed_batch embeds many
+in one call (vectors in input order). Vectors from different `space` ids must never be mixed in
+one index. switch_provider changes the provider for later calls; get_cost reports the spend."""
+
+ServiceFactory = Callable[[Settings], EmbeddingService]
+
+
+def build_server(settings: Settings, service_factory: ServiceFactory | None = None) -> MCPServer[EmbeddingService]:
+    """An MCP server whose tools embed with `service_factory(settings)` (default: `EmbeddingService`)."""
+    make_service = service_factory or (lambda s: EmbeddingService(settings=s))
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[EmbeddingService]) -> AsyncIterator[EmbeddingService]:
+        # The service is cheap to build: models and API clients load on first use.
+        async with make_service(settings) as service:
+            yield service
+
+    mcp: MCPServer[EmbeddingService] = MCPServer(
+        "signal-hub-embeddings", instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING"
+    )
+
+    @mcp.tool()
+    async def embed_text(
+        text: Annotated[str, Field(description="The text (e.g. a code chunk) to embed.")],
+        ctx: Context,
+        provider: Annotated[ProviderName | None, Field(description="Provider for this call only.")] = None,
+        encoding: Annotated[Encoding, Field(description="'float' list or 'base64' float32.")] = "float",
+    ) -> Annotated[CallToolResult, EmbedTextResult]:
+        """Embed one text and return its vector."""
+        result = await _embed(ctx, [text], provider, encoding)
+        dropped = result.truncated.get(0, 0)
+        out = EmbedTextResult(
+            embedding=encode_vectors(result.vectors, encoding)[0],
+            truncated=dropped > 0,
+            dropped_tokens=dropped,
+            **_meta(result, encoding),
+        )
+        return _answer(out, _summary(result, "1 text"))
+
+    @mcp.tool()
+    async def embed_batch(
+        texts: Annotated[list[str], Field(description="Texts to embed; vectors come back in this order.")],
+        ctx: Context,
+        provider: Annotated[ProviderName | None, Field(description="Provider for this call only.")] = None,
+        encoding: Annotated[Encoding, Field(description="'float' lists or 'base64' float32.")] = "float",
+    ) -> Annotated[CallToolResult, EmbedBatchResult]:
+        """Embed many texts in one call, reporting progress while it works."""
+
+        async def progress(done: int, total: int) -> None:
+            await ctx.report_progress(done, total, f"embedded {done} of {total} texts")
+
+        result = await _embed(ctx, texts, provider, encoding, progress)
+        out = EmbedBatchResult(
+            embeddings=encode_vectors(result.vectors, encoding),
+            count=result.count,
+            truncated=[TruncatedText(index=i, dropped_tokens=n) for i, n in sorted(result.truncated.items())],
+            **_meta(result, encoding),
+        )
+        return _answer(out, _summary(result, f"{result.count} texts"))
+
+    @mcp.tool()
+    async def switch_provider(
+        provider: Annotated[ProviderName, Field(description="Provider for later calls.")],
+        ctx: Context,
+        model: Annotated[str | None, Field(description="Model name; default: the provider's default.")] = None,
+    ) -> Annotated[CallToolResult, SwitchProviderResult]:
+        """Change the provider (and model) later calls use. Vectors of the old and new model must not be mixed."""
+        try:
+            switched = _service(ctx).switch_provider(provider, model)
+        except EmbeddingError as exc:
+            raise ToolError(str(exc)) from exc
+        out = SwitchProviderResult(
+            provider=switched.provider,
+            model=switched.model,
+            dimensions=switched.dimensions,
+            previous=ProviderRef(provider=switched.previous_provider, model=switched.previous_model),
+        )
+        text = (
+            f"Now embedding with {switched.provider}/{switched.model} ({switched.dimensions} dimensions); "
+            f"was {switched.previous_provider}/{switched.previous_model}."
+        )
+        return _answer(out, text)
+
+    @mcp.tool()
+    async def get_cost(ctx: Context) -> Annotated[CallToolResult, CostResult]:
+        """Spend of this session in USD, with tokens, requests and embeddings by provider and by model."""
+        report = _service(ctx).cost_report()
+        usage = lambda u: UsageOut(**vars(u))  # noqa: E731
+        out = CostResult(
+            total_usd=report.total_usd,
+            tokens=report.total.tokens,
+            requests=report.total.requests,
+            embeddings=report.total.embeddings,
+            by_provider={name: usage(u) for name, u in report.by_provider.items()},
+            by_model={name: usage(u) for name, u in report.by_model.items()},
+        )
+        parts = [f"{name}: {u.embeddings} embeddings, {u.tokens} tokens, ${u.usd:.6f}" for name, u in report.by_provider.items()]
+        return _answer(out, f"Total ${report.total_usd:.6f}" + (" (" + "; ".join(parts) + ")" if parts else ""))
+
+    return mcp
+
+
+def _service(ctx: Context) -> EmbeddingService:
+    service: EmbeddingService = ctx.request_context.lifespan_context
+    return service
+
+
+async def _embed(ctx: Context, texts: list[str], provider: str | None, encoding: Encoding, progress=None) -> EmbeddingResult:  # type: ignore[no-untyped-def]
+    service = _service(ctx)
+    try:
+        check_message_size(len(texts), service.get_provider(provider).dimensions, encoding)
+        return await service.embed(texts, provider=provider, progress=progress)
+    except EmbeddingError as exc:
+        raise ToolError(str(exc)) from exc
+
+
+def _meta(result: EmbeddingResult, encoding: Encoding) -> dict[str, object]:
+    return {
+        "dimensions": result.dimensions,
+        "provider": result.provider,
+        "model": result.model,
+        "space": result.space,
+        "tokens": result.tokens,
+        "cost_usd": result.cost_usd,
+        "encoding": encoding,
+    }
+
+
+def _summary(result: EmbeddingResult, what: str) -> str:
+    cost = "price unknown" if result.cost_usd is None else f"${result.cost_usd:.6f}"
+    text = (
+        f"Embedded {what} with {result.provider}/{result.model}: {result.dimensions} dimensions, "
+        f"{result.tokens} tokens, {cost}."
+    )
+    if result.truncated:
+        text += f" {len(result.truncated)} text(s) were longer than the model's window and were truncated."
+    return text + " Vectors are in the structured content."
+
+
+def _answer(out: BaseModel, text: str) -> CallToolResult:
+    """A short human summary as text; the vectors only in structured content, so agents are not flooded."""
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)], structured_content=out.model_dump(mode="json")
+    )

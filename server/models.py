@@ -1,0 +1,63 @@
+"""Typed results of the MCP tools (their `outputSchema`)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from .encoding import Encoding
+
+
+class TruncatedText(BaseModel):
+    index: int = Field(description="Position of the text in the call.")
+    dropped_tokens: int = Field(description="Tokens past the model's window, not seen by the model.")
+
+
+class _EmbeddingMeta(BaseModel):
+    dimensions: int
+    provider: str
+    model: str
+    space: str = Field(description="Vector space id (provider:model:dimensions:normalisation); never mix spaces.")
+    tokens: int = Field(description="Input tokens as the provider counted them.")
+    cost_usd: float | None = Field(description="Cost of this call in USD; null when the model's price is unknown.")
+    encoding: Encoding
+
+
+class EmbedTextResult(_EmbeddingMeta):
+    embedding: list[float] | str = Field(description="The vector: floats, or base64 of little-endian float32.")
+    truncated: bool
+    dropped_tokens: int
+
+
+class EmbedBatchResult(_EmbeddingMeta):
+    embeddings: list[list[float]] | list[str] = Field(description="One vector per text, in the order given.")
+    count: int
+    truncated: list[TruncatedText] = Field(description="Texts cut to fit the model's window.")
+
+
+class ProviderRef(BaseModel):
+    provider: str
+    model: str
+
+
+class SwitchProviderResult(BaseModel):
+    provider: str
+    model: str
+    dimensions: int
+    previous: ProviderRef
+
+
+class UsageOut(BaseModel):
+    tokens: int
+    requests: int
+    embeddings: int
+    usd: float
+    unpriced_tokens: int = Field(description="Tokens of models with no known price, not included in usd.")
+
+
+class CostResult(BaseModel):
+    total_usd: float
+    tokens: int
+    requests: int
+    embeddings: int
+    by_provider: dict[str, UsageOut]
+    by_model: dict[str, UsageOut]
