@@ -82,11 +82,22 @@ class EmbeddingService:
         return self._provider(name, None)
 
     async def embed(
-        self, texts: Sequence[str], *, provider: str | None = None, progress: ProgressCallback | None = None
+        self,
+        texts: Sequence[str],
+        *,
+        provider: str | None = None,
+        progress: ProgressCallback | None = None,
+        check_capacity: Callable[[int, int], None] | None = None,
     ) -> EmbeddingResult:
-        """Validate, embed and account for `texts`; the result carries its cost."""
+        """Validate, embed and account for `texts`; the result carries its cost.
+
+        `check_capacity(count, dimensions)` may refuse the call (by raising) after the texts are
+        validated and before any work is done, e.g. when the answer could not be delivered.
+        """
         valid = validate_texts(texts, self.settings.limits)
         chosen = self.get_provider(provider)
+        if check_capacity is not None:
+            check_capacity(len(valid), chosen.dimensions)
         result = await chosen.embed(valid, progress=progress)
         result = dataclasses.replace(
             result, cost_usd=cost_usd(result.provider, result.model, result.tokens, self._price_overrides)

@@ -44,7 +44,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read `SIGNAL_HUB_*` settings and the OpenAI SDK's own `OPENAI_API_KEY` / `OPENAI_BASE_URL`."""
-        env = os.environ if environ is None else environ
+        env = {k: v for k, v in (os.environ if environ is None else environ).items() if not _unexpanded(v)}
         data_dir = env.get("SIGNAL_HUB_DATA_DIR")
         return cls(
             provider=env.get("SIGNAL_HUB_PROVIDER", "local").strip().lower() or "local",
@@ -57,6 +57,11 @@ class Settings:
             openai_base_url=env.get("OPENAI_BASE_URL") or None,
             openai_api_key=env.get("OPENAI_API_KEY") or None,
         )
+
+
+def _unexpanded(value: str) -> bool:
+    """A host that does not expand `${VAR}` in its config passes it literally: treat it as unset."""
+    return value.startswith("${") and value.endswith("}")
 
 
 def _parse_model_paths(spec: str) -> dict[str, Path]:

@@ -139,8 +139,12 @@ def _service(ctx: Context) -> EmbeddingService:
 async def _embed(ctx: Context, texts: list[str], provider: str | None, encoding: Encoding, progress=None) -> EmbeddingResult:  # type: ignore[no-untyped-def]
     service = _service(ctx)
     try:
-        check_message_size(len(texts), service.get_provider(provider).dimensions, encoding)
-        return await service.embed(texts, provider=provider, progress=progress)
+        return await service.embed(
+            texts,
+            provider=provider,
+            progress=progress,
+            check_capacity=lambda count, dimensions: check_message_size(count, dimensions, encoding),
+        )
     except EmbeddingError as exc:
         raise ToolError(str(exc)) from exc
 
