@@ -1,7 +1,8 @@
 """Signal Hub embeddings: the provider-independent core (no MCP here)."""
 
 from .base import EmbeddingProvider, EmbeddingResult, ProgressCallback, space_id
-from .cost import PRICES_PER_MILLION_TOKENS, CostReport, CostTracker, Usage
+from .cost import PRICES_PER_MILLION_TOKENS, CostEstimate, CostReport, Usage
+from .ledger import CostLedger
 from .errors import (
     AuthenticationError,
     BudgetExceededError,
@@ -15,15 +16,17 @@ from .errors import (
     ResponseTooLargeError,
 )
 from .service import EmbeddingService, SwitchResult
-from .settings import InputLimits, Settings
+from .settings import Budget, InputLimits, Settings
 
 __all__ = [
     "PRICES_PER_MILLION_TOKENS",
     "AuthenticationError",
+    "Budget",
     "BudgetExceededError",
     "ConfigurationError",
+    "CostEstimate",
+    "CostLedger",
     "CostReport",
-    "CostTracker",
     "EmbeddingError",
     "EmbeddingProvider",
     "EmbeddingResult",

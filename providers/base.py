@@ -37,6 +37,8 @@ class EmbeddingResult:
     """Index of each text that was cut to fit the model → how many tokens were dropped."""
     cost_usd: float | None = 0.0
     """None when the model's price is unknown."""
+    warning: str | None = None
+    """Something the caller should know, e.g. the soft spending limit was passed."""
 
     @property
     def dimensions(self) -> int:
@@ -68,6 +70,11 @@ class EmbeddingProvider(ABC):
     @abstractmethod
     async def embed(self, texts: Sequence[str], *, progress: ProgressCallback | None = None) -> EmbeddingResult:
         """Embed already-validated, non-empty texts and return their vectors in input order."""
+
+    async def estimate_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens `texts` will cost, without calling anything; errs high rather than low."""
+        # About 3 bytes of UTF-8 per token for code and prose; providers with a tokenizer do better.
+        return sum(len(text.encode()) // 3 + 1 for text in texts)
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing
         """Release clients, threads or models the provider holds."""

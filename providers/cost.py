@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .base import EmbeddingResult
-
-__all__ = ["PRICES_PER_MILLION_TOKENS", "CostReport", "CostTracker", "Usage", "price_per_million"]
+__all__ = ["PRICES_PER_MILLION_TOKENS", "CostEstimate", "CostReport", "Usage", "cost_usd", "price_per_million"]
 
 PRICES_PER_MILLION_TOKENS: Mapping[str, float] = {
     "text-embedding-3-small": 0.02,
@@ -43,6 +41,18 @@ class Usage:
     usd: float = 0.0
     unpriced_tokens: int = 0
     """Tokens of models whose price is unknown: their cost is not in `usd`."""
+    cached: int = 0
+    """Embeddings served from the cache, at no cost."""
+    saved_usd: float = 0.0
+    """What the cached embeddings would have cost."""
+
+    def merge(self, other: Usage) -> None:
+        for name, value in vars(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+    def merge(self, other: Usage) -> None:
+        for name, value in vars(other).items():
+            setattr(self, name, getattr(self, name) + value)
 
     def add(self, result: EmbeddingResult) -> None:
         self.tokens += result.tokens
@@ -54,36 +64,21 @@ class Usage:
             self.usd += result.cost_usd
 
 
+@dataclass(frozen=True)
+class CostEstimate:
+    """What a job would cost, worked out without calling the provider."""
+
+    provider: str
+    model: str
+    texts: int
+    tokens: int
+    usd: float | None
+    """None when the model's price is unknown."""
+
+
 @dataclass
 class CostReport:
     total_usd: float
     total: Usage
     by_provider: dict[str, Usage] = field(default_factory=dict)
     by_model: dict[str, Usage] = field(default_factory=dict)
-
-
-class CostTracker:
-    """Totals of this session, by provider and by model."""
-
-    def __init__(self) -> None:
-        self._total = Usage()
-        self._by_provider: dict[str, Usage] = {}
-        self._by_model: dict[str, Usage] = {}
-
-    def record(self, result: EmbeddingResult) -> None:
-        self._total.add(result)
-        self._by_provider.setdefault(result.provider, Usage()).add(result)
-        self._by_model.setdefault(result.model, Usage()).add(result)
-
-    @property
-    def total_usd(self) -> float:
-        return self._total.usd
-
-    def report(self) -> CostReport:
-        copy = lambda usage: Usage(**vars(usage))  # noqa: E731 - callers must not mutate our totals
-        return CostReport(
-            total_usd=self._total.usd,
-            total=copy(self._total),
-            by_provider={name: copy(u) for name, u in self._by_provider.items()},
-            by_model={name: copy(u) for name, u in self._by_model.items()},
-        )

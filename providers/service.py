@@ -5,10 +5,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+
+import anyio
+import anyio.to_thread
 
 from .base import EmbeddingProvider, EmbeddingResult, ProgressCallback
-from .cost import CostReport, CostTracker, cost_usd
-from .errors import ConfigurationError, EmbeddingError
+from .cost import CostEstimate, CostReport, cost_usd
+from .errors import BudgetExceededError, ConfigurationError, EmbeddingError
+from .ledger import CostLedger
 from .settings import Settings
 from .validation import validate_texts
 
@@ -43,7 +48,7 @@ class SwitchResult:
 
 
 class EmbeddingService:
-    """Embeds texts with the active provider and keeps the cost of the session.
+    """Embeds texts with the active provider, records what each call cost, and enforces the budget.
 
     ```python
     service = EmbeddingService(provider="local")
@@ -60,26 +65,25 @@ class EmbeddingService:
         *,
         settings: Settings | None = None,
         factories: Mapping[str, ProviderFactory] = PROVIDER_FACTORIES,
-        price_overrides: Mapping[str, float] | None = None,
+        ledger: CostLedger | None = None,
     ) -> None:
         # The Python API is an entry point too: without explicit settings, read the environment.
         self.settings = settings if settings is not None else Settings.from_env()
         self._factories = factories
-        self._price_overrides = price_overrides
         self._instances: dict[tuple[str, str | None], EmbeddingProvider] = {}
-        self._costs = CostTracker()
         self._active = self._provider(provider or self.settings.provider, model)
+        self.ledger = ledger or CostLedger(self.settings.resolved_data_dir / "ledger.sqlite3")
 
     @property
     def provider(self) -> EmbeddingProvider:
         """The provider calls use unless they name another."""
         return self._active
 
-    def get_provider(self, name: str | None = None) -> EmbeddingProvider:
-        """The active provider, or the named one with its default model."""
-        if name is None or name == self._active.name:
+    def get_provider(self, name: str | None = None, model: str | None = None) -> EmbeddingProvider:
+        """The active provider, or the named one (with `model`, or its default model)."""
+        if name is None or (name == self._active.name and model in (None, self._active.model)):
             return self._active
-        return self._provider(name, None)
+        return self._provider(name, model)
 
     async def embed(
         self,
@@ -98,11 +102,28 @@ class EmbeddingService:
         chosen = self.get_provider(provider)
         if check_capacity is not None:
             check_capacity(len(valid), chosen.dimensions)
-        result = await chosen.embed(valid, progress=progress)
+        estimate = await self._estimate(chosen, valid)
+        budget = self.settings.budget
+        if estimate.usd is None and budget.hard_usd is not None:
+            raise BudgetExceededError(
+                f"the price of {estimate.model!r} is unknown, so the hard limit of ${budget.hard_usd} cannot be "
+                f"enforced; give its price with SIGNAL_HUB_PRICES={estimate.model}=<USD per 1M tokens>."
+            )
+        reservation = await anyio.to_thread.run_sync(self.ledger.reserve, estimate.usd or 0.0, budget)
+        try:
+            result = await chosen.embed(valid, progress=progress)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.ledger.release, reservation)
+            raise
+        # Cost comes from the usage the provider reported, never from our estimate.
         result = dataclasses.replace(
-            result, cost_usd=cost_usd(result.provider, result.model, result.tokens, self._price_overrides)
+            result,
+            cost_usd=cost_usd(result.provider, result.model, result.tokens, self.settings.prices),
+            warning=reservation.warning,
         )
-        self._costs.record(result)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.ledger.settle, reservation, result)
         return result
 
     async def generate(self, text: str) -> list[float]:
@@ -113,6 +134,13 @@ class EmbeddingService:
         """Embed texts; vectors come back in input order."""
         result = await self.embed(texts)
         return result.vectors.tolist()  # type: ignore[no-any-return]
+
+    async def estimate_cost(
+        self, texts: Sequence[str], provider: str | None = None, model: str | None = None
+    ) -> CostEstimate:
+        """Tokens and USD that embedding `texts` would cost, without calling the provider."""
+        valid = validate_texts(texts, self.settings.limits)
+        return await self._estimate(self.get_provider(provider, model), valid)
 
     def switch_provider(self, name: str, model: str | None = None) -> SwitchResult:
         """Make `name` (with `model`, or its default model) the provider later calls use."""
@@ -128,21 +156,35 @@ class EmbeddingService:
 
     def get_cost(self) -> float:
         """Total USD spent in this session."""
-        return self._costs.total_usd
+        return self.cost_report().total_usd
 
-    def cost_report(self) -> CostReport:
-        return self._costs.report()
+    def cost_report(self, *, scope: str = "session", since: datetime | None = None) -> CostReport:
+        """Totals of this session ("session") or of every process that shares the ledger ("all")."""
+        if scope not in ("session", "all"):
+            raise ConfigurationError(f"cost scope {scope!r} is not 'session' or 'all'.")
+        return self.ledger.report(session=self.ledger.session if scope == "session" else None, since=since)
 
     async def aclose(self) -> None:
         for instance in {id(i): i for i in self._instances.values()}.values():
             await instance.aclose()
         self._instances.clear()
+        self.ledger.close()
 
     async def __aenter__(self) -> EmbeddingService:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+    async def _estimate(self, provider: EmbeddingProvider, texts: list[str]) -> CostEstimate:
+        tokens = await provider.estimate_tokens(texts)
+        return CostEstimate(
+            provider=provider.name,
+            model=provider.model,
+            texts=len(texts),
+            tokens=tokens,
+            usd=cost_usd(provider.name, provider.model, tokens, self.settings.prices),
+        )
 
     def _provider(self, name: str, model: str | None) -> EmbeddingProvider:
         key = name.strip().lower() if isinstance(name, str) else name

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import ConfigurationError
 
-__all__ = ["InputLimits", "Settings"]
+__all__ = ["Budget", "InputLimits", "Settings"]
 
 DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_OPENAI_MODEL = "text-embedding-3-small"
@@ -22,6 +22,19 @@ class InputLimits:
     max_texts: int = 2048
     max_text_chars: int = 100_000
     max_total_chars: int = 4_000_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class Budget:
+    """Spending limits in USD over a period: "session", "day", "month" (UTC) or "all"."""
+
+    soft_usd: float | None = None
+    hard_usd: float | None = None
+    period: str = "month"
+
+    def __post_init__(self) -> None:
+        if self.period not in {"session", "day", "month", "all"}:
+            raise ConfigurationError(f"budget period {self.period!r} is not one of: session, day, month, all.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +53,18 @@ class Settings:
     openai_base_url: str | None = None
     openai_api_key: str | None = field(default=None, repr=False)
     limits: InputLimits = field(default_factory=InputLimits)
+    prices: Mapping[str, float] = field(default_factory=dict)
+    """USD per 1M tokens by model, over the built-in price table."""
+    budget: Budget = field(default_factory=Budget)
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        """Where the ledger and caches live: `data_dir`, else the user's data directory."""
+        if self.data_dir is not None:
+            return self.data_dir
+        import platformdirs
+
+        return Path(platformdirs.user_data_dir("signal-hub-embeddings", appauthor=False))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -50,12 +75,18 @@ class Settings:
             provider=env.get("SIGNAL_HUB_PROVIDER", "local").strip().lower() or "local",
             data_dir=Path(data_dir).expanduser() if data_dir else None,
             local_model=env.get("SIGNAL_HUB_LOCAL_MODEL", DEFAULT_LOCAL_MODEL),
-            local_models=_parse_model_paths(env.get("SIGNAL_HUB_LOCAL_MODELS", "")),
+            local_models={name: Path(path).expanduser() for name, path in _parse_pairs(env, "SIGNAL_HUB_LOCAL_MODELS", "name=/path/to/model").items()},
             local_batch_size=_positive_int(env, "SIGNAL_HUB_LOCAL_BATCH_SIZE", 8),
             device=env.get("SIGNAL_HUB_DEVICE") or None,
             openai_model=env.get("SIGNAL_HUB_OPENAI_MODEL", DEFAULT_OPENAI_MODEL),
             openai_base_url=env.get("OPENAI_BASE_URL") or None,
             openai_api_key=env.get("OPENAI_API_KEY") or None,
+            prices={name: float(value) for name, value in _parse_pairs(env, "SIGNAL_HUB_PRICES", "model=usd_per_1M_tokens").items()},
+            budget=Budget(
+                soft_usd=_optional_float(env, "SIGNAL_HUB_BUDGET_SOFT_USD"),
+                hard_usd=_optional_float(env, "SIGNAL_HUB_BUDGET_HARD_USD"),
+                period=env.get("SIGNAL_HUB_BUDGET_PERIOD", "month"),
+            ),
         )
 
 
@@ -64,18 +95,33 @@ def _unexpanded(value: str) -> bool:
     return value.startswith("${") and value.endswith("}")
 
 
-def _parse_model_paths(spec: str) -> dict[str, Path]:
-    """Parse `name=/path/to/model,other=/path` into a mapping."""
-    models: dict[str, Path] = {}
-    for entry in filter(None, (part.strip() for part in spec.split(","))):
-        name, sep, path = entry.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise ConfigurationError(
-                f"SIGNAL_HUB_LOCAL_MODELS entry {entry!r} is not name=/path/to/model; "
-                "separate several entries with commas."
-            )
-        models[name.strip()] = Path(path.strip()).expanduser()
-    return models
+def _parse_pairs(env: Mapping[str, str], name: str, shape: str) -> dict[str, str]:
+    """Parse `key=value,key=value` from one variable."""
+    pairs: dict[str, str] = {}
+    for entry in filter(None, (part.strip() for part in env.get(name, "").split(","))):
+        key, sep, value = entry.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ConfigurationError(f"{name} entry {entry!r} is not {shape}; separate several entries with commas.")
+        pairs[key.strip()] = value.strip()
+    if name == "SIGNAL_HUB_PRICES":
+        for key, value in pairs.items():
+            _non_negative(name, f"{key}={value}", value)
+    return pairs
+
+
+def _optional_float(env: Mapping[str, str], name: str) -> float | None:
+    raw = env.get(name, "").strip()
+    return _non_negative(name, raw, raw) if raw else None
+
+
+def _non_negative(name: str, shown: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ConfigurationError(f"{name}: {shown!r} is not a non-negative number of US dollars.")
+    return value
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
+from mcp import MCPDeprecationWarning
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent
@@ -15,6 +18,7 @@ from providers import EmbeddingError, EmbeddingResult, EmbeddingService, Setting
 
 from .encoding import Encoding, check_message_size, encode_vectors
 from .models import (
+    CostEstimateResult,
     CostResult,
     EmbedBatchResult,
     EmbedTextResult,
@@ -31,7 +35,8 @@ ProviderName = Literal["local", "openai"]
 INSTRUCTIONS = """\
 Text embeddings for semantic code search. embed_text embeds one text; embed_batch embeds many
 in one call (vectors in input order). Vectors from different `space` ids must never be mixed in
-one index. switch_provider changes the provider for later calls; get_cost reports the spend."""
+one index. switch_provider changes the provider for later calls; get_cost reports the spend;
+estimate_cost prices a job without running it."""
 
 ServiceFactory = Callable[[Settings], EmbeddingService]
 
@@ -113,20 +118,45 @@ def build_server(settings: Settings, service_factory: ServiceFactory | None = No
         return _answer(out, text)
 
     @mcp.tool()
-    async def get_cost(ctx: Context) -> Annotated[CallToolResult, CostResult]:
-        """Spend of this session in USD, with tokens, requests and embeddings by provider and by model."""
-        report = _service(ctx).cost_report()
+    async def get_cost(
+        ctx: Context,
+        scope: Annotated[
+            Literal["session", "all"],
+            Field(description="'session': this server's calls; 'all': every process sharing the ledger."),
+        ] = "session",
+        since: Annotated[datetime | None, Field(description="Only calls at or after this date/time (ISO 8601).")] = None,
+    ) -> Annotated[CallToolResult, CostResult]:
+        """Spend in USD, with tokens, requests, embeddings and cache savings by provider and by model."""
+        if since is not None and since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        report = _service(ctx).cost_report(scope=scope, since=since)
         usage = lambda u: UsageOut(**vars(u))  # noqa: E731
         out = CostResult(
+            scope=scope,
+            since=since,
             total_usd=report.total_usd,
-            tokens=report.total.tokens,
-            requests=report.total.requests,
-            embeddings=report.total.embeddings,
+            **vars(report.total),
             by_provider={name: usage(u) for name, u in report.by_provider.items()},
             by_model={name: usage(u) for name, u in report.by_model.items()},
         )
         parts = [f"{name}: {u.embeddings} embeddings, {u.tokens} tokens, ${u.usd:.6f}" for name, u in report.by_provider.items()]
         return _answer(out, f"Total ${report.total_usd:.6f}" + (" (" + "; ".join(parts) + ")" if parts else ""))
+
+    @mcp.tool()
+    async def estimate_cost(
+        texts: Annotated[list[str], Field(description="Texts that would be embedded.")],
+        ctx: Context,
+        provider: Annotated[ProviderName | None, Field(description="Default: the active provider.")] = None,
+        model: Annotated[str | None, Field(description="Default: the provider's model.")] = None,
+    ) -> Annotated[CallToolResult, CostEstimateResult]:
+        """Tokens and USD a job would cost, without calling the provider (a dry run)."""
+        try:
+            estimate = await _service(ctx).estimate_cost(texts, provider, model)
+        except EmbeddingError as exc:
+            raise ToolError(str(exc)) from exc
+        out = CostEstimateResult(**vars(estimate))
+        usd = "price unknown" if estimate.usd is None else f"${estimate.usd:.6f}"
+        return _answer(out, f"{estimate.texts} texts ≈ {estimate.tokens} tokens ≈ {usd} with {estimate.provider}/{estimate.model}.")
 
     return mcp
 
@@ -139,7 +169,7 @@ def _service(ctx: Context) -> EmbeddingService:
 async def _embed(ctx: Context, texts: list[str], provider: str | None, encoding: Encoding, progress=None) -> EmbeddingResult:  # type: ignore[no-untyped-def]
     service = _service(ctx)
     try:
-        return await service.embed(
+        result = await service.embed(
             texts,
             provider=provider,
             progress=progress,
@@ -147,6 +177,13 @@ async def _embed(ctx: Context, texts: list[str], provider: str | None, encoding:
         )
     except EmbeddingError as exc:
         raise ToolError(str(exc)) from exc
+    if result.warning:
+        # Log notifications are deprecated from protocol 2026-07-28 on, but hosts on the
+        # handshake-era protocol (and clients that opt in) still show them to the user.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            await ctx.warning(result.warning, logger_name="signal-hub-embeddings.budget")
+    return result
 
 
 def _meta(result: EmbeddingResult, encoding: Encoding) -> dict[str, object]:
@@ -158,6 +195,7 @@ def _meta(result: EmbeddingResult, encoding: Encoding) -> dict[str, object]:
         "tokens": result.tokens,
         "cost_usd": result.cost_usd,
         "encoding": encoding,
+        "warning": result.warning,
     }
 
 
@@ -169,6 +207,8 @@ def _summary(result: EmbeddingResult, what: str) -> str:
     )
     if result.truncated:
         text += f" {len(result.truncated)} text(s) were longer than the model's window and were truncated."
+    if result.warning:
+        text += f" Warning: {result.warning}"
     return text + " Vectors are in the structured content."
 
 

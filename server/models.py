@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from .encoding import Encoding
@@ -20,6 +23,7 @@ class _EmbeddingMeta(BaseModel):
     tokens: int = Field(description="Input tokens as the provider counted them.")
     cost_usd: float | None = Field(description="Cost of this call in USD; null when the model's price is unknown.")
     encoding: Encoding
+    warning: str | None = Field(default=None, description="Set when the soft spending limit was passed.")
 
 
 class EmbedTextResult(_EmbeddingMeta):
@@ -52,12 +56,21 @@ class UsageOut(BaseModel):
     embeddings: int
     usd: float
     unpriced_tokens: int = Field(description="Tokens of models with no known price, not included in usd.")
+    cached: int = Field(description="Embeddings served from the cache.")
+    saved_usd: float = Field(description="What the cached embeddings would have cost.")
 
 
-class CostResult(BaseModel):
+class CostResult(UsageOut):
+    scope: Literal["session", "all"]
+    since: datetime | None
     total_usd: float
-    tokens: int
-    requests: int
-    embeddings: int
     by_provider: dict[str, UsageOut]
     by_model: dict[str, UsageOut]
+
+
+class CostEstimateResult(BaseModel):
+    provider: str
+    model: str
+    texts: int
+    tokens: int = Field(description="Estimated input tokens (errs high).")
+    usd: float | None = Field(description="Estimated cost in USD; null when the model's price is unknown.")

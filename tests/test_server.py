@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import anyio
 import numpy as np
 import pytest
 from mcp import Client
 
-from providers import EmbeddingProvider, EmbeddingService, Settings
+from providers import Budget, EmbeddingProvider, EmbeddingService, Settings
 from server import build_server
 from tests.fakes import FakeProvider
 
 pytestmark = pytest.mark.anyio
 
-TOOLS = {"embed_text", "embed_batch", "switch_provider", "get_cost"}
+TOOLS = {"embed_text", "embed_batch", "switch_provider", "get_cost", "estimate_cost"}
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def decode(b64: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(b64), dtype="<f4")
 
 
-async def test_lists_the_four_tools_with_input_and_output_schemas(client: Client) -> None:
+async def test_lists_the_tools_with_input_and_output_schemas(client: Client) -> None:
     tools = {tool.name: tool for tool in (await client.list_tools()).tools}
     assert set(tools) == TOOLS
     assert tools["embed_batch"].input_schema["required"] == ["texts"]
@@ -171,3 +172,53 @@ async def test_the_server_answers_other_requests_while_it_embeds(client: Client)
             await first_step.wait()
             assert not (await client.call_tool("get_cost", {})).is_error
             assert not finished.is_set()  # answered mid-batch
+
+
+def priced_fake_server(settings: Settings, **budget: float):
+    settings = replace(settings, prices={"fake-small": 1_000_000.0}, budget=Budget(period="all", **budget))  # $1 a token
+    return fake_server(settings)
+
+
+async def test_estimate_cost_is_a_dry_run(settings: Settings) -> None:
+    async with Client(priced_fake_server(settings)) as client:
+        out = (await client.call_tool("estimate_cost", {"texts": ["abcdef", "xyz"]})).structured_content
+        assert out == {"provider": "fake", "model": "fake-small", "texts": 2, "tokens": 5, "usd": 5.0}
+        cost = (await client.call_tool("get_cost", {})).structured_content
+        assert cost["requests"] == 0
+        bad = await client.call_tool("estimate_cost", {"texts": [" "]})
+        assert bad.is_error and "position 0" in bad.content[0].text
+
+
+async def test_the_soft_limit_warns_in_the_result_and_in_a_log_message(settings: Settings) -> None:
+    logged: list[str] = []
+
+    async def on_log(params) -> None:  # type: ignore[no-untyped-def]
+        logged.append(params.data)
+
+    async with Client(priced_fake_server(settings, soft_usd=1.0), logging_callback=on_log, log_level="warning") as client:
+        result = await client.call_tool("embed_text", {"text": "one two"})
+        assert "soft limit" in result.structured_content["warning"]
+        assert "Warning:" in result.content[0].text
+    assert len(logged) == 1 and "soft limit of $1.000000" in logged[0]
+
+
+async def test_the_hard_limit_is_a_tool_error_naming_limit_and_spend(settings: Settings) -> None:
+    async with Client(priced_fake_server(settings, hard_usd=3.0)) as client:
+        assert not (await client.call_tool("embed_text", {"text": "one two"})).is_error
+        refused = await client.call_tool("embed_text", {"text": "three four five six"})
+        assert refused.is_error
+        assert "$2.000000 is spent" in refused.content[0].text and "hard limit of $3.000000" in refused.content[0].text
+
+
+async def test_get_cost_reports_all_time_and_since_a_date(settings: Settings) -> None:
+    async with Client(priced_fake_server(settings)) as client:
+        await client.call_tool("embed_text", {"text": "one two"})
+    async with Client(priced_fake_server(settings)) as client:  # a restart: a new session
+        await client.call_tool("embed_text", {"text": "three"})
+        session = (await client.call_tool("get_cost", {})).structured_content
+        everything = (await client.call_tool("get_cost", {"scope": "all"})).structured_content
+        future = (await client.call_tool("get_cost", {"scope": "all", "since": "2999-01-01"})).structured_content
+    assert (session["scope"], session["total_usd"]) == ("session", 1.0)
+    assert (everything["total_usd"], everything["embeddings"]) == (3.0, 2)
+    assert everything["by_model"]["fake-small"]["usd"] == 3.0
+    assert future["total_usd"] == 0.0 and future["since"].startswith("2999-01-01")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import anyio
 import numpy as np
 import pytest
 
 from providers import (
+    Budget,
+    BudgetExceededError,
     ConfigurationError,
     EmbeddingProvider,
     EmbeddingService,
@@ -70,7 +75,7 @@ async def test_bad_input_never_reaches_the_provider(settings: Settings) -> None:
 
 
 async def test_cost_is_tokens_times_price_and_is_broken_down(settings: Settings) -> None:
-    service, _ = make_service(settings, price_overrides={"fake-small": 2.0, "paid-large": 10.0})
+    service, _ = make_service(replace(settings, prices={"fake-small": 2.0, "paid-large": 10.0}))
     result = await service.embed(["one two three"])
     assert result.cost_usd == pytest.approx(3 * 2.0 / 1e6)
     await service.embed(["a b", "c"], provider="paid")
@@ -129,3 +134,89 @@ def test_the_default_settings_come_from_the_environment(monkeypatch: pytest.Monk
     service = EmbeddingService()
     assert (service.provider.name, service.provider.model) == ("local", "all-MiniLM-L6-v2")
     assert service.provider.dimensions == 384  # read from the model's config, without loading it
+
+
+class GatedProvider(FakeProvider):
+    """Holds every call until the gate opens, so calls overlap."""
+
+    def __init__(self) -> None:
+        super().__init__("gated")
+        self.gate = anyio.Event()
+        self.inside = 0
+
+    async def embed(self, texts, *, progress=None):  # type: ignore[no-untyped-def]
+        self.inside += 1
+        await self.gate.wait()
+        return await super().embed(texts, progress=progress)
+
+
+def gated_service(settings: Settings, **budget: float) -> tuple[EmbeddingService, GatedProvider]:
+    gated = GatedProvider()
+    settings = replace(settings, prices={"gated": 1_000_000.0}, budget=Budget(period="all", **budget))  # $1 a token
+    return EmbeddingService("fake", settings=settings, factories={"fake": lambda s, m: gated}), gated
+
+
+async def test_concurrent_calls_cannot_together_pass_the_hard_limit(settings: Settings) -> None:
+    service, gated = gated_service(settings, hard_usd=5.0)
+    text = "a b c d e"  # estimated at 9 bytes // 3 + 1 = 4 tokens = $4: one call fits, two do not
+    outcomes: list[str] = []
+
+    async def call() -> None:
+        try:
+            await service.embed([text])
+            outcomes.append("embedded")
+        except BudgetExceededError:
+            outcomes.append("refused")
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(call)
+            while len(outcomes) < 2:  # two are refused while the first one is in flight
+                await anyio.sleep(0)
+            assert gated.inside == 1
+            gated.gate.set()
+    assert sorted(outcomes) == ["embedded", "refused", "refused"]
+    assert service.get_cost() == 5.0  # settled to the reported usage (5 tokens), not the estimate
+
+
+async def test_a_refused_call_sends_nothing_and_says_how_to_proceed(settings: Settings) -> None:
+    service, gated = gated_service(settings, hard_usd=1.0)
+    with pytest.raises(BudgetExceededError, match="hard limit of \\$1.000000.*SIGNAL_HUB_BUDGET_HARD_USD"):
+        await service.embed(["def f(): return 1"])
+    assert gated.inside == 0 and gated.calls == []
+
+
+async def test_passing_the_soft_limit_warns_in_the_result(settings: Settings) -> None:
+    service, gated = gated_service(settings, soft_usd=1.0)
+    gated.gate.set()
+    result = await service.embed(["one two"])
+    assert result.warning is not None and "soft limit of $1.000000" in result.warning
+
+
+async def test_a_model_with_no_price_cannot_run_under_a_hard_limit(settings: Settings) -> None:
+    service, _ = make_service(replace(settings, budget=Budget(hard_usd=10.0)))
+    with pytest.raises(BudgetExceededError, match="price of 'fake-small' is unknown.*SIGNAL_HUB_PRICES=fake-small="):
+        await service.embed(["x"])
+
+
+async def test_estimates_price_a_job_without_calling_the_provider(settings: Settings) -> None:
+    service, built = make_service(replace(settings, prices={"paid-large": 0.5}))
+    estimate = await service.estimate_cost(["x" * 30, "y" * 60], provider="paid")
+    assert (estimate.provider, estimate.model, estimate.texts) == ("paid", "paid-large", 2)
+    assert estimate.tokens == 11 + 21
+    assert estimate.usd == pytest.approx(32 * 0.5 / 1e6)
+    assert built[("paid", None)].calls == []
+    assert (await service.estimate_cost(["z"])).usd is None  # fake-small has no price
+
+
+async def test_the_ledger_keeps_the_session_and_all_time_apart(settings: Settings) -> None:
+    first, _ = make_service(replace(settings, prices={"fake-small": 1_000_000.0}))
+    await first.embed(["a b"])
+    await first.aclose()
+    second, _ = make_service(replace(settings, prices={"fake-small": 1_000_000.0}))
+    await second.embed(["c"])
+    assert second.get_cost() == 1.0
+    assert second.cost_report(scope="all").total_usd == 3.0
+    with pytest.raises(ConfigurationError, match="cost scope 'week'"):
+        second.cost_report(scope="week")

@@ -32,10 +32,10 @@ async def stdio_client(tmp_path: Path) -> AsyncIterator[Client]:
             yield client
 
 
-async def test_all_four_tools_work_over_stdio(stdio_client: Client) -> None:
+async def test_every_tool_works_over_stdio(stdio_client: Client) -> None:
     client = stdio_client
     tools = {tool.name for tool in (await client.list_tools()).tools}
-    assert tools == {"embed_text", "embed_batch", "switch_provider", "get_cost"}
+    assert tools == {"embed_text", "embed_batch", "switch_provider", "get_cost", "estimate_cost"}
 
     one = await client.call_tool("embed_text", {"text": "def calculate_total(items):"})
     assert not one.is_error and one.structured_content["dimensions"] == 384
@@ -87,7 +87,7 @@ anyio.run(main)
 """
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
     report = json.loads(out.stdout)
-    assert len(report["tools"]) == 4
+    assert len(report["tools"]) == 5
     assert report["heavy"] == []
 
 

@@ -1,0 +1,187 @@
+"""A persistent record of every embedding call and what it cost, shared by all server processes.
+
+SQLite in WAL mode with a busy timeout, one short `BEGIN IMMEDIATE` transaction per write, so
+several processes can record at once without "database is locked". Budget reservations live in
+the same database, so a hard limit holds across concurrent calls and processes alike.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .base import EmbeddingResult
+from .cost import CostReport, Usage
+from .errors import BudgetExceededError, ConfigurationError
+from .settings import Budget
+
+__all__ = ["CostLedger", "Reservation"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    session TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    requests INTEGER NOT NULL,
+    embeddings INTEGER NOT NULL,
+    usd REAL,
+    cached INTEGER NOT NULL DEFAULT 0,
+    saved_usd REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS calls_at ON calls (at);
+CREATE INDEX IF NOT EXISTS calls_session ON calls (session);
+CREATE TABLE IF NOT EXISTS reservations (
+    id TEXT PRIMARY KEY,
+    at REAL NOT NULL,
+    usd REAL NOT NULL
+);
+"""
+
+# A reservation left by a process that died is ignored after this long.
+_RESERVATION_TTL_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Reservation:
+    id: str
+    usd: float
+    warning: str | None = None
+
+
+class CostLedger:
+    """Records calls in `path` and answers totals by session, since a date, or of all time."""
+
+    def __init__(self, path: Path, *, session: str | None = None, now: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.session = session or uuid.uuid4().hex
+        self._now = now
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            with self._transaction():
+                for statement in filter(None, (part.strip() for part in _SCHEMA.split(";"))):
+                    self._db.execute(statement)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigurationError(f"cannot open the cost ledger at {path}: {exc}; check SIGNAL_HUB_DATA_DIR.") from exc
+
+    def record(self, result: EmbeddingResult, *, cached: int = 0, saved_usd: float = 0.0) -> None:
+        """Record one call (one transaction)."""
+        with self._lock, self._transaction():
+            self._insert(result, cached, saved_usd)
+
+    def reserve(self, usd: float, budget: Budget) -> Reservation:
+        """Set `usd` aside against the hard limit, or raise `BudgetExceededError` before anything is spent."""
+        reservation_id = uuid.uuid4().hex
+        with self._lock, self._transaction():
+            spent = self._spent(budget.period)
+            held = self._held()
+            projected = spent + held + usd
+            if budget.hard_usd is not None and usd > 0 and projected > budget.hard_usd:
+                raise BudgetExceededError(
+                    f"this call would cost about ${usd:.6f}, and ${spent:.6f} is spent this {budget.period} "
+                    f"(${held:.6f} more is reserved by calls in flight): that passes the hard limit of "
+                    f"${budget.hard_usd:.6f}. Raise SIGNAL_HUB_BUDGET_HARD_USD, wait for the next {budget.period}, "
+                    "or use the local provider (free)."
+                )
+            self._db.execute(
+                "INSERT INTO reservations (id, at, usd) VALUES (?, ?, ?)", (reservation_id, self._now(), usd)
+            )
+        warning = None
+        if budget.soft_usd is not None and projected > budget.soft_usd:
+            warning = (
+                f"spend this {budget.period} is ${projected:.6f} with this call, past the soft limit of "
+                f"${budget.soft_usd:.6f}."
+            )
+        return Reservation(reservation_id, usd, warning)
+
+    def settle(self, reservation: Reservation, result: EmbeddingResult, *, cached: int = 0, saved_usd: float = 0.0) -> None:
+        """Replace a reservation by the call's reported cost, in one transaction."""
+        with self._lock, self._transaction():
+            self._db.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,))
+            self._insert(result, cached, saved_usd)
+
+    def release(self, reservation: Reservation) -> None:
+        """Drop a reservation whose call failed before spending."""
+        with self._lock, self._transaction():
+            self._db.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,))
+
+    def report(self, *, session: str | None = None, since: datetime | None = None) -> CostReport:
+        """Totals of one session, or since a moment, or (neither) of all time."""
+        where, args = [], []
+        if session is not None:
+            where.append("session = ?")
+            args.append(session)
+        if since is not None:
+            where.append("at >= ?")
+            args.append(since.timestamp())
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT provider, model, SUM(tokens), SUM(requests), SUM(embeddings), "
+                "SUM(COALESCE(usd, 0)), SUM(CASE WHEN usd IS NULL THEN tokens ELSE 0 END), "
+                f"SUM(cached), SUM(saved_usd) FROM calls {clause} GROUP BY provider, model",
+                args,
+            ).fetchall()
+        report = CostReport(total_usd=0.0, total=Usage())
+        for provider, model, *sums in rows:
+            usage = Usage(*sums)
+            for bucket in (report.total, report.by_provider.setdefault(provider, Usage()), report.by_model.setdefault(model, Usage())):
+                bucket.merge(usage)
+        report.total_usd = report.total.usd
+        return report
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _insert(self, result: EmbeddingResult, cached: int, saved_usd: float) -> None:
+        self._db.execute(
+            "INSERT INTO calls (at, session, provider, model, tokens, requests, embeddings, usd, cached, saved_usd) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (self._now(), self.session, result.provider, result.model, result.tokens, result.requests,
+             result.count, result.cost_usd, cached, saved_usd),
+        )
+
+    def _spent(self, period: str) -> float:
+        if period == "session":
+            row = self._db.execute("SELECT SUM(COALESCE(usd, 0)) FROM calls WHERE session = ?", (self.session,))
+        else:
+            row = self._db.execute("SELECT SUM(COALESCE(usd, 0)) FROM calls WHERE at >= ?", (_period_start(period, self._now()),))
+        return float(row.fetchone()[0] or 0.0)
+
+    def _held(self) -> float:
+        row = self._db.execute("SELECT SUM(usd) FROM reservations WHERE at >= ?", (self._now() - _RESERVATION_TTL_S,))
+        return float(row.fetchone()[0] or 0.0)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        # IMMEDIATE takes the write lock up front: readers-turned-writers cannot deadlock.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+
+def _period_start(period: str, now: float) -> float:
+    if period == "all":
+        return 0.0
+    today = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = today if period == "day" else today.replace(day=1)
+    return start.timestamp()
