@@ -39,6 +39,10 @@ class EmbeddingResult:
     """None when the model's price is unknown."""
     warning: str | None = None
     """Something the caller should know, e.g. the soft spending limit was passed."""
+    cached: int = 0
+    """Texts answered from the cache: no provider call, no cost."""
+    duplicates: int = 0
+    """Texts that repeated an earlier text of the same call and were embedded once."""
 
     @property
     def dimensions(self) -> int:
@@ -58,6 +62,8 @@ class EmbeddingProvider(ABC):
 
     name: str
     """Provider name used in configuration and results, e.g. "local" or "openai"."""
+    normalized: bool = True
+    """Whether vectors come back with unit length."""
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -66,6 +72,11 @@ class EmbeddingProvider(ABC):
     @abstractmethod
     def dimensions(self) -> int:
         """Length of the vectors this provider returns, known without embedding anything."""
+
+    @property
+    def space(self) -> str:
+        """The vector space of this provider's results; part of every cache key."""
+        return space_id(self.name, self.model, self.dimensions, self.normalized)
 
     @abstractmethod
     async def embed(self, texts: Sequence[str], *, progress: ProgressCallback | None = None) -> EmbeddingResult:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import anyio
 import anyio.to_thread
+import numpy as np
 
 from .base import EmbeddingProvider, EmbeddingResult, ProgressCallback
+from .cache import CachedVector, EmbeddingCache
 from .cost import CostEstimate, CostReport, cost_usd
 from .errors import BudgetExceededError, ConfigurationError, EmbeddingError
-from .ledger import CostLedger
+from .ledger import CostLedger, Reservation
 from .settings import Settings
 from .validation import validate_texts
 
@@ -66,13 +69,16 @@ class EmbeddingService:
         settings: Settings | None = None,
         factories: Mapping[str, ProviderFactory] = PROVIDER_FACTORIES,
         ledger: CostLedger | None = None,
+        cache: EmbeddingCache | None = None,
     ) -> None:
         # The Python API is an entry point too: without explicit settings, read the environment.
         self.settings = settings if settings is not None else Settings.from_env()
         self._factories = factories
         self._instances: dict[tuple[str, str | None], EmbeddingProvider] = {}
         self._active = self._provider(provider or self.settings.provider, model)
-        self.ledger = ledger or CostLedger(self.settings.resolved_data_dir / "ledger.sqlite3")
+        data_dir = self.settings.resolved_data_dir
+        self.ledger = ledger or CostLedger(data_dir / "ledger.sqlite3")
+        self.cache = cache or (EmbeddingCache(data_dir / "cache.sqlite3") if self.settings.cache else None)
 
     @property
     def provider(self) -> EmbeddingProvider:
@@ -95,14 +101,53 @@ class EmbeddingService:
     ) -> EmbeddingResult:
         """Validate, embed and account for `texts`; the result carries its cost.
 
-        `check_capacity(count, dimensions)` may refuse the call (by raising) after the texts are
-        validated and before any work is done, e.g. when the answer could not be delivered.
+        Each distinct text is embedded once; texts already in the cache for this vector space are
+        not sent at all. `check_capacity(count, dimensions)` may refuse the call (by raising) after
+        the texts are validated and before any work is done, e.g. when the answer could not be
+        delivered.
         """
         valid = validate_texts(texts, self.settings.limits)
         chosen = self.get_provider(provider)
+        dimensions = chosen.dimensions
         if check_capacity is not None:
-            check_capacity(len(valid), chosen.dimensions)
-        estimate = await self._estimate(chosen, valid)
+            check_capacity(len(valid), dimensions)
+        unique = list(dict.fromkeys(valid))
+        hits = await self._cached(chosen, unique)
+        missing = [text for text in unique if text not in hits]
+
+        fresh, reservation = await self._embed_fresh(chosen, missing, progress, done_before=len(unique) - len(missing))
+        by_text = {text: (hit.vector, hit.dropped_tokens) for text, hit in hits.items()}
+        by_text.update(
+            (text, (fresh.vectors[i], fresh.truncated.get(i, 0))) for i, text in enumerate(missing)
+        )
+        vectors = np.stack([by_text[text][0] for text in valid]).astype(np.float32, copy=False)
+        truncated = {i: by_text[text][1] for i, text in enumerate(valid) if by_text[text][1]}
+        cached = sum(1 for text in valid if text in hits)
+        saved = await self._estimate(chosen, [text for text in valid if text in hits]) if cached else None
+        result = dataclasses.replace(
+            fresh,
+            vectors=vectors,
+            truncated=truncated,
+            cached=cached,
+            duplicates=len(valid) - len(unique),
+        )
+        # One transaction swaps the reservation for the reported cost: the hard limit never has a gap.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(
+                functools.partial(
+                    self.ledger.settle, reservation, result, cached=cached, saved_usd=(saved and saved.usd) or 0.0
+                )
+            )
+        return result
+
+    async def _embed_fresh(
+        self, chosen: EmbeddingProvider, texts: list[str], progress: ProgressCallback | None, *, done_before: int
+    ) -> tuple[EmbeddingResult, Reservation]:
+        """Embed texts the cache did not have, within the budget, and cache the vectors.
+
+        Returns the result and its budget reservation, which the caller settles.
+        """
+        estimate = await self._estimate(chosen, texts)
         budget = self.settings.budget
         if estimate.usd is None and budget.hard_usd is not None:
             raise BudgetExceededError(
@@ -110,21 +155,38 @@ class EmbeddingService:
                 f"enforced; give its price with SIGNAL_HUB_PRICES={estimate.model}=<USD per 1M tokens>."
             )
         reservation = await anyio.to_thread.run_sync(self.ledger.reserve, estimate.usd or 0.0, budget)
+
+        async def report(done: int, total: int) -> None:
+            if progress is not None:
+                await progress(done_before + done, done_before + total)
+
         try:
-            result = await chosen.embed(valid, progress=progress)
+            if texts:
+                result = await chosen.embed(texts, progress=report)
+            else:
+                await report(0, 0)
+                empty = np.empty((0, chosen.dimensions), dtype=np.float32)
+                result = EmbeddingResult(vectors=empty, provider=chosen.name, model=chosen.model, tokens=0, requests=0)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.ledger.release, reservation)
             raise
+        if self.cache is not None and texts:
+            dropped = [result.truncated.get(i, 0) for i in range(len(texts))]
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.cache.put_many, chosen.space, texts, result.vectors, dropped)
         # Cost comes from the usage the provider reported, never from our estimate.
-        result = dataclasses.replace(
+        priced = dataclasses.replace(
             result,
             cost_usd=cost_usd(result.provider, result.model, result.tokens, self.settings.prices),
             warning=reservation.warning,
         )
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self.ledger.settle, reservation, result)
-        return result
+        return priced, reservation
+
+    async def _cached(self, chosen: EmbeddingProvider, texts: list[str]) -> dict[str, CachedVector]:
+        if self.cache is None:
+            return {}
+        return await anyio.to_thread.run_sync(self.cache.get_many, chosen.space, texts, chosen.dimensions)
 
     async def generate(self, text: str) -> list[float]:
         """Embed one text."""
@@ -169,6 +231,8 @@ class EmbeddingService:
             await instance.aclose()
         self._instances.clear()
         self.ledger.close()
+        if self.cache is not None:
+            self.cache.close()
 
     async def __aenter__(self) -> EmbeddingService:
         return self

@@ -56,6 +56,8 @@ class Settings:
     prices: Mapping[str, float] = field(default_factory=dict)
     """USD per 1M tokens by model, over the built-in price table."""
     budget: Budget = field(default_factory=Budget)
+    cache: bool = True
+    """Keep vectors in a persistent cache under the data directory, keyed by vector space and text."""
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -82,6 +84,7 @@ class Settings:
             openai_base_url=env.get("OPENAI_BASE_URL") or None,
             openai_api_key=env.get("OPENAI_API_KEY") or None,
             prices={name: float(value) for name, value in _parse_pairs(env, "SIGNAL_HUB_PRICES", "model=usd_per_1M_tokens").items()},
+            cache=env.get("SIGNAL_HUB_CACHE", "on").strip().lower() not in {"off", "0", "false", "no"},
             budget=Budget(
                 soft_usd=_optional_float(env, "SIGNAL_HUB_BUDGET_SOFT_USD"),
                 hard_usd=_optional_float(env, "SIGNAL_HUB_BUDGET_HARD_USD"),

@@ -195,6 +195,7 @@ def _meta(result: EmbeddingResult, encoding: Encoding) -> dict[str, object]:
         "tokens": result.tokens,
         "cost_usd": result.cost_usd,
         "encoding": encoding,
+        "cached": result.cached,
         "warning": result.warning,
     }
 
@@ -205,6 +206,8 @@ def _summary(result: EmbeddingResult, what: str) -> str:
         f"Embedded {what} with {result.provider}/{result.model}: {result.dimensions} dimensions, "
         f"{result.tokens} tokens, {cost}."
     )
+    if result.cached:
+        text += f" {result.cached} from the cache."
     if result.truncated:
         text += f" {len(result.truncated)} text(s) were longer than the model's window and were truncated."
     if result.warning:

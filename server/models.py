@@ -23,6 +23,7 @@ class _EmbeddingMeta(BaseModel):
     tokens: int = Field(description="Input tokens as the provider counted them.")
     cost_usd: float | None = Field(description="Cost of this call in USD; null when the model's price is unknown.")
     encoding: Encoding
+    cached: int = Field(description="Texts answered from the cache (no provider call, no cost).")
     warning: str | None = Field(default=None, description="Set when the soft spending limit was passed.")
 
 

@@ -54,7 +54,7 @@ async def test_embed_text_returns_a_normalised_vector_and_a_short_summary(client
     out = result.structured_content
     assert (out["dimensions"], out["provider"], out["model"]) == (384, "local", "all-MiniLM-L6-v2")
     assert out["space"] == "local:all-MiniLM-L6-v2:384:l2"
-    assert out["cost_usd"] == 0.0 and out["tokens"] == 10 and out["truncated"] is False
+    assert out["cost_usd"] == 0.0 and out["tokens"] == 10 and out["truncated"] is False and out["cached"] == 0
     assert np.linalg.norm(out["embedding"]) == pytest.approx(1.0, abs=1e-5)
     text = result.content[0].text
     assert "384 dimensions" in text and len(text) < 300  # no floats flooding the agent's context

@@ -49,9 +49,10 @@ async def test_every_tool_works_over_stdio(stdio_client: Client) -> None:
     texts = ["def calculate_total(items):", *[f"chunk {i}" for i in range(39)]]
     batch = await client.call_tool("embed_batch", {"texts": texts, "encoding": "base64"}, progress_callback=on_progress)
     assert not batch.is_error and batch.structured_content["count"] == 40
+    assert batch.structured_content["cached"] == 1
     first = np.frombuffer(base64.b64decode(batch.structured_content["embeddings"][0]), dtype="<f4")
     np.testing.assert_allclose(first, vector, atol=1e-5)
-    assert progress == [32, 40]
+    assert progress == [33, 40]  # the first text came from the cache, then a step of 32
 
     switched = await client.call_tool("switch_provider", {"provider": "local"})
     assert switched.structured_content["previous"] == {"provider": "local", "model": "all-MiniLM-L6-v2"}
