@@ -43,6 +43,14 @@ class EmbeddingResult:
     """Texts answered from the cache: no provider call, no cost."""
     duplicates: int = 0
     """Texts that repeated an earlier text of the same call and were embedded once."""
+    fallback_reason: str | None = None
+    """Set when another provider than the one asked for answered, and why."""
+    requested_space: str | None = None
+    """With a fallback: the space of the provider that was asked for (its vectors would not mix)."""
+
+    @property
+    def fallback(self) -> bool:
+        return self.fallback_reason is not None
 
     @property
     def dimensions(self) -> int:

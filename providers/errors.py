@@ -16,6 +16,11 @@ Every error is an `EmbeddingError`, and every message says what happened and wha
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .base import EmbeddingResult
+
 __all__ = [
     "AuthenticationError",
     "BudgetExceededError",
@@ -51,7 +56,18 @@ class BudgetExceededError(EmbeddingError):
 
 
 class ProviderError(EmbeddingError):
-    """The provider failed to embed the texts."""
+    """The provider failed to embed the texts.
+
+    `partial` holds what it did embed (and was paid for) before failing: the vectors of the texts
+    at `partial_indexes`, so they can be kept for later instead of thrown away.
+    """
+
+    def __init__(
+        self, message: str, *, partial: EmbeddingResult | None = None, partial_indexes: tuple[int, ...] = ()
+    ) -> None:
+        super().__init__(message)
+        self.partial = partial
+        self.partial_indexes = partial_indexes
 
 
 class AuthenticationError(ProviderError):

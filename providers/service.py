@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,27 +17,35 @@ import numpy as np
 from .base import EmbeddingProvider, EmbeddingResult, ProgressCallback
 from .cache import CachedVector, EmbeddingCache
 from .cost import CostEstimate, CostReport, cost_usd
-from .errors import BudgetExceededError, ConfigurationError, EmbeddingError
+from .errors import BudgetExceededError, ConfigurationError, EmbeddingError, ProviderError, ProviderUnavailableError
+from .fallback import OUTAGES, CircuitBreaker
 from .ledger import CostLedger, Reservation
 from .settings import Settings
 from .validation import validate_texts
 
-__all__ = ["PROVIDER_FACTORIES", "EmbeddingService", "ProviderFactory", "SwitchResult"]
+__all__ = ["PROVIDER_FACTORIES", "EmbeddingService", "ProviderFactory", "ProviderStatus", "SwitchResult"]
 
-ProviderFactory = Callable[[Settings, "str | None"], EmbeddingProvider]
-"""Builds a provider from the settings and a model name (None: the configured default)."""
+logger = logging.getLogger(__name__)
+
+ProviderFactory = Callable[[Settings, "str | None", "int | None"], EmbeddingProvider]
+"""Builds a provider from the settings, a model name and a vector length (None: the defaults)."""
 
 
-def _local(settings: Settings, model: str | None) -> EmbeddingProvider:
+def _local(settings: Settings, model: str | None, dimensions: int | None) -> EmbeddingProvider:
     from .local import LocalProvider
 
-    return LocalProvider.from_settings(settings, model)
+    provider = LocalProvider.from_settings(settings, model)
+    if dimensions is not None and dimensions != provider.dimensions:
+        raise ConfigurationError(
+            f"local model {provider.model!r} makes {provider.dimensions}-dimension vectors; it cannot make {dimensions}."
+        )
+    return provider
 
 
-def _openai(settings: Settings, model: str | None) -> EmbeddingProvider:
-    from .openai import OpenAIProvider
+def _openai(settings: Settings, model: str | None, dimensions: int | None) -> EmbeddingProvider:
+    from .openai import OpenAIOptions, OpenAIProvider
 
-    return OpenAIProvider.from_settings(settings, model)
+    return OpenAIProvider.from_settings(settings, model, options=OpenAIOptions(dimensions=dimensions))
 
 
 PROVIDER_FACTORIES: Mapping[str, ProviderFactory] = {"local": _local, "openai": _openai}
@@ -43,11 +53,30 @@ PROVIDER_FACTORIES: Mapping[str, ProviderFactory] = {"local": _local, "openai": 
 
 @dataclass(frozen=True)
 class SwitchResult:
+    """The provider before and after a switch, with their vector spaces."""
+
     provider: str
     model: str
     dimensions: int
+    space: str
     previous_provider: str
     previous_model: str
+    previous_dimensions: int
+    previous_space: str
+
+
+@dataclass(frozen=True)
+class ProviderStatus:
+    """What `list_providers` shows of one provider: never a secret."""
+
+    name: str
+    model: str | None
+    dimensions: int | None
+    space: str | None
+    active: bool
+    circuit: str
+    last_error: str | None
+    retry_in_s: float
 
 
 class EmbeddingService:
@@ -70,11 +99,14 @@ class EmbeddingService:
         factories: Mapping[str, ProviderFactory] = PROVIDER_FACTORIES,
         ledger: CostLedger | None = None,
         cache: EmbeddingCache | None = None,
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
         # The Python API is an entry point too: without explicit settings, read the environment.
         self.settings = settings if settings is not None else Settings.from_env()
         self._factories = factories
-        self._instances: dict[tuple[str, str | None], EmbeddingProvider] = {}
+        self._instances: dict[tuple[str, str | None, int | None], EmbeddingProvider] = {}
+        self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
+        self._now = now
         self._active = self._provider(provider or self.settings.provider, model)
         data_dir = self.settings.resolved_data_dir
         self.ledger = ledger or CostLedger(data_dir / "ledger.sqlite3")
@@ -107,19 +139,70 @@ class EmbeddingService:
         delivered.
         """
         valid = validate_texts(texts, self.settings.limits)
-        chosen = self.get_provider(provider)
-        dimensions = chosen.dimensions
+        primary = self.get_provider(provider)
         if check_capacity is not None:
-            check_capacity(len(valid), dimensions)
+            check_capacity(len(valid), primary.dimensions)
+        breaker = self._breaker(primary)
+        fallbacks = self.settings.fallback.fallbacks_for(primary.name)
+        if breaker.allows_request():
+            try:
+                result = await self._embed_with(primary, valid, progress)
+            except OUTAGES as exc:
+                breaker.record_failure(exc)
+                if not fallbacks:
+                    raise
+                reason = f"{primary.name} failed: {exc}"
+            else:
+                breaker.record_success()
+                return result
+        else:
+            reason = (
+                f"{primary.name} is unavailable after repeated failures (last: {breaker.last_error}); "
+                f"it is tried again in {breaker.retry_in_s:.0f} s"
+            )
+            if not fallbacks:
+                raise ProviderUnavailableError(f"{reason}. Retry later, or switch_provider to another provider.")
+        return await self._fall_back(primary, fallbacks, reason, valid, progress, check_capacity)
+
+    async def _fall_back(
+        self,
+        primary: EmbeddingProvider,
+        fallbacks: Sequence[str],
+        reason: str,
+        texts: list[str],
+        progress: ProgressCallback | None,
+        check_capacity: Callable[[int, int], None] | None,
+    ) -> EmbeddingResult:
+        """Answer the whole call from the first working fallback: one call, one vector space."""
+        for name in fallbacks:
+            other = self.get_provider(name)
+            breaker = self._breaker(other)
+            if not breaker.allows_request():
+                continue
+            if check_capacity is not None:
+                check_capacity(len(texts), other.dimensions)
+            logger.warning("%s; answering from %s (%s)", reason, other.name, other.space)
+            try:
+                result = await self._embed_with(other, texts, progress)
+            except OUTAGES as exc:
+                breaker.record_failure(exc)
+                reason = f"{reason}; {other.name} failed too: {exc}"
+                continue
+            breaker.record_success()
+            return dataclasses.replace(result, fallback_reason=reason, requested_space=primary.space)
+        raise ProviderUnavailableError(f"{reason}. No fallback provider could answer; retry later.")
+
+    async def _embed_with(
+        self, chosen: EmbeddingProvider, valid: list[str], progress: ProgressCallback | None
+    ) -> EmbeddingResult:
+        """Embed with one provider: each distinct text once, cached texts not at all."""
         unique = list(dict.fromkeys(valid))
         hits = await self._cached(chosen, unique)
         missing = [text for text in unique if text not in hits]
 
         fresh, reservation = await self._embed_fresh(chosen, missing, progress, done_before=len(unique) - len(missing))
         by_text = {text: (hit.vector, hit.dropped_tokens) for text, hit in hits.items()}
-        by_text.update(
-            (text, (fresh.vectors[i], fresh.truncated.get(i, 0))) for i, text in enumerate(missing)
-        )
+        by_text.update((text, (fresh.vectors[i], fresh.truncated.get(i, 0))) for i, text in enumerate(missing))
         vectors = np.stack([by_text[text][0] for text in valid]).astype(np.float32, copy=False)
         truncated = {i: by_text[text][1] for i, text in enumerate(valid) if by_text[text][1]}
         cached = sum(1 for text in valid if text in hits)
@@ -167,9 +250,11 @@ class EmbeddingService:
                 await report(0, 0)
                 empty = np.empty((0, chosen.dimensions), dtype=np.float32)
                 result = EmbeddingResult(vectors=empty, provider=chosen.name, model=chosen.model, tokens=0, requests=0)
-        except BaseException:
+        except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.ledger.release, reservation)
+                if isinstance(exc, ProviderError) and exc.partial is not None:
+                    await self._keep_partial(chosen, texts, exc)
             raise
         if self.cache is not None and texts:
             dropped = [result.truncated.get(i, 0) for i in range(len(texts))]
@@ -182,6 +267,28 @@ class EmbeddingService:
             warning=reservation.warning,
         )
         return priced, reservation
+
+    async def _keep_partial(self, chosen: EmbeddingProvider, texts: list[str], error: ProviderError) -> None:
+        """Vectors paid for before a failure: record their cost and cache them for the next try."""
+        partial = error.partial
+        assert partial is not None
+        priced = dataclasses.replace(
+            partial, cost_usd=cost_usd(partial.provider, partial.model, partial.tokens, self.settings.prices)
+        )
+        await anyio.to_thread.run_sync(self.ledger.record, priced)
+        if self.cache is not None:
+            done = [texts[i] for i in error.partial_indexes]
+            dropped = [partial.truncated.get(n, 0) for n in range(len(done))]
+            await anyio.to_thread.run_sync(self.cache.put_many, chosen.space, done, partial.vectors, dropped)
+
+    def _breaker(self, provider: EmbeddingProvider) -> CircuitBreaker:
+        key = (provider.name, provider.model)
+        if key not in self._breakers:
+            policy = self.settings.fallback
+            self._breakers[key] = CircuitBreaker(
+                failure_threshold=policy.failure_threshold, cooldown_s=policy.cooldown_s, now=self._now
+            )
+        return self._breakers[key]
 
     async def _cached(self, chosen: EmbeddingProvider, texts: list[str]) -> dict[str, CachedVector]:
         if self.cache is None:
@@ -204,17 +311,47 @@ class EmbeddingService:
         valid = validate_texts(texts, self.settings.limits)
         return await self._estimate(self.get_provider(provider, model), valid)
 
-    def switch_provider(self, name: str, model: str | None = None) -> SwitchResult:
-        """Make `name` (with `model`, or its default model) the provider later calls use."""
+    def switch_provider(self, name: str, model: str | None = None, dimensions: int | None = None) -> SwitchResult:
+        """Make `name` (with `model`, or its default model) the provider later calls use.
+
+        Vectors of the new space do not match vectors stored from the old one: compare `space`s.
+        """
         previous = self._active
-        self._active = self._provider(name, model)
+        self._active = self._provider(name, model, dimensions)
         return SwitchResult(
             provider=self._active.name,
             model=self._active.model,
             dimensions=self._active.dimensions,
+            space=self._active.space,
             previous_provider=previous.name,
             previous_model=previous.model,
+            previous_dimensions=previous.dimensions,
+            previous_space=previous.space,
         )
+
+    def provider_statuses(self) -> list[ProviderStatus]:
+        """Each known provider (its active or default model), its space and health."""
+        statuses = []
+        for name in self._factories:
+            try:
+                provider = self.get_provider(name)
+            except EmbeddingError as exc:
+                statuses.append(ProviderStatus(name, None, None, None, False, "unavailable", str(exc), 0.0))
+                continue
+            breaker = self._breaker(provider)
+            statuses.append(
+                ProviderStatus(
+                    name=name,
+                    model=provider.model,
+                    dimensions=provider.dimensions,
+                    space=provider.space,
+                    active=provider is self._active,
+                    circuit=breaker.state.value,
+                    last_error=breaker.last_error,
+                    retry_in_s=round(breaker.retry_in_s, 3),
+                )
+            )
+        return statuses
 
     def get_cost(self) -> float:
         """Total USD spent in this session."""
@@ -250,18 +387,18 @@ class EmbeddingService:
             usd=cost_usd(provider.name, provider.model, tokens, self.settings.prices),
         )
 
-    def _provider(self, name: str, model: str | None) -> EmbeddingProvider:
+    def _provider(self, name: str, model: str | None, dimensions: int | None = None) -> EmbeddingProvider:
         key = name.strip().lower() if isinstance(name, str) else name
         factory = self._factories.get(key)
         if factory is None:
             raise ConfigurationError(f"unknown provider {name!r}; choose one of: {', '.join(self._factories)}.")
-        cached = self._instances.get((key, model))
+        cached = self._instances.get((key, model, dimensions))
         if cached is not None:
             return cached
-        instance = factory(self.settings, model)
+        instance = factory(self.settings, model, dimensions)
         if not isinstance(instance, EmbeddingProvider):  # pragma: no cover - a factory bug, not user input
             raise EmbeddingError(f"provider factory {key!r} returned {type(instance).__name__}")
         # Reachable both by the name asked for (None: the default) and by the model it resolved to.
-        self._instances[(key, model)] = instance
-        self._instances.setdefault((key, instance.model), instance)
+        self._instances[(key, model, dimensions)] = instance
+        self._instances.setdefault((key, instance.model, dimensions), instance)
         return instance

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigurationError
+from .fallback import FallbackPolicy
 
 __all__ = ["Budget", "InputLimits", "Settings"]
 
@@ -56,6 +57,7 @@ class Settings:
     prices: Mapping[str, float] = field(default_factory=dict)
     """USD per 1M tokens by model, over the built-in price table."""
     budget: Budget = field(default_factory=Budget)
+    fallback: FallbackPolicy = field(default_factory=FallbackPolicy)
     cache: bool = True
     """Keep vectors in a persistent cache under the data directory, keyed by vector space and text."""
 
@@ -77,13 +79,29 @@ class Settings:
             provider=env.get("SIGNAL_HUB_PROVIDER", "local").strip().lower() or "local",
             data_dir=Path(data_dir).expanduser() if data_dir else None,
             local_model=env.get("SIGNAL_HUB_LOCAL_MODEL", DEFAULT_LOCAL_MODEL),
-            local_models={name: Path(path).expanduser() for name, path in _parse_pairs(env, "SIGNAL_HUB_LOCAL_MODELS", "name=/path/to/model").items()},
+            local_models={
+                name: Path(path).expanduser()
+                for name, path in _parse_pairs(env, "SIGNAL_HUB_LOCAL_MODELS", "name=/path/to/model").items()
+            },
             local_batch_size=_positive_int(env, "SIGNAL_HUB_LOCAL_BATCH_SIZE", 8),
             device=env.get("SIGNAL_HUB_DEVICE") or None,
             openai_model=env.get("SIGNAL_HUB_OPENAI_MODEL", DEFAULT_OPENAI_MODEL),
             openai_base_url=env.get("OPENAI_BASE_URL") or None,
             openai_api_key=env.get("OPENAI_API_KEY") or None,
-            prices={name: float(value) for name, value in _parse_pairs(env, "SIGNAL_HUB_PRICES", "model=usd_per_1M_tokens").items()},
+            prices={
+                name: float(value)
+                for name, value in _parse_pairs(env, "SIGNAL_HUB_PRICES", "model=usd_per_1M_tokens").items()
+            },
+            fallback=FallbackPolicy(
+                mode=env.get("SIGNAL_HUB_FALLBACK", "on_outage").strip().lower(),
+                chain=tuple(
+                    p.strip().lower()
+                    for p in env.get("SIGNAL_HUB_FALLBACK_CHAIN", "openai,local").split(",")
+                    if p.strip()
+                ),
+                failure_threshold=_positive_int(env, "SIGNAL_HUB_CIRCUIT_FAILURES", 3),
+                cooldown_s=_optional_float(env, "SIGNAL_HUB_CIRCUIT_COOLDOWN_S") or 60.0,
+            ),
             cache=env.get("SIGNAL_HUB_CACHE", "on").strip().lower() not in {"off", "0", "false", "no"},
             budget=Budget(
                 soft_usd=_optional_float(env, "SIGNAL_HUB_BUDGET_SOFT_USD"),

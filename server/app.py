@@ -22,7 +22,9 @@ from .models import (
     CostResult,
     EmbedBatchResult,
     EmbedTextResult,
+    ProviderInfo,
     ProviderRef,
+    ProvidersResult,
     SwitchProviderResult,
     TruncatedText,
     UsageOut,
@@ -35,8 +37,9 @@ ProviderName = Literal["local", "openai"]
 INSTRUCTIONS = """\
 Text embeddings for semantic code search. embed_text embeds one text; embed_batch embeds many
 in one call (vectors in input order). Vectors from different `space` ids must never be mixed in
-one index. switch_provider changes the provider for later calls; get_cost reports the spend;
-estimate_cost prices a job without running it."""
+one index: a result with `fallback: true` came from another provider than the one asked for.
+switch_provider changes the provider for later calls; list_providers shows each provider's space
+and health; get_cost reports the spend; estimate_cost prices a job without running it."""
 
 ServiceFactory = Callable[[Settings], EmbeddingService]
 
@@ -99,21 +102,54 @@ def build_server(settings: Settings, service_factory: ServiceFactory | None = No
         provider: Annotated[ProviderName, Field(description="Provider for later calls.")],
         ctx: Context,
         model: Annotated[str | None, Field(description="Model name; default: the provider's default.")] = None,
+        dimensions: Annotated[
+            int | None, Field(description="Shorter vectors (OpenAI text-embedding-3 models only).", ge=1)
+        ] = None,
     ) -> Annotated[CallToolResult, SwitchProviderResult]:
-        """Change the provider (and model) later calls use. Vectors of the old and new model must not be mixed."""
+        """Change the provider (and model) later calls use. Vectors of different spaces must not be mixed."""
         try:
-            switched = _service(ctx).switch_provider(provider, model)
+            switched = _service(ctx).switch_provider(provider, model, dimensions)
         except EmbeddingError as exc:
             raise ToolError(str(exc)) from exc
         out = SwitchProviderResult(
             provider=switched.provider,
             model=switched.model,
             dimensions=switched.dimensions,
-            previous=ProviderRef(provider=switched.previous_provider, model=switched.previous_model),
+            space=switched.space,
+            previous=ProviderRef(
+                provider=switched.previous_provider,
+                model=switched.previous_model,
+                dimensions=switched.previous_dimensions,
+                space=switched.previous_space,
+            ),
+            space_changed=switched.space != switched.previous_space,
         )
-        text = (
-            f"Now embedding with {switched.provider}/{switched.model} ({switched.dimensions} dimensions); "
-            f"was {switched.previous_provider}/{switched.previous_model}."
+        text = f"Now embedding in space {switched.space}; was {switched.previous_space}."
+        if out.space_changed:
+            text += " Vectors stored from the old space do not match new ones: keep them apart or re-embed."
+        return _answer(out, text)
+
+    @mcp.tool()
+    async def list_providers(ctx: Context) -> Annotated[CallToolResult, ProvidersResult]:
+        """Each provider with its model, vector space, health (circuit state, last error) and whether it is active."""
+        statuses = _service(ctx).provider_statuses()
+        out = ProvidersResult(
+            providers=[
+                ProviderInfo(
+                    provider=st.name,
+                    model=st.model,
+                    dimensions=st.dimensions,
+                    space=st.space,
+                    active=st.active,
+                    circuit=st.circuit,  # type: ignore[arg-type]
+                    last_error=st.last_error,
+                    retry_in_s=st.retry_in_s,
+                )
+                for st in statuses
+            ]
+        )
+        text = "; ".join(
+            f"{st.name}{' (active)' if st.active else ''}: {st.space or 'unavailable'}, circuit {st.circuit}" for st in statuses
         )
         return _answer(out, text)
 
@@ -196,6 +232,9 @@ def _meta(result: EmbeddingResult, encoding: Encoding) -> dict[str, object]:
         "cost_usd": result.cost_usd,
         "encoding": encoding,
         "cached": result.cached,
+        "fallback": result.fallback,
+        "fallback_reason": result.fallback_reason,
+        "requested_space": result.requested_space,
         "warning": result.warning,
     }
 
@@ -208,6 +247,8 @@ def _summary(result: EmbeddingResult, what: str) -> str:
     )
     if result.cached:
         text += f" {result.cached} from the cache."
+    if result.fallback:
+        text += f" FALLBACK: {result.fallback_reason}; these vectors are in space {result.space}, not {result.requested_space}."
     if result.truncated:
         text += f" {len(result.truncated)} text(s) were longer than the model's window and were truncated."
     if result.warning:

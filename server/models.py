@@ -24,6 +24,9 @@ class _EmbeddingMeta(BaseModel):
     cost_usd: float | None = Field(description="Cost of this call in USD; null when the model's price is unknown.")
     encoding: Encoding
     cached: int = Field(description="Texts answered from the cache (no provider call, no cost).")
+    fallback: bool = Field(description="True when another provider than the one asked for answered.")
+    fallback_reason: str | None = Field(description="Why the fallback happened.")
+    requested_space: str | None = Field(description="With a fallback: the space that was asked for.")
     warning: str | None = Field(default=None, description="Set when the soft spending limit was passed.")
 
 
@@ -42,13 +45,28 @@ class EmbedBatchResult(_EmbeddingMeta):
 class ProviderRef(BaseModel):
     provider: str
     model: str
-
-
-class SwitchProviderResult(BaseModel):
-    provider: str
-    model: str
     dimensions: int
+    space: str
+
+
+class SwitchProviderResult(ProviderRef):
     previous: ProviderRef
+    space_changed: bool = Field(description="True when stored vectors no longer match new ones: re-embed them.")
+
+
+class ProviderInfo(BaseModel):
+    provider: str
+    model: str | None
+    dimensions: int | None
+    space: str | None
+    active: bool
+    circuit: Literal["closed", "open", "half_open", "unavailable"]
+    last_error: str | None
+    retry_in_s: float = Field(description="Seconds until a provider with an open circuit is tried again.")
+
+
+class ProvidersResult(BaseModel):
+    providers: list[ProviderInfo]
 
 
 class UsageOut(BaseModel):

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.anyio
 
 
 def service_with(settings: Settings, **models: FakeProvider) -> EmbeddingService:
-    def factory(_: Settings, model: str | None) -> EmbeddingProvider:
+    def factory(_: Settings, model: str | None, _dimensions: int | None) -> EmbeddingProvider:
         return models[model or "fake-small"]
 
     return EmbeddingService("fake", settings=settings, factories={"fake": factory})

@@ -17,7 +17,7 @@ from tests.fakes import FakeProvider
 
 pytestmark = pytest.mark.anyio
 
-TOOLS = {"embed_text", "embed_batch", "switch_provider", "get_cost", "estimate_cost"}
+TOOLS = {"embed_text", "embed_batch", "switch_provider", "get_cost", "estimate_cost", "list_providers"}
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ async def client(settings: Settings) -> AsyncIterator[Client]:
 
 
 def fake_server(settings: Settings, dimensions: int = 8):
-    def factory(_: Settings, model: str | None) -> EmbeddingProvider:
+    def factory(_: Settings, model: str | None, _dimensions: int | None) -> EmbeddingProvider:
         return FakeProvider(model or "fake-small", dimensions=dimensions)
 
     return build_server(settings, lambda s: EmbeddingService("fake", settings=s, factories={"fake": factory}))
@@ -135,11 +135,14 @@ async def test_an_answer_too_big_for_one_message_is_refused_with_how_to_split(se
 
 async def test_switch_provider_answers_old_and_new_and_later_calls_follow(client: Client) -> None:
     result = await client.call_tool("switch_provider", {"provider": "local", "model": "all-MiniLM-L6-v2"})
+    space = "local:all-MiniLM-L6-v2:384:l2"
     assert result.structured_content == {
         "provider": "local",
         "model": "all-MiniLM-L6-v2",
         "dimensions": 384,
-        "previous": {"provider": "local", "model": "all-MiniLM-L6-v2"},
+        "space": space,
+        "previous": {"provider": "local", "model": "all-MiniLM-L6-v2", "dimensions": 384, "space": space},
+        "space_changed": False,
     }
 
 

@@ -26,7 +26,7 @@ def make_service(settings: Settings, provider: str = "fake", **kwargs: object) -
     built: dict[tuple[str, str | None], FakeProvider] = {}
 
     def factory(name: str, default_model: str, dimensions: int):
-        def build(_: Settings, model: str | None) -> EmbeddingProvider:
+        def build(_: Settings, model: str | None, _dimensions: int | None) -> EmbeddingProvider:
             chosen = model or default_model
             if chosen not in {default_model, f"{default_model}-v2"}:
                 raise ConfigurationError(f"unknown model {chosen!r}")
@@ -153,7 +153,7 @@ class GatedProvider(FakeProvider):
 def gated_service(settings: Settings, **budget: float) -> tuple[EmbeddingService, GatedProvider]:
     gated = GatedProvider()
     settings = replace(settings, prices={"gated": 1_000_000.0}, budget=Budget(period="all", **budget))  # $1 a token
-    return EmbeddingService("fake", settings=settings, factories={"fake": lambda s, m: gated}), gated
+    return EmbeddingService("fake", settings=settings, factories={"fake": lambda s, m, d: gated}), gated
 
 
 async def test_concurrent_calls_cannot_together_pass_the_hard_limit(settings: Settings) -> None:

@@ -35,7 +35,7 @@ async def stdio_client(tmp_path: Path) -> AsyncIterator[Client]:
 async def test_every_tool_works_over_stdio(stdio_client: Client) -> None:
     client = stdio_client
     tools = {tool.name for tool in (await client.list_tools()).tools}
-    assert tools == {"embed_text", "embed_batch", "switch_provider", "get_cost", "estimate_cost"}
+    assert tools == {"embed_text", "embed_batch", "switch_provider", "get_cost", "estimate_cost", "list_providers"}
 
     one = await client.call_tool("embed_text", {"text": "def calculate_total(items):"})
     assert not one.is_error and one.structured_content["dimensions"] == 384
@@ -55,7 +55,8 @@ async def test_every_tool_works_over_stdio(stdio_client: Client) -> None:
     assert progress == [33, 40]  # the first text came from the cache, then a step of 32
 
     switched = await client.call_tool("switch_provider", {"provider": "local"})
-    assert switched.structured_content["previous"] == {"provider": "local", "model": "all-MiniLM-L6-v2"}
+    assert switched.structured_content["previous"]["space"] == "local:all-MiniLM-L6-v2:384:l2"
+    assert switched.structured_content["space_changed"] is False
 
     cost = (await client.call_tool("get_cost", {})).structured_content
     assert cost["embeddings"] == 41 and cost["total_usd"] == 0.0
@@ -88,7 +89,7 @@ anyio.run(main)
 """
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
     report = json.loads(out.stdout)
-    assert len(report["tools"]) == 5
+    assert len(report["tools"]) == 6
     assert report["heavy"] == []
 
 

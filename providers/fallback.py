@@ -1,0 +1,96 @@
+"""When a provider is down: which failures count as an outage, and a circuit breaker per provider.
+
+closed ──(N consecutive outages, or one quota/auth failure)──▶ open
+open ──(cool-down elapsed)──▶ half-open: the next call is a probe
+half-open ──(probe works)──▶ closed      half-open ──(probe fails)──▶ open
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ProviderUnavailableError,
+    QuotaExceededError,
+    RateLimitError,
+)
+
+__all__ = ["OUTAGES", "CircuitBreaker", "CircuitState", "FallbackPolicy"]
+
+OUTAGES = (QuotaExceededError, AuthenticationError, RateLimitError, ProviderUnavailableError)
+"""Failures another provider can answer for. Bad input or a bad setting is not one of them."""
+
+# Waiting cannot fix these: open the circuit at once.
+_OPEN_AT_ONCE = (QuotaExceededError, AuthenticationError)
+
+
+class CircuitState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FallbackPolicy:
+    """`on_outage`: answer from the next provider of `chain` when one is down; `never`: fail."""
+
+    mode: str = "on_outage"
+    chain: tuple[str, ...] = ("openai", "local")
+    failure_threshold: int = 3
+    cooldown_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("on_outage", "never"):
+            raise ConfigurationError(f"fallback policy {self.mode!r} is not 'on_outage' or 'never'.")
+
+    def fallbacks_for(self, provider: str) -> tuple[str, ...]:
+        if self.mode == "never" or provider not in self.chain:
+            return ()
+        return self.chain[self.chain.index(provider) + 1 :]
+
+
+class CircuitBreaker:
+    """Counts a provider's consecutive outages and keeps calls away from it while it is down."""
+
+    def __init__(
+        self, *, failure_threshold: int = 3, cooldown_s: float = 60.0, now: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._threshold = failure_threshold
+        self._cooldown = cooldown_s
+        self._now = now
+        self._failures = 0
+        self._opened_at: float | None = None
+        self.last_error: str | None = None
+
+    @property
+    def state(self) -> CircuitState:
+        if self._opened_at is None:
+            return CircuitState.CLOSED
+        if self._now() - self._opened_at >= self._cooldown:
+            return CircuitState.HALF_OPEN
+        return CircuitState.OPEN
+
+    @property
+    def retry_in_s(self) -> float:
+        """Seconds until the next probe is allowed (0 unless open)."""
+        if self._opened_at is None:
+            return 0.0
+        return max(0.0, self._opened_at + self._cooldown - self._now())
+
+    def allows_request(self) -> bool:
+        return self.state is not CircuitState.OPEN
+
+    def record_success(self) -> None:
+        self._failures = 0
+        self._opened_at = None
+
+    def record_failure(self, error: Exception) -> None:
+        self._failures += 1
+        self.last_error = f"{type(error).__name__}: {error}"
+        if isinstance(error, _OPEN_AT_ONCE) or self._failures >= self._threshold or self._opened_at is not None:
+            self._opened_at = self._now()
