@@ -225,3 +225,21 @@ async def test_get_cost_reports_all_time_and_since_a_date(settings: Settings) ->
     assert (everything["total_usd"], everything["embeddings"]) == (3.0, 2)
     assert everything["by_model"]["fake-small"]["usd"] == 3.0
     assert future["total_usd"] == 0.0 and future["since"].startswith("2999-01-01")
+
+
+async def test_list_providers_shows_spaces_health_and_the_active_one(client: Client) -> None:
+    out = (await client.call_tool("list_providers", {})).structured_content
+    providers = {p["provider"]: p for p in out["providers"]}
+    assert set(providers) == {"local", "openai"}
+    assert providers["local"] == {
+        "provider": "local",
+        "model": "all-MiniLM-L6-v2",
+        "dimensions": 384,
+        "space": "local:all-MiniLM-L6-v2:384:l2",
+        "active": True,
+        "circuit": "closed",
+        "last_error": None,
+        "retry_in_s": 0.0,
+    }
+    assert providers["openai"]["space"] == "openai:text-embedding-3-small:1536:l2"
+    assert providers["openai"]["active"] is False
