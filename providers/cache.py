@@ -8,7 +8,6 @@ busy timeout), shared safely by several processes.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from .errors import ConfigurationError
+from .sqlite import open_database, write_transaction
 
 __all__ = ["CacheStats", "CachedVector", "EmbeddingCache", "cache_key"]
 
@@ -60,16 +59,7 @@ class EmbeddingCache:
         self.path = path
         self._now = now
         self._lock = threading.Lock()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA busy_timeout=30000")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            for statement in filter(None, (part.strip() for part in _SCHEMA.split(";"))):
-                self._db.execute(statement)
-        except (OSError, sqlite3.Error) as exc:
-            raise ConfigurationError(f"cannot open the embedding cache at {path}: {exc}; check SIGNAL_HUB_DATA_DIR.") from exc
+        self._db = open_database(path, _SCHEMA, "embedding cache")
 
     def get_many(self, space: str, texts: Sequence[str], dimensions: int) -> dict[str, CachedVector]:
         """The cached vectors of `texts` in `space`, by text."""
@@ -80,7 +70,8 @@ class EmbeddingCache:
             for start in range(0, len(key_list), _KEYS_PER_QUERY):
                 batch = key_list[start : start + _KEYS_PER_QUERY]
                 rows = self._db.execute(
-                    f"SELECT key, vector, dropped_tokens FROM vectors WHERE key IN ({','.join('?' * len(batch))})", batch
+                    f"SELECT key, vector, dropped_tokens FROM vectors WHERE key IN ({','.join('?' * len(batch))})",
+                    batch,
                 ).fetchall()
                 for key, blob, dropped in rows:
                     vector = np.frombuffer(blob, dtype="<f4")
@@ -98,14 +89,8 @@ class EmbeddingCache:
             for text, vector, dropped in zip(texts, vectors, dropped_tokens, strict=True)
             if vector.ndim == 1 and vector.shape[0] == vectors.shape[1] > 0 and np.isfinite(vector).all()
         ]
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?, ?)", rows)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, write_transaction(self._db):
+            self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?, ?)", rows)
         return len(rows)
 
     def stats(self) -> CacheStats:

@@ -7,20 +7,19 @@ the same database, so a hard limit holds across concurrent calls and processes a
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from .base import EmbeddingResult
 from .cost import CostReport, Usage
-from .errors import BudgetExceededError, ConfigurationError
+from .errors import BudgetExceededError
 from .settings import Budget
+from .sqlite import open_database, write_transaction
 
 __all__ = ["CostLedger", "Reservation"]
 
@@ -66,27 +65,17 @@ class CostLedger:
         self.session = session or uuid.uuid4().hex
         self._now = now
         self._lock = threading.Lock()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA busy_timeout=30000")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            with self._transaction():
-                for statement in filter(None, (part.strip() for part in _SCHEMA.split(";"))):
-                    self._db.execute(statement)
-        except (OSError, sqlite3.Error) as exc:
-            raise ConfigurationError(f"cannot open the cost ledger at {path}: {exc}; check SIGNAL_HUB_DATA_DIR.") from exc
+        self._db = open_database(path, _SCHEMA, "cost ledger")
 
     def record(self, result: EmbeddingResult, *, cached: int = 0, saved_usd: float = 0.0) -> None:
         """Record one call (one transaction)."""
-        with self._lock, self._transaction():
+        with self._lock, write_transaction(self._db):
             self._insert(result, cached, saved_usd)
 
     def reserve(self, usd: float, budget: Budget) -> Reservation:
         """Set `usd` aside against the hard limit, or raise `BudgetExceededError` before anything is spent."""
         reservation_id = uuid.uuid4().hex
-        with self._lock, self._transaction():
+        with self._lock, write_transaction(self._db):
             spent = self._spent(budget.period)
             held = self._held()
             projected = spent + held + usd
@@ -108,15 +97,17 @@ class CostLedger:
             )
         return Reservation(reservation_id, usd, warning)
 
-    def settle(self, reservation: Reservation, result: EmbeddingResult, *, cached: int = 0, saved_usd: float = 0.0) -> None:
+    def settle(
+        self, reservation: Reservation, result: EmbeddingResult, *, cached: int = 0, saved_usd: float = 0.0
+    ) -> None:
         """Replace a reservation by the call's reported cost, in one transaction."""
-        with self._lock, self._transaction():
+        with self._lock, write_transaction(self._db):
             self._db.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,))
             self._insert(result, cached, saved_usd)
 
     def release(self, reservation: Reservation) -> None:
         """Drop a reservation whose call failed before spending."""
-        with self._lock, self._transaction():
+        with self._lock, write_transaction(self._db):
             self._db.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,))
 
     def report(self, *, session: str | None = None, since: datetime | None = None) -> CostReport:
@@ -139,7 +130,11 @@ class CostLedger:
         report = CostReport(total_usd=0.0, total=Usage())
         for provider, model, *sums in rows:
             usage = Usage(*sums)
-            for bucket in (report.total, report.by_provider.setdefault(provider, Usage()), report.by_model.setdefault(model, Usage())):
+            for bucket in (
+                report.total,
+                report.by_provider.setdefault(provider, Usage()),
+                report.by_model.setdefault(model, Usage()),
+            ):
                 bucket.merge(usage)
         report.total_usd = report.total.usd
         return report
@@ -152,31 +147,32 @@ class CostLedger:
         self._db.execute(
             "INSERT INTO calls (at, session, provider, model, tokens, requests, embeddings, usd, cached, saved_usd) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (self._now(), self.session, result.provider, result.model, result.tokens, result.requests,
-             result.count, result.cost_usd, cached, saved_usd),
+            (
+                self._now(),
+                self.session,
+                result.provider,
+                result.model,
+                result.tokens,
+                result.requests,
+                result.count,
+                result.cost_usd,
+                cached,
+                saved_usd,
+            ),
         )
 
     def _spent(self, period: str) -> float:
         if period == "session":
             row = self._db.execute("SELECT SUM(COALESCE(usd, 0)) FROM calls WHERE session = ?", (self.session,))
         else:
-            row = self._db.execute("SELECT SUM(COALESCE(usd, 0)) FROM calls WHERE at >= ?", (_period_start(period, self._now()),))
+            row = self._db.execute(
+                "SELECT SUM(COALESCE(usd, 0)) FROM calls WHERE at >= ?", (_period_start(period, self._now()),)
+            )
         return float(row.fetchone()[0] or 0.0)
 
     def _held(self) -> float:
         row = self._db.execute("SELECT SUM(usd) FROM reservations WHERE at >= ?", (self._now() - _RESERVATION_TTL_S,))
         return float(row.fetchone()[0] or 0.0)
-
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        # IMMEDIATE takes the write lock up front: readers-turned-writers cannot deadlock.
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
 
 def _period_start(period: str, now: float) -> float:

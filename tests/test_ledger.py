@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from providers import Budget, BudgetExceededError, CostLedger, EmbeddingResult
+from providers import Budget, BudgetExceededError, ConfigurationError, CostLedger, EmbeddingResult
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,3 +125,9 @@ def test_eight_processes_writing_at_once_sum_exactly(tmp_path: Path) -> None:
     assert report.total.requests == 8 * writes
     assert report.total.tokens == 8 * writes * 7
     assert report.total_usd == 8 * writes * 0.25  # quarters add up exactly in binary floating point
+
+
+def test_an_unusable_data_directory_is_a_clear_configuration_error(tmp_path: Path) -> None:
+    (tmp_path / "not-a-dir").write_text("a file where the data directory should be")
+    with pytest.raises(ConfigurationError, match="cannot open the cost ledger at .*check SIGNAL_HUB_DATA_DIR"):
+        CostLedger(tmp_path / "not-a-dir" / "ledger.sqlite3")
