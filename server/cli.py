@@ -1,4 +1,4 @@
-"""`signal-hub-embeddings`: run the MCP server over stdio."""
+"""`signal-hub-embeddings`: run the MCP server over stdio (default), or a batch `embed` / `cache` job."""
 
 from __future__ import annotations
 
@@ -9,17 +9,21 @@ import sys
 from providers import EmbeddingError, Settings
 from providers.service import PROVIDER_FACTORIES
 
+from .batch import add_commands
+
 __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="signal-hub-embeddings",
-        description="MCP server (stdio) that embeds text for Signal Hub. "
+        description="MCP server (stdio) that embeds text for Signal Hub, and batch jobs from the command line. "
         "Configured by SIGNAL_HUB_PROVIDER, SIGNAL_HUB_DATA_DIR, OPENAI_API_KEY and OPENAI_BASE_URL.",
     )
-    parser.add_argument("command", nargs="?", choices=["serve"], default="serve", help="serve (default): run the MCP server on stdio")
-    parser.parse_args(argv)
+    commands = parser.add_subparsers(dest="command", metavar="{serve,embed,cache}")
+    commands.add_parser("serve", help="run the MCP server on stdio (the default)")
+    add_commands(commands)
+    args = parser.parse_args(argv)
 
     # stdout carries JSON-RPC: every log line and progress bar goes to stderr.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
@@ -32,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     except EmbeddingError as exc:
         print(f"signal-hub-embeddings: {exc}", file=sys.stderr)
         return 2
+    if args.command not in (None, "serve"):
+        return int(args.run(args, settings))
     from .app import build_server
 
     build_server(settings).run("stdio")

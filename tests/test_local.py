@@ -1,4 +1,7 @@
-"""The local provider with the real packaged all-MiniLM-L6-v2 model."""
+"""The local provider with the real packaged all-MiniLM-L6-v2 model, in its default configuration.
+
+Every test shares one data directory, so the int8 ONNX model is exported once per test session.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +18,15 @@ from providers.local import PACKAGED_MODEL_SHA256, LocalProvider, packaged_model
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
+@pytest.fixture(scope="session")
+def shared_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # The same path in every local test module: the ONNX export is made once per session.
+    return tmp_path_factory.getbasetemp() / "local-models"
+
+
 @pytest.fixture
-def provider(settings: Settings) -> LocalProvider:
-    return LocalProvider.from_settings(settings)
+def provider(shared_data_dir: Path) -> LocalProvider:
+    return LocalProvider.from_settings(Settings(data_dir=shared_data_dir))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -40,7 +49,8 @@ async def test_similar_code_is_closer_than_unrelated_text(provider: LocalProvide
         await provider.embed(
             [
                 "def calculate_total(items):\n    return sum(item.price for item in items)",
-                "def compute_sum(products):\n    total = 0\n    for p in products:\n        total += p.price\n    return total",
+                "def compute_sum(products):\n    total = 0\n    for p in products:\n"
+                "        total += p.price\n    return total",
                 "The autumn leaves drift slowly over the quiet river at dusk.",
             ]
         )
@@ -97,10 +107,10 @@ async def test_weights_with_another_checksum_are_refused(tmp_path: Path) -> None
         await provider.embed(["x"])
 
 
-async def test_a_configured_model_is_loaded_by_name(tmp_path: Path) -> None:
+async def test_a_configured_model_is_loaded_by_name(tmp_path: Path, shared_data_dir: Path) -> None:
     copy = tmp_path / "mini-copy"
     copy.symlink_to(packaged_model_path(), target_is_directory=True)
-    settings = Settings(local_models={"mini-copy": copy})
+    settings = Settings(local_models={"mini-copy": copy}, data_dir=shared_data_dir)
     provider = LocalProvider.from_settings(settings, "mini-copy")
     result = await provider.embed(["hello"])
     assert (result.model, result.dimensions) == ("mini-copy", 384)

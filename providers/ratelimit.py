@@ -1,0 +1,261 @@
+"""Client-side pacing: request and token buckets that follow the API's rate-limit headers.
+
+```python
+limiter = RateLimiter(rpm=3000, tpm=1_000_000)
+charged = await limiter.acquire(estimated_tokens)   # waits until both buckets allow the request
+...                                                  # send it
+limiter.update_from_headers(response.headers)        # x-ratelimit-remaining-* / -reset-*
+limiter.settle(charged, estimated_tokens, usage.prompt_tokens)  # also after a failure
+```
+
+Each bucket holds up to a minute's allowance (`window` seconds, so tests and benchmarks can
+compress time) and refills continuously, like the API's own limiter. The headers correct the
+local picture after every response: `remaining` lowers a bucket that thinks it has more (the
+same key may be used elsewhere), `reset` (the time until the bucket is full again) gives the
+server's actual refill rate, and `limit` fills in a limit that was not configured.
+
+Token counts the caller estimates are converted to the API's count by a ratio learned from the
+usage it reports, so an over-counting estimate does not throttle the client to a fraction of
+its allowance; when that ratio varies from request to request, the limiter keeps headroom in
+proportion, so a request the API counts higher than expected does not meet a 429.
+
+Clock and sleep are injectable: unit tests run on a fake clock and never sleep.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+import anyio
+
+__all__ = ["Clock", "RateLimiter", "Sleep", "parse_duration", "parse_retry_after"]
+
+Clock = Callable[[], float]
+"""Monotonic seconds, like `time.monotonic`."""
+Sleep = Callable[[float], Awaitable[None]]
+"""Waits some seconds, like `anyio.sleep`."""
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|µs|ns)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+# Weight of older requests in the learned estimate→API token ratio and its spread: texts of
+# one kind tend to come together, so the recent requests predict the next one best.
+_RATIO_DECAY = 0.7
+# Headroom, in spreads, kept over the charge of the requests the API has not yet counted.
+_HEADROOM_SPREADS = 2.0
+
+
+def parse_duration(value: str | None) -> float | None:
+    """Seconds in a rate-limit duration such as `6m0s`, `1s`, `12ms`, `2m3.5s` or `0.5`.
+
+    None for a missing, negative (`-1`: not reported) or unreadable value.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        parts = _DURATION_PART.findall(text)
+        if not parts or "".join(number + unit for number, unit in parts) != text:
+            return None
+        seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds the server asks to wait: `retry-after-ms`, else `retry-after` (seconds or HTTP date)."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    milliseconds = _non_negative(lowered.get("retry-after-ms"))
+    if milliseconds is not None:
+        return milliseconds / 1000
+    raw = lowered.get("retry-after")
+    if raw is None:
+        return None
+    seconds = _non_negative(raw)
+    if seconds is not None:
+        return seconds
+    try:
+        moment = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - now())
+
+
+def _non_negative(raw: str | None) -> float | None:
+    try:
+        value = float(raw) if raw is not None else math.nan
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+class _Bucket:
+    """A token bucket; `capacity` None means no limit is known (nothing is held back)."""
+
+    def __init__(self, capacity: float | None, window: float, now: float) -> None:
+        self.configured = capacity
+        self.window = window
+        self.capacity = capacity
+        self.base_rate = capacity / window if capacity else 0.0
+        self.rate = self.base_rate
+        self.level = capacity or 0.0
+        self.stamp = now
+
+    def refill(self, now: float) -> None:
+        if self.capacity is not None:
+            self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def wait(self, amount: float, now: float) -> float:
+        """Seconds until `amount` (at most a full bucket) can be taken."""
+        self.refill(now)
+        if self.capacity is None:
+            return 0.0
+        missing = min(amount, self.capacity) - self.level
+        return missing / self.rate if missing > 0 else 0.0
+
+    def take(self, amount: float) -> None:
+        # A request larger than the bucket goes when the bucket is full and leaves a debt.
+        if self.capacity is not None:
+            self.level -= amount
+
+    def give_back(self, amount: float, now: float) -> None:
+        self.refill(now)
+        if self.capacity is not None:
+            self.level = min(self.capacity, self.level + amount)
+
+    def observe(self, limit: float | None, remaining: float | None, reset: float | None, now: float) -> None:
+        """Fold in what the server reported about its own bucket."""
+        self.refill(now)
+        if limit is not None and limit > 0:
+            learned = limit if self.configured is None else min(self.configured, limit)
+            if learned != self.capacity:
+                was_unknown = self.capacity is None
+                self.capacity, self.base_rate = learned, learned / self.window
+                self.level = learned if was_unknown else min(self.level, learned)
+        if self.capacity is None or remaining is None:
+            return
+        self.level = min(self.level, remaining)
+        # `reset` is when the server's bucket will be full again: that gives its refill rate.
+        # Only a sizeable gap measures it well; the rate never rises above the configured one.
+        gap = self.capacity - remaining
+        if reset is not None and reset > 0 and gap >= 0.05 * self.capacity:
+            self.rate = min(self.base_rate, gap / reset)
+        else:
+            self.rate = self.base_rate
+
+
+class RateLimiter:
+    """Requests-per-minute and tokens-per-minute buckets shared by every request of a provider.
+
+    `rpm`/`tpm` None: no client-side limit until the API's `x-ratelimit-limit-*` headers tell one.
+    """
+
+    def __init__(
+        self,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        *,
+        window: float = 60.0,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
+    ) -> None:
+        if window <= 0 or (rpm is not None and rpm <= 0) or (tpm is not None and tpm <= 0):
+            raise ValueError("rpm, tpm and window must be positive")
+        self._clock = clock
+        self._sleep = sleep
+        now = clock()
+        self._requests = _Bucket(rpm, window, now)
+        self._tokens = _Bucket(tpm, window, now)
+        self._paused_until = now
+        self._lock = anyio.Lock()  # FIFO: requests leave in the order they asked
+        self._estimated_sum = 0.0
+        self._used_sum = 0.0
+        self._spread = 0.0
+        self._outstanding = 0
+
+    @property
+    def rpm(self) -> float | None:
+        """The request limit in force (configured, or learned from the headers)."""
+        return self._requests.capacity
+
+    @property
+    def tpm(self) -> float | None:
+        """The token limit in force (configured, or learned from the headers)."""
+        return self._tokens.capacity
+
+    @property
+    def token_ratio(self) -> float:
+        """API-counted tokens per estimated token, learned from reported usage (1.0 until then)."""
+        return self._used_sum / self._estimated_sum if self._estimated_sum > 0 else 1.0
+
+    @property
+    def token_spread(self) -> float:
+        """How far, relatively, a request's API count typically strays from `token_ratio` (0: exact)."""
+        return self._spread
+
+    def charge_for(self, tokens: int) -> int:
+        """Tokens `acquire(tokens)` would take from the token bucket right now."""
+        return math.ceil(tokens * self.token_ratio)
+
+    async def acquire(self, tokens: int = 0) -> int:
+        """Wait until one request and `tokens` estimated tokens fit; return the tokens charged.
+
+        Every charge must later be `settle`d, whether the request succeeded or not.
+        """
+        charge = self.charge_for(tokens)
+        async with self._lock:
+            while True:
+                now = self._clock()
+                # When the estimate is not exact, keep headroom for how far the API's count of
+                # this request and of those it has not yet answered may exceed their charge.
+                headroom = _HEADROOM_SPREADS * self._spread * (charge + self._outstanding)
+                wait = max(
+                    self._paused_until - now,
+                    self._requests.wait(1, now),
+                    self._tokens.wait(charge + headroom, now),
+                )
+                if wait <= 0:
+                    self._requests.take(1)
+                    self._tokens.take(charge)
+                    self._outstanding += charge
+                    return charge
+                await self._sleep(wait)
+
+    def settle(self, charged: int, estimated: int, used: int | None) -> None:
+        """Close a charge: the API counted `used` tokens (0: it refused the request; None: unknown).
+
+        The token bucket gets back what was charged beyond the count, and a known count teaches
+        the estimate→API ratio.
+        """
+        self._outstanding = max(0, self._outstanding - charged)
+        if used is None:
+            return  # a timeout or dropped connection: the API may have counted it, keep the charge
+        self._tokens.give_back(charged - used, self._clock())
+        if estimated > 0 and used > 0:
+            predicted = self.token_ratio
+            observed = used / estimated
+            error = abs(observed - predicted) / predicted if self._estimated_sum > 0 else 0.0
+            self._spread = self._spread * _RATIO_DECAY + error * (1 - _RATIO_DECAY)
+            self._estimated_sum = self._estimated_sum * _RATIO_DECAY + estimated
+            self._used_sum = self._used_sum * _RATIO_DECAY + used
+
+    def pause(self, seconds: float) -> None:
+        """Send nothing for `seconds` (the server said to retry after that long)."""
+        self._paused_until = max(self._paused_until, self._clock() + max(0.0, seconds))
+
+    def update_from_headers(self, headers: Mapping[str, str]) -> None:
+        """Adapt to `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`; missing or -1 values are ignored."""
+        lowered = {name.lower(): value for name, value in headers.items()}
+        now = self._clock()
+        for kind, bucket in (("requests", self._requests), ("tokens", self._tokens)):
+            bucket.observe(
+                _non_negative(lowered.get(f"x-ratelimit-limit-{kind}")),
+                _non_negative(lowered.get(f"x-ratelimit-remaining-{kind}")),
+                parse_duration(lowered.get(f"x-ratelimit-reset-{kind}")),
+                now,
+            )
