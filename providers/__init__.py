@@ -2,7 +2,6 @@
 
 from .base import EmbeddingProvider, EmbeddingResult, ProgressCallback, space_id
 from .cost import PRICES_PER_MILLION_TOKENS, CostEstimate, CostReport, Usage
-from .ledger import CostLedger
 from .errors import (
     AuthenticationError,
     BudgetExceededError,
@@ -15,6 +14,7 @@ from .errors import (
     RateLimitError,
     ResponseTooLargeError,
 )
+from .ledger import CostLedger
 from .service import EmbeddingService, SwitchResult
 from .settings import Budget, InputLimits, Settings
 

@@ -101,7 +101,8 @@ class EmbeddingCache:
 
     def prune(self, *, space: str | None = None, older_than_s: float | None = None) -> int:
         """Delete entries of one space and/or older than `older_than_s` seconds (neither: all)."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         if space is not None:
             where.append("space = ?")
             args.append(space)

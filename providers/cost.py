@@ -50,19 +50,6 @@ class Usage:
         for name, value in vars(other).items():
             setattr(self, name, getattr(self, name) + value)
 
-    def merge(self, other: Usage) -> None:
-        for name, value in vars(other).items():
-            setattr(self, name, getattr(self, name) + value)
-
-    def add(self, result: EmbeddingResult) -> None:
-        self.tokens += result.tokens
-        self.requests += result.requests
-        self.embeddings += result.count
-        if result.cost_usd is None:
-            self.unpriced_tokens += result.tokens
-        else:
-            self.usd += result.cost_usd
-
 
 @dataclass(frozen=True)
 class CostEstimate:

@@ -88,6 +88,7 @@ class CircuitBreaker:
     def record_success(self) -> None:
         self._failures = 0
         self._opened_at = None
+        self.last_error = None
 
     def record_failure(self, error: Exception) -> None:
         self._failures += 1

@@ -112,7 +112,8 @@ class CostLedger:
 
     def report(self, *, session: str | None = None, since: datetime | None = None) -> CostReport:
         """Totals of one session, or since a moment, or (neither) of all time."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         if session is not None:
             where.append("session = ?")
             args.append(session)

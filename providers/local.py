@@ -17,7 +17,6 @@ a worker thread, and put back in input order.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -165,8 +164,12 @@ class LocalProvider(EmbeddingProvider):
             name,
             path=path,
             expected_sha256=sha256,
-            batch_size=_configured_batch_size(settings),
+            batch_size=settings.local_batch_size,
             device=settings.device,
+            backend=settings.local_backend,
+            long_texts=settings.local_long_texts,
+            split_overlap=settings.local_split_overlap,
+            threads=settings.local_threads,
             data_dir=settings.resolved_data_dir,
         )
 
@@ -297,17 +300,6 @@ def available_local_models(settings: Settings) -> Mapping[str, tuple[Path, str |
             if settings.local_model == DEFAULT_LOCAL_MODEL:
                 raise
     return models
-
-
-def _configured_batch_size(settings: Settings) -> int | None:
-    """The batch size the user chose, or None for the backend's measured best.
-
-    Stopgap until `Settings.local_batch_size` defaults to None: its current default of 8 (the best
-    for torch) reads as "not configured", because int8 ONNX at 8 is slower and makes a text's
-    vector depend on its batch mates.
-    """
-    default = next(f.default for f in dataclasses.fields(Settings) if f.name == "local_batch_size")
-    return None if settings.local_batch_size == default else settings.local_batch_size
 
 
 def _encode_windows(loaded: _LoadedModel, windows: list[list[int]]) -> tuple[npt.NDArray[np.float32], int]:

@@ -28,6 +28,10 @@ first request (`OPENAI_API_KEY` unless one was passed) and is never put in a mes
 the requests that succeeded (the billed ones), not failed attempts; `truncated` maps the index of
 each cut text to the tokens dropped, as the provider's tokenizer counts them (exact with
 cl100k_base, an over-count with the UTF-8 byte estimate).
+
+A call that fails after some of its requests succeeded raises a `ProviderError` whose `partial`
+holds what those requests returned (and cost), with `partial_indexes` naming their texts, so the
+caller can keep what was paid for.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import anyio
@@ -141,6 +145,8 @@ class _Progress:
     tokens: int = 0
     requests: int = 0
     error: Exception | None = None
+    finished: list[int] = field(default_factory=list)
+    """Positions of the texts whose vectors came back (and were paid for), in completion order."""
 
 
 class OpenAIProvider(EmbeddingProvider):
@@ -228,13 +234,17 @@ class OpenAIProvider(EmbeddingProvider):
                 if batch := packer.flush():
                     await send.send(batch)
 
+        def keep(batch: list[int], batch_vectors: npt.NDArray[np.float32], used: int) -> None:
+            # Called per billed request, so a call that fails later still knows what it paid for.
+            vectors[batch] = batch_vectors
+            run.finished.extend(batch)
+            run.done += len(batch)
+            run.tokens += used
+            run.requests += 1
+
         async def work() -> None:
             async for batch in receive:  # one shared stream: each request is taken by one worker, in order
-                batch_vectors, used, requests = await self._send(client, [texts[i] for i in batch], counts, batch)
-                vectors[batch] = batch_vectors
-                run.done += len(batch)
-                run.tokens += used
-                run.requests += requests
+                await self._send(client, texts, counts, batch, keep)
                 if progress is not None:
                     await progress(run.done, run.total)
 
@@ -251,7 +261,7 @@ class OpenAIProvider(EmbeddingProvider):
             for _ in range(self.options.concurrency):
                 group.start_soon(guarded, work, group.cancel_scope)
         if run.error is not None:
-            raise run.error
+            raise self._with_partial(run.error, vectors, run, truncated)
         return self._result(vectors, run, truncated)
 
     async def estimate_tokens(self, texts: Sequence[str]) -> int:
@@ -277,6 +287,24 @@ class OpenAIProvider(EmbeddingProvider):
             truncated=truncated,
             cost_usd=cost_usd(self.name, self.model, run.tokens),
         )
+
+    def _with_partial(
+        self, error: Exception, vectors: npt.NDArray[np.float32], run: _Progress, truncated: dict[int, int]
+    ) -> Exception:
+        """Attach to a provider failure the vectors of the requests that had succeeded before it.
+
+        Only a `ProviderError` can carry them; an input or configuration error means the call
+        itself was wrong, and its caller has nothing to retry elsewhere.
+        """
+        if not isinstance(error, ProviderError) or not run.finished or error.partial is not None:
+            return error
+        indexes = tuple(sorted(run.finished))
+        position = {index: n for n, index in enumerate(indexes)}
+        # `truncated` of the partial result is keyed by position within `partial_indexes`.
+        kept = {position[i]: dropped for i, dropped in truncated.items() if i in position}
+        error.partial = self._result(vectors[list(indexes)], run, kept)
+        error.partial_indexes = indexes
+        return error
 
     # planning
 
@@ -344,12 +372,17 @@ class OpenAIProvider(EmbeddingProvider):
         return self._sdk
 
     async def _send(
-        self, client: openai.AsyncOpenAI, texts: list[str], counts: list[int], batch: list[int]
-    ) -> tuple[npt.NDArray[np.float32], int, int]:
-        """One request with its retries: the vectors in `texts` order, the tokens used, the requests billed.
+        self,
+        client: openai.AsyncOpenAI,
+        texts: list[str],
+        counts: list[int],
+        batch: list[int],
+        keep: Callable[[list[int], npt.NDArray[np.float32], int], None],
+    ) -> None:
+        """One request for the texts at `batch`, with its retries; `keep(batch, vectors, tokens)` takes the answer.
 
         An endpoint that counts tokens differently may still find the request too large; then
-        the request is split in two and each half sent on its own.
+        the request is split in two and each half sent on its own (each half kept as it succeeds).
         """
         estimated = sum(counts[i] for i in batch)
         started = self._clock()
@@ -364,8 +397,9 @@ class OpenAIProvider(EmbeddingProvider):
         try:
             async for attempt in retrying:
                 with attempt:
-                    vectors, used = await self._attempt(client, texts, estimated)
-                    return vectors, used, 1
+                    vectors, used = await self._attempt(client, [texts[i] for i in batch], estimated)
+                    keep(batch, vectors, used)
+                    return
         except openai.APIStatusError as exc:
             if len(batch) < 2 or not _is_too_large(exc):
                 raise self._translate(exc, attempts=retrying.statistics.get("attempt_number", 1)) from exc
@@ -373,9 +407,8 @@ class OpenAIProvider(EmbeddingProvider):
         except (openai.OpenAIError, TimeoutError) as exc:
             raise self._translate(exc, attempts=retrying.statistics.get("attempt_number", 1)) from exc
         half = len(batch) // 2
-        first = await self._send(client, texts[:half], counts, batch[:half])
-        second = await self._send(client, texts[half:], counts, batch[half:])
-        return np.concatenate([first[0], second[0]]), first[1] + second[1], first[2] + second[2]
+        await self._send(client, texts, counts, batch[:half], keep)
+        await self._send(client, texts, counts, batch[half:], keep)
 
     async def _attempt(
         self, client: openai.AsyncOpenAI, texts: list[str], estimated: int

@@ -16,7 +16,7 @@ import numpy as np
 
 from .base import EmbeddingProvider, EmbeddingResult, ProgressCallback
 from .cache import CachedVector, EmbeddingCache
-from .cost import CostEstimate, CostReport, cost_usd
+from .cost import CostEstimate, CostReport, cost_usd, price_per_million
 from .errors import BudgetExceededError, ConfigurationError, EmbeddingError, ProviderError, ProviderUnavailableError
 from .fallback import OUTAGES, CircuitBreaker
 from .ledger import CostLedger, Reservation
@@ -37,7 +37,8 @@ def _local(settings: Settings, model: str | None, dimensions: int | None) -> Emb
     provider = LocalProvider.from_settings(settings, model)
     if dimensions is not None and dimensions != provider.dimensions:
         raise ConfigurationError(
-            f"local model {provider.model!r} makes {provider.dimensions}-dimension vectors; it cannot make {dimensions}."
+            f"local model {provider.model!r} makes {provider.dimensions}-dimension vectors; "
+            f"it cannot make {dimensions}."
         )
     return provider
 
@@ -45,7 +46,19 @@ def _local(settings: Settings, model: str | None, dimensions: int | None) -> Emb
 def _openai(settings: Settings, model: str | None, dimensions: int | None) -> EmbeddingProvider:
     from .openai import OpenAIOptions, OpenAIProvider
 
-    return OpenAIProvider.from_settings(settings, model, options=OpenAIOptions(dimensions=dimensions))
+    tuning = settings.openai
+    options = OpenAIOptions(
+        dimensions=dimensions,
+        limits=tuning.limits,
+        overlong=tuning.overlong,
+        concurrency=tuning.concurrency,
+        rpm=tuning.rpm,
+        tpm=tuning.tpm,
+        request_timeout=tuning.request_timeout,
+        max_attempts=tuning.max_attempts,
+        max_retry_seconds=tuning.max_retry_seconds,
+    )
+    return OpenAIProvider.from_settings(settings, model, options=options)
 
 
 PROVIDER_FACTORIES: Mapping[str, ProviderFactory] = {"local": _local, "openai": _openai}
@@ -140,6 +153,7 @@ class EmbeddingService:
         """
         valid = validate_texts(texts, self.settings.limits)
         primary = self.get_provider(provider)
+        progress = _never_backwards(progress)
         if check_capacity is not None:
             check_capacity(len(valid), primary.dimensions)
         breaker = self._breaker(primary)
@@ -153,8 +167,12 @@ class EmbeddingService:
                     raise
                 reason = f"{primary.name} failed: {exc}"
             else:
-                breaker.record_success()
+                if result.cached < result.count:  # the cache alone says nothing of the provider's health
+                    breaker.record_success()
                 return result
+        elif await self._all_cached(primary, valid):
+            # The provider is down but has nothing to do: its own cached vectors answer, in its space.
+            return await self._embed_with(primary, valid, progress)
         else:
             reason = (
                 f"{primary.name} is unavailable after repeated failures (last: {breaker.last_error}); "
@@ -188,7 +206,8 @@ class EmbeddingService:
                 breaker.record_failure(exc)
                 reason = f"{reason}; {other.name} failed too: {exc}"
                 continue
-            breaker.record_success()
+            if result.cached < result.count:
+                breaker.record_success()
             return dataclasses.replace(result, fallback_reason=reason, requested_space=primary.space)
         raise ProviderUnavailableError(f"{reason}. No fallback provider could answer; retry later.")
 
@@ -206,7 +225,9 @@ class EmbeddingService:
         vectors = np.stack([by_text[text][0] for text in valid]).astype(np.float32, copy=False)
         truncated = {i: by_text[text][1] for i, text in enumerate(valid) if by_text[text][1]}
         cached = sum(1 for text in valid if text in hits)
-        saved = await self._estimate(chosen, [text for text in valid if text in hits]) if cached else None
+        # Counting tokens of cached texts is work too: only for a provider that charges for them.
+        priced = price_per_million(chosen.name, chosen.model, self.settings.prices) != 0
+        saved = await self._estimate(chosen, [text for text in valid if text in hits]) if cached and priced else None
         result = dataclasses.replace(
             fresh,
             vectors=vectors,
@@ -294,6 +315,10 @@ class EmbeddingService:
         if self.cache is None:
             return {}
         return await anyio.to_thread.run_sync(self.cache.get_many, chosen.space, texts, chosen.dimensions)
+
+    async def _all_cached(self, chosen: EmbeddingProvider, texts: list[str]) -> bool:
+        unique = list(dict.fromkeys(texts))
+        return self.cache is not None and len(await self._cached(chosen, unique)) == len(unique)
 
     async def generate(self, text: str) -> list[float]:
         """Embed one text."""
@@ -402,3 +427,18 @@ class EmbeddingService:
         self._instances[(key, model, dimensions)] = instance
         self._instances.setdefault((key, instance.model, dimensions), instance)
         return instance
+
+
+def _never_backwards(progress: ProgressCallback | None) -> ProgressCallback | None:
+    """Progress that only goes up (MCP requires it), even when a fallback starts the call over."""
+    if progress is None:
+        return None
+    reported = -1.0
+
+    async def forward(done: int, total: int) -> None:
+        nonlocal reported
+        if done > reported:
+            reported = done
+            await progress(done, total)
+
+    return forward

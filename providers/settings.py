@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar, get_args
 
+# Light modules only (numpy at most): settings are read before any backend or SDK is chosen.
+from .batching import OPENAI_LIMITS, OverlongPolicy, RequestLimits
+from .encoders import LOCAL_BACKENDS, LocalBackend
 from .errors import ConfigurationError
 from .fallback import FallbackPolicy
+from .long_texts import LONG_TEXT_POLICIES, LongTextPolicy
 
-__all__ = ["Budget", "InputLimits", "Settings"]
+__all__ = ["Budget", "InputLimits", "OpenAISettings", "Settings"]
 
 DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_OPENAI_MODEL = "text-embedding-3-small"
+
+_Choice = TypeVar("_Choice", bound=str)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +47,31 @@ class Budget:
 
 
 @dataclass(frozen=True, kw_only=True)
+class OpenAISettings:
+    """How the OpenAI provider packs, paces and retries: the configurable part of `OpenAIOptions`.
+
+    The defaults are `OpenAIOptions`'s own (a test pins that); the provider validates the values.
+    """
+
+    rpm: float | None = None
+    """Requests per minute; None: learned from the API's rate-limit headers."""
+    tpm: float | None = None
+    """Tokens per minute; None: learned from the API's rate-limit headers."""
+    concurrency: int = 8
+    """Requests in flight at once."""
+    request_timeout: float = 60.0
+    """Seconds one request may take before it is abandoned and retried."""
+    max_attempts: int = 6
+    """Attempts per request, the first included."""
+    max_retry_seconds: float = 120.0
+    """Seconds a request may spend retrying before its failure is final."""
+    overlong: OverlongPolicy = "truncate"
+    """A text over `limits.max_input_tokens`: "truncate" it or refuse the call ("error")."""
+    limits: RequestLimits = OPENAI_LIMITS
+    """The endpoint's request limits; lower them for compatible endpoints with smaller caps."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything configurable. Build it with `Settings.from_env()` at an entry point, or by hand."""
 
@@ -47,12 +80,23 @@ class Settings:
     local_model: str = DEFAULT_LOCAL_MODEL
     local_models: Mapping[str, Path] = field(default_factory=dict)
     """Extra sentence-transformers models by name → directory, beside the packaged default."""
-    local_batch_size: int = 8
+    local_batch_size: int | None = None
+    """Windows per model call; None: the backend's measured best (`local.DEFAULT_BATCH_SIZES`)."""
+    local_backend: LocalBackend = "auto"
+    """"auto": torch on a GPU, int8 ONNX Runtime on the CPU."""
+    local_long_texts: LongTextPolicy = "truncate"
+    """A text over the model's window: "truncate" it, or "split" it into windows and average them."""
+    local_split_overlap: int = 64
+    """Tokens neighbouring windows share when texts are split."""
+    local_threads: int | None = None
+    """CPU threads for the local model; None: every core this process may use."""
     device: str | None = None
     """None picks CUDA when available, else the CPU."""
     openai_model: str = DEFAULT_OPENAI_MODEL
     openai_base_url: str | None = None
     openai_api_key: str | None = field(default=None, repr=False)
+    openai: OpenAISettings = field(default_factory=OpenAISettings)
+    """How the OpenAI provider packs, paces and retries (`SIGNAL_HUB_OPENAI_*`)."""
     limits: InputLimits = field(default_factory=InputLimits)
     prices: Mapping[str, float] = field(default_factory=dict)
     """USD per 1M tokens by model, over the built-in price table."""
@@ -83,11 +127,16 @@ class Settings:
                 name: Path(path).expanduser()
                 for name, path in _parse_pairs(env, "SIGNAL_HUB_LOCAL_MODELS", "name=/path/to/model").items()
             },
-            local_batch_size=_positive_int(env, "SIGNAL_HUB_LOCAL_BATCH_SIZE", 8),
+            local_batch_size=_optional_positive_int(env, "SIGNAL_HUB_LOCAL_BATCH_SIZE"),
+            local_backend=_choice(env, "SIGNAL_HUB_LOCAL_BACKEND", LOCAL_BACKENDS, "auto"),
+            local_long_texts=_choice(env, "SIGNAL_HUB_LOCAL_LONG_TEXTS", LONG_TEXT_POLICIES, "truncate"),
+            local_split_overlap=_non_negative_int(env, "SIGNAL_HUB_LOCAL_SPLIT_OVERLAP", 64),
+            local_threads=_optional_positive_int(env, "SIGNAL_HUB_LOCAL_THREADS"),
             device=env.get("SIGNAL_HUB_DEVICE") or None,
             openai_model=env.get("SIGNAL_HUB_OPENAI_MODEL", DEFAULT_OPENAI_MODEL),
             openai_base_url=env.get("OPENAI_BASE_URL") or None,
             openai_api_key=env.get("OPENAI_API_KEY") or None,
+            openai=_openai_settings(env),
             prices={
                 name: float(value)
                 for name, value in _parse_pairs(env, "SIGNAL_HUB_PRICES", "model=usd_per_1M_tokens").items()
@@ -100,7 +149,7 @@ class Settings:
                     if p.strip()
                 ),
                 failure_threshold=_positive_int(env, "SIGNAL_HUB_CIRCUIT_FAILURES", 3),
-                cooldown_s=_optional_float(env, "SIGNAL_HUB_CIRCUIT_COOLDOWN_S") or 60.0,
+                cooldown_s=_positive_number(env, "SIGNAL_HUB_CIRCUIT_COOLDOWN_S", "seconds", 60.0),
             ),
             cache=env.get("SIGNAL_HUB_CACHE", "on").strip().lower() not in {"off", "0", "false", "no"},
             budget=Budget(
@@ -109,6 +158,36 @@ class Settings:
                 period=env.get("SIGNAL_HUB_BUDGET_PERIOD", "month"),
             ),
         )
+
+
+def _openai_settings(env: Mapping[str, str]) -> OpenAISettings:
+    default = OpenAISettings()
+    return OpenAISettings(
+        rpm=_optional_positive_number(env, "SIGNAL_HUB_OPENAI_RPM", "requests per minute"),
+        tpm=_optional_positive_number(env, "SIGNAL_HUB_OPENAI_TPM", "tokens per minute"),
+        concurrency=_positive_int(env, "SIGNAL_HUB_OPENAI_CONCURRENCY", default.concurrency),
+        request_timeout=_positive_number(env, "SIGNAL_HUB_OPENAI_TIMEOUT_S", "seconds", default.request_timeout),
+        max_attempts=_positive_int(env, "SIGNAL_HUB_OPENAI_MAX_ATTEMPTS", default.max_attempts),
+        max_retry_seconds=_positive_number(env, "SIGNAL_HUB_OPENAI_MAX_RETRY_S", "seconds", default.max_retry_seconds),
+        overlong=_choice(env, "SIGNAL_HUB_OPENAI_OVERLONG", get_args(OverlongPolicy), default.overlong),
+        limits=_request_limits(env, default.limits),
+    )
+
+
+def _request_limits(env: Mapping[str, str], default: RequestLimits) -> RequestLimits:
+    input_tokens = _positive_int(env, "SIGNAL_HUB_OPENAI_MAX_INPUT_TOKENS", default.max_input_tokens)
+    request_tokens = _positive_int(env, "SIGNAL_HUB_OPENAI_MAX_REQUEST_TOKENS", default.max_request_tokens)
+    if input_tokens > request_tokens:
+        raise ConfigurationError(
+            f"SIGNAL_HUB_OPENAI_MAX_INPUT_TOKENS ({input_tokens}) cannot exceed SIGNAL_HUB_OPENAI_MAX_REQUEST_TOKENS "
+            f"({request_tokens}): one text must fit in one request. Set SIGNAL_HUB_OPENAI_MAX_INPUT_TOKENS to at most "
+            f"{request_tokens}."
+        )
+    return RequestLimits(
+        max_inputs=_positive_int(env, "SIGNAL_HUB_OPENAI_MAX_INPUTS", default.max_inputs),
+        max_input_tokens=input_tokens,
+        max_request_tokens=request_tokens,
+    )
 
 
 def _unexpanded(value: str) -> bool:
@@ -146,9 +225,15 @@ def _non_negative(name: str, shown: str, raw: str) -> float:
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _optional_positive_int(env, name)
+    return default if value is None else value
+
+
+def _optional_positive_int(env: Mapping[str, str], name: str) -> int | None:
+    """The variable's value, or None when it is unset or empty."""
     raw = env.get(name)
     if raw is None or raw == "":
-        return default
+        return None
     try:
         value = int(raw)
     except ValueError:
@@ -156,3 +241,45 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if value < 1:
         raise ConfigurationError(f"{name} must be a positive integer, got {raw!r}.")
     return value
+
+
+def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigurationError(f"{name} must be zero or a positive integer, got {raw!r}.")
+    return value
+
+
+def _positive_number(env: Mapping[str, str], name: str, unit: str, default: float) -> float:
+    value = _optional_positive_number(env, name, unit)
+    return default if value is None else value
+
+
+def _optional_positive_number(env: Mapping[str, str], name: str, unit: str) -> float | None:
+    """The variable's value, or None when it is unset or empty."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigurationError(f"{name} must be a positive number of {unit}, got {raw!r}.")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[_Choice, ...], default: _Choice) -> _Choice:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    for choice in choices:
+        if raw == choice:
+            return choice
+    raise ConfigurationError(f"{name} must be one of: {', '.join(choices)}; got {env[name]!r}.")

@@ -6,7 +6,7 @@ import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from mcp import MCPDeprecationWarning
 from mcp.server.mcpserver import Context, MCPServer
@@ -15,6 +15,7 @@ from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, Field
 
 from providers import EmbeddingError, EmbeddingResult, EmbeddingService, Settings
+from providers.base import ProgressCallback
 
 from .encoding import Encoding, check_message_size, encode_vectors
 from .models import (
@@ -149,7 +150,8 @@ def build_server(settings: Settings, service_factory: ServiceFactory | None = No
             ]
         )
         text = "; ".join(
-            f"{st.name}{' (active)' if st.active else ''}: {st.space or 'unavailable'}, circuit {st.circuit}" for st in statuses
+            f"{st.name}{' (active)' if st.active else ''}: {st.space or 'unavailable'}, circuit {st.circuit}"
+            for st in statuses
         )
         return _answer(out, text)
 
@@ -160,22 +162,26 @@ def build_server(settings: Settings, service_factory: ServiceFactory | None = No
             Literal["session", "all"],
             Field(description="'session': this server's calls; 'all': every process sharing the ledger."),
         ] = "session",
-        since: Annotated[datetime | None, Field(description="Only calls at or after this date/time (ISO 8601).")] = None,
+        since: Annotated[
+            datetime | None, Field(description="Only calls at or after this date/time (ISO 8601).")
+        ] = None,
     ) -> Annotated[CallToolResult, CostResult]:
         """Spend in USD, with tokens, requests, embeddings and cache savings by provider and by model."""
         if since is not None and since.tzinfo is None:
             since = since.replace(tzinfo=UTC)
         report = _service(ctx).cost_report(scope=scope, since=since)
-        usage = lambda u: UsageOut(**vars(u))  # noqa: E731
         out = CostResult(
             scope=scope,
             since=since,
             total_usd=report.total_usd,
             **vars(report.total),
-            by_provider={name: usage(u) for name, u in report.by_provider.items()},
-            by_model={name: usage(u) for name, u in report.by_model.items()},
+            by_provider={name: UsageOut(**vars(u)) for name, u in report.by_provider.items()},
+            by_model={name: UsageOut(**vars(u)) for name, u in report.by_model.items()},
         )
-        parts = [f"{name}: {u.embeddings} embeddings, {u.tokens} tokens, ${u.usd:.6f}" for name, u in report.by_provider.items()]
+        parts = [
+            f"{name}: {u.embeddings} embeddings, {u.tokens} tokens, ${u.usd:.6f}"
+            for name, u in report.by_provider.items()
+        ]
         return _answer(out, f"Total ${report.total_usd:.6f}" + (" (" + "; ".join(parts) + ")" if parts else ""))
 
     @mcp.tool()
@@ -192,17 +198,26 @@ def build_server(settings: Settings, service_factory: ServiceFactory | None = No
             raise ToolError(str(exc)) from exc
         out = CostEstimateResult(**vars(estimate))
         usd = "price unknown" if estimate.usd is None else f"${estimate.usd:.6f}"
-        return _answer(out, f"{estimate.texts} texts ≈ {estimate.tokens} tokens ≈ {usd} with {estimate.provider}/{estimate.model}.")
+        return _answer(
+            out, f"{estimate.texts} texts ≈ {estimate.tokens} tokens ≈ {usd} with {estimate.provider}/{estimate.model}."
+        )
 
     return mcp
 
 
 def _service(ctx: Context) -> EmbeddingService:
-    service: EmbeddingService = ctx.request_context.lifespan_context
+    service = ctx.request_context.lifespan_context
+    assert isinstance(service, EmbeddingService)
     return service
 
 
-async def _embed(ctx: Context, texts: list[str], provider: str | None, encoding: Encoding, progress=None) -> EmbeddingResult:  # type: ignore[no-untyped-def]
+async def _embed(
+    ctx: Context,
+    texts: list[str],
+    provider: str | None,
+    encoding: Encoding,
+    progress: ProgressCallback | None = None,
+) -> EmbeddingResult:
     service = _service(ctx)
     try:
         result = await service.embed(
@@ -222,7 +237,7 @@ async def _embed(ctx: Context, texts: list[str], provider: str | None, encoding:
     return result
 
 
-def _meta(result: EmbeddingResult, encoding: Encoding) -> dict[str, object]:
+def _meta(result: EmbeddingResult, encoding: Encoding) -> dict[str, Any]:
     return {
         "dimensions": result.dimensions,
         "provider": result.provider,
@@ -248,7 +263,10 @@ def _summary(result: EmbeddingResult, what: str) -> str:
     if result.cached:
         text += f" {result.cached} from the cache."
     if result.fallback:
-        text += f" FALLBACK: {result.fallback_reason}; these vectors are in space {result.space}, not {result.requested_space}."
+        text += (
+            f" FALLBACK: {result.fallback_reason}; these vectors are in space {result.space},"
+            f" not {result.requested_space}."
+        )
     if result.truncated:
         text += f" {len(result.truncated)} text(s) were longer than the model's window and were truncated."
     if result.warning:
@@ -258,6 +276,4 @@ def _summary(result: EmbeddingResult, what: str) -> str:
 
 def _answer(out: BaseModel, text: str) -> CallToolResult:
     """A short human summary as text; the vectors only in structured content, so agents are not flooded."""
-    return CallToolResult(
-        content=[TextContent(type="text", text=text)], structured_content=out.model_dump(mode="json")
-    )
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=out.model_dump())

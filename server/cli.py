@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         if settings.provider not in PROVIDER_FACTORIES:
             raise EmbeddingError(
-                f"SIGNAL_HUB_PROVIDER={settings.provider!r} is not a provider; use one of: {', '.join(PROVIDER_FACTORIES)}."
+                f"SIGNAL_HUB_PROVIDER={settings.provider!r} is not a provider; "
+                f"use one of: {', '.join(PROVIDER_FACTORIES)}."
             )
     except EmbeddingError as exc:
         print(f"signal-hub-embeddings: {exc}", file=sys.stderr)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
 from .encoding import Encoding
 
@@ -36,8 +36,22 @@ class EmbedTextResult(_EmbeddingMeta):
     dropped_tokens: int
 
 
+# Clients re-validate structured content against the output schema. A schema typing every
+# number made the Python SDK's jsonschema check cost ~0.23 s per 100 x 384 floats (more than
+# embedding them); typing each vector as an array or a string costs ~0.6 ms and says the same.
+_VECTORS_SCHEMA = {
+    "type": "array",
+    "items": {
+        "type": ["array", "string"],
+        "description": "A vector: an array of numbers, or base64 of little-endian float32.",
+    },
+}
+
+
 class EmbedBatchResult(_EmbeddingMeta):
-    embeddings: list[list[float]] | list[str] = Field(description="One vector per text, in the order given.")
+    embeddings: Annotated[list[list[float]] | list[str], WithJsonSchema(_VECTORS_SCHEMA)] = Field(
+        description="One vector per text, in the order given."
+    )
     count: int
     truncated: list[TruncatedText] = Field(description="Texts cut to fit the model's window.")
 

@@ -14,6 +14,21 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(scope="session")
+def onnx_exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ONNX export of the packaged model for the whole session (it takes ~10 s to make)."""
+    return tmp_path_factory.mktemp("onnx")
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data")
+def data_dir(tmp_path: Path, onnx_exports: Path) -> Path:
+    """A fresh data directory (ledger, cache) that shares the session's ONNX exports."""
+    path = tmp_path / "data"
+    path.mkdir()
+    (path / "onnx").symlink_to(onnx_exports, target_is_directory=True)
+    return path
+
+
+@pytest.fixture
+def settings(data_dir: Path) -> Settings:
+    return Settings(data_dir=data_dir)

@@ -3,9 +3,19 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from providers import ResponseTooLargeError
-from server.encoding import MAX_MESSAGE_BYTES, check_message_size, encode_vectors, encoded_vector_bytes, max_vectors_per_message
+from server.encoding import (
+    MAX_MESSAGE_BYTES,
+    check_message_size,
+    encode_vectors,
+    encoded_vector_bytes,
+    max_vectors_per_message,
+    short_decimals,
+)
 
 
 @pytest.mark.parametrize("encoding", ["float", "base64"])
@@ -34,3 +44,23 @@ def test_base64_is_little_endian_float32() -> None:
     vectors = np.array([[1.0, -2.5, 0.125]], dtype=np.float32)
     (encoded,) = encode_vectors(vectors, "base64")
     assert base64.b64decode(encoded) == b"\x00\x00\x80\x3f" + b"\x00\x00\x20\xc0" + b"\x00\x00\x00\x3e"
+
+
+@given(
+    arrays(
+        np.float32,
+        st.tuples(st.integers(1, 4), st.integers(1, 64)),
+        elements=st.floats(width=32, allow_nan=False, allow_infinity=False),
+    )
+)
+def test_floats_travel_as_their_short_decimals_and_read_back_exactly(vectors: np.ndarray) -> None:
+    shortest = short_decimals(vectors)
+    assert shortest.astype(np.float32).tobytes() == vectors.tobytes()  # bit for bit, -0.0 included
+    assert len(json.dumps(shortest.tolist())) <= len(json.dumps(vectors.astype(np.float64).tolist()))
+
+
+def test_float_encoding_prints_nine_digits_at_most_not_seventeen() -> None:
+    vectors = np.array([[0.1, -0.0067094308, 1 / 3, 0.0, 1e-30, 6.5791164e16]], dtype=np.float32)
+    assert (
+        json.dumps(encode_vectors(vectors, "float")) == "[[0.1, -0.0067094308, 0.33333334, 0.0, 1e-30, 6.5791164e+16]]"
+    )

@@ -104,12 +104,45 @@ async def test_an_outage_opens_the_circuit_and_recovery_closes_it(settings: Sett
     recovered = await service.embed(["d"])  # the probe works
     assert not recovered.fallback and recovered.provider == "openai"
     assert {s.name: s.circuit for s in service.provider_statuses()} == {"openai": "closed", "local": "closed"}
+    assert all(s.last_error is None for s in service.provider_statuses())  # health is now, not history
+
+
+async def test_while_the_circuit_is_open_the_primarys_cached_vectors_still_answer(settings: Settings) -> None:
+    service, primary, local, _ = make(settings, failure_threshold=1)
+    before = await service.embed(["kept", "also kept"])
+    primary.failures = [ProviderUnavailableError("503 after 6 attempts")]
+    assert (await service.embed(["new"])).fallback  # the circuit opens
+    cached = await service.embed(["also kept", "kept", "kept"])
+    assert not cached.fallback and cached.space == primary.space and cached.cached == 3
+    np.testing.assert_array_equal(cached.vectors[1], before.vectors[0])
+    mixed = await service.embed(["kept", "not cached"])  # one text the primary would have to embed
+    assert mixed.fallback and mixed.space == local.space
+    assert len(primary.calls) == 2 and {s.name: s.circuit for s in service.provider_statuses()}["openai"] == "open"
+
+
+async def test_progress_never_goes_backwards_when_a_fallback_starts_over(settings: Settings) -> None:
+    service, primary, _, _ = make(settings)
+
+    async def fails_at_three_of_four(texts, *, progress=None):  # type: ignore[no-untyped-def]
+        await progress(3, 4)
+        raise ProviderUnavailableError("connection dropped")
+
+    primary.embed = fails_at_three_of_four  # type: ignore[method-assign]
+    seen: list[tuple[int, int]] = []
+
+    async def record(done: int, total: int) -> None:
+        seen.append((done, total))
+
+    result = await service.embed(["a", "b", "c", "d"], progress=record)
+    assert result.fallback and seen == [(3, 4), (4, 4)]  # the local provider's (4, 4) only
 
 
 async def test_a_failure_midway_keeps_the_paid_vectors_and_answers_from_one_space(settings: Settings) -> None:
-    service, primary, local, _ = make(settings)
+    service, primary, _, _ = make(settings)
     texts = ["one", "two", "three", "four"]
-    paid = EmbeddingResult(vectors=np.ones((2, 16), dtype=np.float32) / 4, provider="openai", model="openai-model", tokens=2)
+    paid = EmbeddingResult(
+        vectors=np.ones((2, 16), dtype=np.float32) / 4, provider="openai", model="openai-model", tokens=2
+    )
     primary.failures = [ProviderUnavailableError("timeout after retries", partial=paid, partial_indexes=(0, 2))]
     result = await service.embed(texts)
     assert result.provider == "local" and result.vectors.shape == (4, 8)  # all four from one space
@@ -148,7 +181,7 @@ async def test_when_every_provider_is_down_the_error_says_so(settings: Settings)
         await service.embed(["a"])
     primary.failures = [ProviderUnavailableError("openai down")]
     local.failures = [ProviderUnavailableError("local down")]
-    with pytest.raises(ProviderUnavailableError, match="openai down.*local failed too: local down.*No fallback"):
+    with pytest.raises(ProviderUnavailableError, match=r"openai down.*local failed too: local down.*No fallback"):
         await service.embed(["b"])
 
 
@@ -164,7 +197,9 @@ async def test_statuses_show_each_provider_and_never_crash(settings: Settings) -
     def broken(s: Settings, m: str | None, d: int | None) -> EmbeddingProvider:
         raise ConfigurationError("model files missing")
 
-    service = EmbeddingService("fake", settings=settings, factories={"fake": lambda s, m, d: FakeProvider(), "gone": broken})
+    service = EmbeddingService(
+        "fake", settings=settings, factories={"fake": lambda s, m, d: FakeProvider(), "gone": broken}
+    )
     statuses = {s.name: s for s in service.provider_statuses()}
     assert statuses["fake"].active and statuses["fake"].space == "fake:fake-small:8:l2"
     assert (statuses["gone"].circuit, statuses["gone"].last_error) == ("unavailable", "model files missing")

@@ -95,16 +95,18 @@ class InspectorRun:
 
 
 @pytest.fixture(scope="module")
-def server_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def server_env(tmp_path_factory: pytest.TempPathFactory, onnx_exports: Path) -> dict[str, str]:
     """Settings passed to the server with `-e`: offline Hugging Face, a throwaway data directory."""
     assert MCP_JSON.is_file(), f"{MCP_JSON} is missing: the Inspector launches the server from it"
     config = json.loads(MCP_JSON.read_text())
     assert SERVER_NAME in config.get("mcpServers", {}), f"{MCP_JSON} has no mcpServers.{SERVER_NAME!r} entry"
+    data_dir = tmp_path_factory.mktemp("signal-hub-data")
+    (data_dir / "onnx").symlink_to(onnx_exports, target_is_directory=True)
     return {
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "SIGNAL_HUB_PROVIDER": "local",
-        "SIGNAL_HUB_DATA_DIR": str(tmp_path_factory.mktemp("signal-hub-data")),
+        "SIGNAL_HUB_DATA_DIR": str(data_dir),
     }
 
 

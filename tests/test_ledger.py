@@ -16,7 +16,13 @@ from providers import Budget, BudgetExceededError, ConfigurationError, CostLedge
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def result(provider: str = "openai", model: str = "text-embedding-3-small", tokens: int = 1000, usd: float | None = 0.00002, count: int = 2) -> EmbeddingResult:
+def result(
+    provider: str = "openai",
+    model: str = "text-embedding-3-small",
+    tokens: int = 1000,
+    usd: float | None = 0.00002,
+    count: int = 2,
+) -> EmbeddingResult:
     return EmbeddingResult(
         vectors=np.zeros((count, 4), dtype=np.float32), provider=provider, model=model, tokens=tokens, cost_usd=usd
     )
@@ -62,7 +68,9 @@ def test_the_hard_limit_refuses_before_spending_and_names_limit_and_spend(tmp_pa
     budget = Budget(hard_usd=1.0, period="all")
     ledger.record(result(usd=0.75))
     ok = ledger.reserve(0.2, budget)
-    with pytest.raises(BudgetExceededError, match=r"\$0\.750000 is spent.*\$0\.200000 more is reserved.*hard limit of \$1\.000000"):
+    with pytest.raises(
+        BudgetExceededError, match=r"\$0\.750000 is spent.*\$0\.200000 more is reserved.*hard limit of \$1\.000000"
+    ):
         ledger.reserve(0.1, budget)
     ledger.release(ok)
     ledger.settle(ledger.reserve(0.1, budget), result(usd=0.09))
@@ -83,7 +91,9 @@ def test_the_soft_limit_warns_but_lets_the_call_through(tmp_path: Path) -> None:
 
 
 def test_budget_periods_count_only_their_own_spend(tmp_path: Path) -> None:
-    times = iter([datetime(2026, 10, 31, 23, tzinfo=UTC).timestamp()] + [datetime(2026, 11, 2, 1, tzinfo=UTC).timestamp()] * 10)
+    times = iter(
+        [datetime(2026, 10, 31, 23, tzinfo=UTC).timestamp()] + [datetime(2026, 11, 2, 1, tzinfo=UTC).timestamp()] * 10
+    )
     ledger = CostLedger(tmp_path / "l.sqlite3", session="s", now=lambda: next(times))
     ledger.record(result(usd=0.9))  # last month
     ledger.reserve(0.5, Budget(hard_usd=1.0, period="month"))
@@ -115,7 +125,9 @@ def test_eight_processes_writing_at_once_sum_exactly(tmp_path: Path) -> None:
     path, writes = tmp_path / "shared.sqlite3", 150
     CostLedger(path).close()  # create the schema once, as the first server would
     procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(path), f"p{i}", str(writes)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), f"p{i}", str(writes)], cwd=ROOT, stderr=subprocess.PIPE, text=True
+        )
         for i in range(8)
     ]
     errors = [proc.communicate(timeout=120)[1] for proc in procs]
@@ -129,5 +141,5 @@ def test_eight_processes_writing_at_once_sum_exactly(tmp_path: Path) -> None:
 
 def test_an_unusable_data_directory_is_a_clear_configuration_error(tmp_path: Path) -> None:
     (tmp_path / "not-a-dir").write_text("a file where the data directory should be")
-    with pytest.raises(ConfigurationError, match="cannot open the cost ledger at .*check SIGNAL_HUB_DATA_DIR"):
+    with pytest.raises(ConfigurationError, match=r"cannot open the cost ledger at .*check SIGNAL_HUB_DATA_DIR"):
         CostLedger(tmp_path / "not-a-dir" / "ledger.sqlite3")

@@ -41,11 +41,34 @@ async def test_lists_the_tools_with_input_and_output_schemas(client: Client) -> 
     tools = {tool.name: tool for tool in (await client.list_tools()).tools}
     assert set(tools) == TOOLS
     assert tools["embed_batch"].input_schema["required"] == ["texts"]
-    assert set(tools["embed_batch"].output_schema["required"]) >= {"embeddings", "count", "dimensions", "provider", "model", "tokens", "cost_usd"}
-    assert set(tools["embed_text"].output_schema["required"]) >= {"embedding", "dimensions", "provider", "model", "tokens", "cost_usd"}
+    assert set(tools["embed_batch"].output_schema["required"]) >= {
+        "embeddings",
+        "count",
+        "dimensions",
+        "provider",
+        "model",
+        "tokens",
+        "cost_usd",
+    }
+    assert set(tools["embed_text"].output_schema["required"]) >= {
+        "embedding",
+        "dimensions",
+        "provider",
+        "model",
+        "tokens",
+        "cost_usd",
+    }
     assert set(tools["switch_provider"].output_schema["required"]) >= {"provider", "model", "dimensions", "previous"}
     assert set(tools["get_cost"].output_schema["required"]) >= {"total_usd", "by_provider", "by_model"}
     assert all(tool.description for tool in tools.values())
+
+
+async def test_the_batch_schema_types_each_vector_not_each_number(client: Client) -> None:
+    # Clients validate answers against outputSchema: a schema item per float costs them more than embedding.
+    tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+    vectors = tools["embed_batch"].output_schema["properties"]["embeddings"]
+    assert vectors["type"] == "array" and vectors["items"]["type"] == ["array", "string"]
+    assert "items" not in vectors["items"]
 
 
 async def test_embed_text_returns_a_normalised_vector_and_a_short_summary(client: Client) -> None:
@@ -178,7 +201,9 @@ async def test_the_server_answers_other_requests_while_it_embeds(client: Client)
 
 
 def priced_fake_server(settings: Settings, **budget: float):
-    settings = replace(settings, prices={"fake-small": 1_000_000.0}, budget=Budget(period="all", **budget))  # $1 a token
+    settings = replace(
+        settings, prices={"fake-small": 1_000_000.0}, budget=Budget(period="all", **budget)
+    )  # $1 a token
     return fake_server(settings)
 
 
@@ -198,7 +223,9 @@ async def test_the_soft_limit_warns_in_the_result_and_in_a_log_message(settings:
     async def on_log(params) -> None:  # type: ignore[no-untyped-def]
         logged.append(params.data)
 
-    async with Client(priced_fake_server(settings, soft_usd=1.0), logging_callback=on_log, log_level="warning") as client:
+    async with Client(
+        priced_fake_server(settings, soft_usd=1.0), logging_callback=on_log, log_level="warning"
+    ) as client:
         result = await client.call_tool("embed_text", {"text": "one two"})
         assert "soft limit" in result.structured_content["warning"]
         assert "Warning:" in result.content[0].text

@@ -108,8 +108,13 @@ async def test_switching_reports_old_and_new_and_reuses_instances(settings: Sett
     assert service.provider.model == "fake-small-v2"
 
 
-@pytest.mark.parametrize(("name", "model", "message"), [("nope", None, "unknown provider 'nope'; choose one of: fake, paid"), ("fake", "gpt-9", "unknown model")])
-async def test_switching_to_something_unknown_changes_nothing(settings: Settings, name: str, model: str | None, message: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "model", "message"),
+    [("nope", None, "unknown provider 'nope'; choose one of: fake, paid"), ("fake", "gpt-9", "unknown model")],
+)
+async def test_switching_to_something_unknown_changes_nothing(
+    settings: Settings, name: str, model: str | None, message: str
+) -> None:
     service, _ = make_service(settings)
     with pytest.raises(ConfigurationError, match=message):
         service.switch_provider(name, model)
@@ -182,7 +187,7 @@ async def test_concurrent_calls_cannot_together_pass_the_hard_limit(settings: Se
 
 async def test_a_refused_call_sends_nothing_and_says_how_to_proceed(settings: Settings) -> None:
     service, gated = gated_service(settings, hard_usd=1.0)
-    with pytest.raises(BudgetExceededError, match="hard limit of \\$1.000000.*SIGNAL_HUB_BUDGET_HARD_USD"):
+    with pytest.raises(BudgetExceededError, match=r"hard limit of \$1\.000000.*SIGNAL_HUB_BUDGET_HARD_USD"):
         await service.embed(["def f(): return 1"])
     assert gated.inside == 0 and gated.calls == []
 
@@ -196,7 +201,7 @@ async def test_passing_the_soft_limit_warns_in_the_result(settings: Settings) ->
 
 async def test_a_model_with_no_price_cannot_run_under_a_hard_limit(settings: Settings) -> None:
     service, _ = make_service(replace(settings, budget=Budget(hard_usd=10.0)))
-    with pytest.raises(BudgetExceededError, match="price of 'fake-small' is unknown.*SIGNAL_HUB_PRICES=fake-small="):
+    with pytest.raises(BudgetExceededError, match=r"price of 'fake-small' is unknown.*SIGNAL_HUB_PRICES=fake-small="):
         await service.embed(["x"])
 
 

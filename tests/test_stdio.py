@@ -20,13 +20,13 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    return {"HF_HUB_OFFLINE": "1", "SIGNAL_HUB_DATA_DIR": str(tmp_path / "data"), "OPENAI_API_KEY": "", **extra}
+def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    return {"HF_HUB_OFFLINE": "1", "SIGNAL_HUB_DATA_DIR": str(data_dir), "OPENAI_API_KEY": "", **extra}
 
 
 @pytest.fixture
-async def stdio_client(tmp_path: Path) -> AsyncIterator[Client]:
-    params = StdioServerParameters(command=sys.executable, args=["-m", "server"], env=server_env(tmp_path), cwd=ROOT)
+async def stdio_client(data_dir: Path) -> AsyncIterator[Client]:
+    params = StdioServerParameters(command=sys.executable, args=["-m", "server"], env=server_env(data_dir), cwd=ROOT)
     with anyio.fail_after(120):
         async with Client(params, mode="legacy", read_timeout_seconds=90) as client:
             yield client
@@ -87,7 +87,9 @@ async def main():
 
 anyio.run(main)
 """
-    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
     report = json.loads(out.stdout)
     assert len(report["tools"]) == 6
     assert report["heavy"] == []
@@ -95,7 +97,15 @@ anyio.run(main)
 
 def test_an_unknown_provider_in_the_environment_stops_with_a_clear_message(tmp_path: Path) -> None:
     env = {**os.environ, **server_env(tmp_path, SIGNAL_HUB_PROVIDER="cohere")}
-    run = subprocess.run([sys.executable, "-m", "server"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    run = subprocess.run(
+        [sys.executable, "-m", "server"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert run.returncode == 2
     assert "SIGNAL_HUB_PROVIDER='cohere' is not a provider; use one of: local, openai" in run.stderr
     assert run.stdout == ""  # stdout belongs to JSON-RPC
