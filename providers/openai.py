@@ -44,7 +44,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -55,7 +55,7 @@ import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from .base import EmbeddingProvider, EmbeddingResult, ProgressCallback
-from .batching import OPENAI_LIMITS, BatchPacker, OverlongPolicy, RequestLimits, overlong_items
+from .batching import BatchPacker, overlong_items
 from .cost import cost_usd
 from .errors import (
     AuthenticationError,
@@ -67,6 +67,7 @@ from .errors import (
     QuotaExceededError,
     RateLimitError,
 )
+from .openai_options import OpenAIOptions
 from .ratelimit import Clock, RateLimiter, Sleep, parse_retry_after
 from .settings import DEFAULT_OPENAI_MODEL, Settings
 from .tokens import Tokenizer, default_tokenizer
@@ -89,53 +90,6 @@ _COUNT_STEP = 256
 # and while no TPM limit is known, at most this many tokens.
 _REQUESTS_PER_TPM = 32
 _UNPACED_REQUEST_TOKENS = 32_768
-
-
-@dataclass(frozen=True, kw_only=True)
-class OpenAIOptions:
-    """How the OpenAI provider packs, paces and retries. Every field has a working default."""
-
-    dimensions: int | None = None
-    """Shorter vectors from the v3 models (None: the model's native length)."""
-    limits: RequestLimits = OPENAI_LIMITS
-    """The endpoint's request limits; lower them for compatible endpoints with smaller caps."""
-    overlong: OverlongPolicy = "truncate"
-    """A text over `limits.max_input_tokens`: "truncate" it (reported in `truncated`) or "error"."""
-    request_tokens: int | None = None
-    """Tokens packed into one request at most (None: a share of the TPM limit, see `_request_cap`)."""
-    concurrency: int = 8
-    """Requests in flight at once."""
-    rpm: float | None = None
-    """Requests per `rate_window`; None: learned from the x-ratelimit-limit-requests header."""
-    tpm: float | None = None
-    """Tokens per `rate_window`; None: learned from the x-ratelimit-limit-tokens header."""
-    rate_window: float = 60.0
-    """Seconds the rpm/tpm limits refer to (smaller only to compress time in tests and benchmarks)."""
-    request_timeout: float = 60.0
-    """Seconds one request may take before it is abandoned and retried."""
-    max_attempts: int = 6
-    """Attempts per request, the first included."""
-    max_retry_seconds: float = 120.0
-    """Seconds a request may spend retrying before its failure is final."""
-    backoff_initial: float = 0.5
-    backoff_max: float = 20.0
-    encoding_format: Literal["base64", "float"] = "base64"
-    """Wire format of the vectors; base64 is 4x smaller. Use "float" for endpoints without base64."""
-
-    def __post_init__(self) -> None:
-        if self.concurrency < 1 or self.max_attempts < 1:
-            raise ConfigurationError("OpenAI concurrency and max_attempts must be at least 1.")
-        if min(self.request_timeout, self.rate_window, self.backoff_initial, self.backoff_max) <= 0:
-            raise ConfigurationError("OpenAI timeouts, rate window and backoff must be positive.")
-        if (self.rpm is not None and self.rpm <= 0) or (self.tpm is not None and self.tpm <= 0):
-            raise ConfigurationError("SIGNAL_HUB_OPENAI_RPM and SIGNAL_HUB_OPENAI_TPM must be positive when set.")
-        if self.overlong not in ("truncate", "error"):
-            raise ConfigurationError(f"the over-long policy {self.overlong!r} is not 'truncate' or 'error'.")
-        if self.request_tokens is not None and self.request_tokens < self.limits.max_input_tokens:
-            raise ConfigurationError(
-                f"request_tokens ({self.request_tokens}) must hold at least one full input "
-                f"({self.limits.max_input_tokens} tokens)."
-            )
 
 
 @dataclass

@@ -44,20 +44,9 @@ def _local(settings: Settings, model: str | None, dimensions: int | None) -> Emb
 
 
 def _openai(settings: Settings, model: str | None, dimensions: int | None) -> EmbeddingProvider:
-    from .openai import OpenAIOptions, OpenAIProvider
+    from .openai import OpenAIProvider
 
-    tuning = settings.openai
-    options = OpenAIOptions(
-        dimensions=dimensions,
-        limits=tuning.limits,
-        overlong=tuning.overlong,
-        concurrency=tuning.concurrency,
-        rpm=tuning.rpm,
-        tpm=tuning.tpm,
-        request_timeout=tuning.request_timeout,
-        max_attempts=tuning.max_attempts,
-        max_retry_seconds=tuning.max_retry_seconds,
-    )
+    options = dataclasses.replace(settings.openai, dimensions=dimensions)
     return OpenAIProvider.from_settings(settings, model, options=options)
 
 

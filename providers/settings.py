@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import TypeVar, get_args
 
 # Light modules only (numpy at most): settings are read before any backend or SDK is chosen.
-from .batching import OPENAI_LIMITS, OverlongPolicy, RequestLimits
+from .batching import OverlongPolicy, RequestLimits
 from .encoders import LOCAL_BACKENDS, LocalBackend
 from .errors import ConfigurationError
 from .fallback import FallbackPolicy
 from .long_texts import LONG_TEXT_POLICIES, LongTextPolicy
+from .openai_options import OpenAIOptions
 
-__all__ = ["Budget", "InputLimits", "OpenAISettings", "Settings"]
+__all__ = ["Budget", "InputLimits", "Settings"]
 
 DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_OPENAI_MODEL = "text-embedding-3-small"
@@ -47,31 +48,6 @@ class Budget:
 
 
 @dataclass(frozen=True, kw_only=True)
-class OpenAISettings:
-    """How the OpenAI provider packs, paces and retries: the configurable part of `OpenAIOptions`.
-
-    The defaults are `OpenAIOptions`'s own (a test pins that); the provider validates the values.
-    """
-
-    rpm: float | None = None
-    """Requests per minute; None: learned from the API's rate-limit headers."""
-    tpm: float | None = None
-    """Tokens per minute; None: learned from the API's rate-limit headers."""
-    concurrency: int = 8
-    """Requests in flight at once."""
-    request_timeout: float = 60.0
-    """Seconds one request may take before it is abandoned and retried."""
-    max_attempts: int = 6
-    """Attempts per request, the first included."""
-    max_retry_seconds: float = 120.0
-    """Seconds a request may spend retrying before its failure is final."""
-    overlong: OverlongPolicy = "truncate"
-    """A text over `limits.max_input_tokens`: "truncate" it or refuse the call ("error")."""
-    limits: RequestLimits = OPENAI_LIMITS
-    """The endpoint's request limits; lower them for compatible endpoints with smaller caps."""
-
-
-@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything configurable. Build it with `Settings.from_env()` at an entry point, or by hand."""
 
@@ -95,7 +71,7 @@ class Settings:
     openai_model: str = DEFAULT_OPENAI_MODEL
     openai_base_url: str | None = None
     openai_api_key: str | None = field(default=None, repr=False)
-    openai: OpenAISettings = field(default_factory=OpenAISettings)
+    openai: OpenAIOptions = field(default_factory=OpenAIOptions)
     """How the OpenAI provider packs, paces and retries (`SIGNAL_HUB_OPENAI_*`)."""
     limits: InputLimits = field(default_factory=InputLimits)
     prices: Mapping[str, float] = field(default_factory=dict)
@@ -160,9 +136,9 @@ class Settings:
         )
 
 
-def _openai_settings(env: Mapping[str, str]) -> OpenAISettings:
-    default = OpenAISettings()
-    return OpenAISettings(
+def _openai_settings(env: Mapping[str, str]) -> OpenAIOptions:
+    default = OpenAIOptions()
+    return OpenAIOptions(
         rpm=_optional_positive_number(env, "SIGNAL_HUB_OPENAI_RPM", "requests per minute"),
         tpm=_optional_positive_number(env, "SIGNAL_HUB_OPENAI_TPM", "tokens per minute"),
         concurrency=_positive_int(env, "SIGNAL_HUB_OPENAI_CONCURRENCY", default.concurrency),

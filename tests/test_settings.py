@@ -9,7 +9,6 @@ from providers.batching import RequestLimits
 from providers.local import DEFAULT_BATCH_SIZES, LocalProvider
 from providers.openai import OpenAIOptions, OpenAIProvider
 from providers.service import PROVIDER_FACTORIES
-from providers.settings import OpenAISettings
 
 
 def test_defaults_use_the_local_model_and_no_key() -> None:
@@ -22,7 +21,7 @@ def test_defaults_use_the_local_model_and_no_key() -> None:
 
 
 def test_the_public_names_are_pinned() -> None:
-    assert settings_module.__all__ == ["Budget", "InputLimits", "OpenAISettings", "Settings"]
+    assert settings_module.__all__ == ["Budget", "InputLimits", "Settings"]
 
 
 def test_environment_is_read_at_the_edge() -> None:
@@ -225,7 +224,7 @@ OPENAI_ENV = {
 
 
 def test_openai_settings_are_read_from_the_environment() -> None:
-    assert Settings.from_env(OPENAI_ENV).openai == OpenAISettings(
+    assert Settings.from_env(OPENAI_ENV).openai == OpenAIOptions(
         rpm=3000.0,
         tpm=1_000_000.0,
         concurrency=4,
@@ -242,7 +241,7 @@ def test_each_endpoint_limit_can_be_lowered_alone() -> None:
 
 
 def test_empty_openai_settings_count_as_unset() -> None:
-    assert Settings.from_env(dict.fromkeys(OPENAI_ENV, "")).openai == OpenAISettings()
+    assert Settings.from_env(dict.fromkeys(OPENAI_ENV, "")).openai == OpenAIOptions()
 
 
 @pytest.mark.anyio
