@@ -335,7 +335,7 @@ def add_commands(subparsers: Any) -> None:
         "--encoding",
         choices=["float", "base64"],
         default="float",
-        help="JSONL embeddings as a list of floats, or base64 of little-endian float32 (4x smaller)",
+        help="JSONL embeddings as a list of floats, or base64 of little-endian float32 (2.5x smaller)",
     )
     embed.add_argument("--glob", default="*", help="names of the files to take from directories, e.g. '*.py'")
     embed.add_argument("--provider", choices=["local", "openai"], help="default: SIGNAL_HUB_PROVIDER")
