@@ -312,7 +312,8 @@ class OpenAIProvider(EmbeddingProvider):
         if self._sdk is None:
             key = self._api_key or os.environ.get("OPENAI_API_KEY")
             if not key:
-                raise ConfigurationError(
+                # Like a rejected key, and answered the same way: by the fallback provider, if any.
+                raise AuthenticationError(
                     "no OpenAI API key: set OPENAI_API_KEY (or SIGNAL_HUB_PROVIDER=local to embed without one)."
                 )
             self._api_key = key

@@ -77,7 +77,8 @@ def short_decimals(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         exponent = digits - 1 - magnitude
         power = 10.0 ** np.abs(exponent)
         rounded = np.where(exponent >= 0, np.round(wide * power) / power, np.round(wide / power) * power)
-        found = todo & (rounded.astype(np.float32) == exact)
+        # Beyond 10**22 a power of ten is inexact in float64, and so would the decimal be: keep those as they are.
+        found = todo & (np.abs(exponent) <= 22) & (rounded.astype(np.float32) == exact)
         out[found] = rounded[found]
         todo &= ~found
     return out

@@ -54,13 +54,14 @@ def test_base64_is_little_endian_float32() -> None:
     )
 )
 def test_floats_travel_as_their_short_decimals_and_read_back_exactly(vectors: np.ndarray) -> None:
-    shortest = short_decimals(vectors)
-    assert shortest.astype(np.float32).tobytes() == vectors.tobytes()  # bit for bit, -0.0 included
-    assert len(json.dumps(shortest.tolist())) <= len(json.dumps(vectors.astype(np.float64).tolist()))
+    short = short_decimals(vectors)
+    assert short.astype(np.float32).tobytes() == vectors.tobytes()  # bit for bit, -0.0 included
+    assert len(json.dumps(short.tolist())) <= len(json.dumps(vectors.astype(np.float64).tolist()))
 
 
 def test_float_encoding_prints_nine_digits_at_most_not_seventeen() -> None:
-    vectors = np.array([[0.1, -0.0067094308, 1 / 3, 0.0, 1e-30, 6.5791164e16]], dtype=np.float32)
+    vectors = np.array([[0.1, -0.0067094308, 1 / 3, 0.0, 1e-15, 6.5791164e16, 8.70414e30]], dtype=np.float32)
     assert (
-        json.dumps(encode_vectors(vectors, "float")) == "[[0.1, -0.0067094308, 0.33333334, 0.0, 1e-30, 6.5791164e+16]]"
+        json.dumps(encode_vectors(vectors, "float"))
+        == "[[0.1, -0.0067094308, 0.33333334, 0.0, 1e-15, 6.5791164e+16, 8.70414017e+30]]"
     )

@@ -87,13 +87,13 @@ async def make_rig(
 ) -> AsyncIterator[Callable[..., Rig]]:
     rigs: list[Rig] = []
 
-    def build(**policy: Any) -> Rig:
+    def build(api_key: str | None = KEY, **policy: Any) -> Rig:
         clock = FakeClock()
         rig_settings = replace(
             settings,
             provider="openai",
             openai_base_url=server.base_url,
-            openai_api_key=KEY,
+            openai_api_key=api_key,
             fallback=FallbackPolicy(**{"failure_threshold": THRESHOLD, "cooldown_s": COOLDOWN, **policy}),
         )
         built: list[str] = []
@@ -242,6 +242,19 @@ async def test_no_credit_falls_back_to_local_at_once_without_a_retry(make_rig: C
     assert again.fallback and "unavailable after repeated failures" in (again.fallback_reason or "")
     assert "QuotaExceededError" in (again.fallback_reason or "")
     assert rig.server.request_count == 1  # the open circuit kept the call away from OpenAI
+
+
+@pytest.mark.slow
+async def test_a_missing_key_is_answered_by_local_with_the_reason_saying_to_set_it(
+    make_rig: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    rig = make_rig(api_key=None)
+    with anyio.fail_after(WAIT):
+        result = await rig.service.embed(["x = 1"])
+    assert result.fallback and (result.space, result.requested_space) == (LOCAL_SPACE, OPENAI_SPACE)
+    assert "no OpenAI API key: set OPENAI_API_KEY" in (result.fallback_reason or "")
+    assert rig.server.request_count == 0 and rig.circuit() == "open"
 
 
 @pytest.mark.slow

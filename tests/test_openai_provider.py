@@ -179,7 +179,7 @@ async def test_a_missing_key_says_to_set_openai_api_key(
 ) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     provider = make(api_key=None)  # building it needs no key: it is looked up at first use
-    with pytest.raises(ConfigurationError, match="set OPENAI_API_KEY"):
+    with pytest.raises(AuthenticationError, match="set OPENAI_API_KEY"):
         await provider.embed(["x = 1"])
     assert server.request_count == 0
 
