@@ -22,6 +22,10 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
     # torch first, pinned to the CPU build, so nothing later pulls a CUDA build.
     "$VENV/bin/pip" install --quiet --disable-pip-version-check torch==2.13.0
     "$VENV/bin/pip" install --quiet --disable-pip-version-check -e ".$extras"
+    if [[ -z $extras ]]; then
+        # Check the model and build its int8 ONNX export now, not during the server's first call.
+        HF_HUB_OFFLINE=1 "$VENV/bin/signal-hub-embeddings" prepare
+    fi
     touch "$stamp"
 fi
 

@@ -1,4 +1,4 @@
-"""`signal-hub-embeddings`: run the MCP server over stdio (default), or a batch `embed` / `cache` job."""
+"""`signal-hub-embeddings`: run the MCP server over stdio (default), a batch `embed` / `cache` job, or `prepare`."""
 
 from __future__ import annotations
 
@@ -20,9 +20,12 @@ def main(argv: list[str] | None = None) -> int:
         description="MCP server (stdio) that embeds text for Signal Hub, and batch jobs from the command line. "
         "Configured by SIGNAL_HUB_PROVIDER, SIGNAL_HUB_DATA_DIR, OPENAI_API_KEY and OPENAI_BASE_URL.",
     )
-    commands = parser.add_subparsers(dest="command", metavar="{serve,embed,cache}")
+    commands = parser.add_subparsers(dest="command", metavar="{serve,embed,cache,prepare}")
     commands.add_parser("serve", help="run the MCP server on stdio (the default)")
     add_commands(commands)
+    commands.add_parser(
+        "prepare", help="check the local model and build its fast backend now (once), so the first call is quick"
+    )
     args = parser.parse_args(argv)
 
     # stdout carries JSON-RPC: every log line and progress bar goes to stderr.
@@ -37,9 +40,36 @@ def main(argv: list[str] | None = None) -> int:
     except EmbeddingError as exc:
         print(f"signal-hub-embeddings: {exc}", file=sys.stderr)
         return 2
+    if args.command == "prepare":
+        return prepare(settings)
     if args.command not in (None, "serve"):
         return int(args.run(args, settings))
     from .app import build_server
 
     build_server(settings).run("stdio")
+    return 0
+
+
+def prepare(settings: Settings) -> int:
+    """Load the local model as the server would: weights checked, ONNX export made and cached."""
+    import anyio
+
+    from providers.local import LocalProvider
+
+    async def load() -> str:
+        provider = LocalProvider.from_settings(settings)
+        try:
+            await provider.embed(["def warm_up(): pass"])
+            runtime = provider.runtime
+            assert runtime is not None
+            return f"{provider.model} ({runtime.backend} on {runtime.device}, {runtime.threads} threads)"
+        finally:
+            await provider.aclose()
+
+    try:
+        ready = anyio.run(load)
+    except EmbeddingError as exc:
+        print(f"signal-hub-embeddings: the local model is not usable: {exc}", file=sys.stderr)
+        return 1
+    print(f"signal-hub-embeddings: local model ready: {ready}; data in {settings.resolved_data_dir}", file=sys.stderr)
     return 0

@@ -532,3 +532,16 @@ def test_killed_half_way_the_rerun_sends_only_what_is_not_cached(tmp_path: Path)
         assert f"embedded {len(resent)}, cached {len(cached)}, failed 0" in rerun.stderr
     assert_vectors_of(read_output(output), dict(enumerate(texts)))
     assert not output.with_name("out.jsonl.partial").exists()
+
+
+def test_prepare_builds_the_local_model_once_and_says_so_on_stderr(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SIGNAL_HUB_DATA_DIR", str(data_dir))
+    assert main(["prepare"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "local model ready: all-MiniLM-L6-v2 (onnx-int8 on cpu" in err
+    assert any((data_dir / "onnx").glob("int8-*/model.onnx"))
+    monkeypatch.setenv("SIGNAL_HUB_LOCAL_MODEL", "no-such-model")
+    assert main(["prepare"]) == 1
+    assert "the local model is not usable: " in capsys.readouterr().err
