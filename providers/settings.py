@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar, get_args
+from typing import Any, TypeVar, get_args
 
 # Light modules only (numpy at most): settings are read before any backend or SDK is chosen.
 from .batching import OverlongPolicy, RequestLimits
@@ -103,20 +103,17 @@ class Settings:
                 name: Path(path).expanduser()
                 for name, path in _parse_pairs(env, "SIGNAL_HUB_LOCAL_MODELS", "name=/path/to/model").items()
             },
-            local_batch_size=_optional_positive_int(env, "SIGNAL_HUB_LOCAL_BATCH_SIZE"),
+            local_batch_size=_optional(env, "SIGNAL_HUB_LOCAL_BATCH_SIZE", int, _POSITIVE_INT),
             local_backend=_choice(env, "SIGNAL_HUB_LOCAL_BACKEND", LOCAL_BACKENDS, "auto"),
             local_long_texts=_choice(env, "SIGNAL_HUB_LOCAL_LONG_TEXTS", LONG_TEXT_POLICIES, "truncate"),
-            local_split_overlap=_non_negative_int(env, "SIGNAL_HUB_LOCAL_SPLIT_OVERLAP", 64),
-            local_threads=_optional_positive_int(env, "SIGNAL_HUB_LOCAL_THREADS"),
+            local_split_overlap=_number(env, "SIGNAL_HUB_LOCAL_SPLIT_OVERLAP", int, _NON_NEGATIVE_INT, 64),
+            local_threads=_optional(env, "SIGNAL_HUB_LOCAL_THREADS", int, _POSITIVE_INT),
             device=env.get("SIGNAL_HUB_DEVICE") or None,
             openai_model=env.get("SIGNAL_HUB_OPENAI_MODEL", DEFAULT_OPENAI_MODEL),
             openai_base_url=env.get("OPENAI_BASE_URL") or None,
             openai_api_key=env.get("OPENAI_API_KEY") or None,
             openai=_openai_settings(env),
-            prices={
-                name: float(value)
-                for name, value in _parse_pairs(env, "SIGNAL_HUB_PRICES", "model=usd_per_1M_tokens").items()
-            },
+            prices=_prices(env),
             fallback=FallbackPolicy(
                 mode=env.get("SIGNAL_HUB_FALLBACK", "on_outage").strip().lower(),
                 chain=tuple(
@@ -124,13 +121,13 @@ class Settings:
                     for p in env.get("SIGNAL_HUB_FALLBACK_CHAIN", "openai,local").split(",")
                     if p.strip()
                 ),
-                failure_threshold=_positive_int(env, "SIGNAL_HUB_CIRCUIT_FAILURES", 3),
-                cooldown_s=_positive_number(env, "SIGNAL_HUB_CIRCUIT_COOLDOWN_S", "seconds", 60.0),
+                failure_threshold=_number(env, "SIGNAL_HUB_CIRCUIT_FAILURES", int, _POSITIVE_INT, 3),
+                cooldown_s=_number(env, "SIGNAL_HUB_CIRCUIT_COOLDOWN_S", float, _positive("seconds"), 60.0),
             ),
             cache=env.get("SIGNAL_HUB_CACHE", "on").strip().lower() not in {"off", "0", "false", "no"},
             budget=Budget(
-                soft_usd=_optional_float(env, "SIGNAL_HUB_BUDGET_SOFT_USD"),
-                hard_usd=_optional_float(env, "SIGNAL_HUB_BUDGET_HARD_USD"),
+                soft_usd=_optional(env, "SIGNAL_HUB_BUDGET_SOFT_USD", float, _NON_NEGATIVE_USD),
+                hard_usd=_optional(env, "SIGNAL_HUB_BUDGET_HARD_USD", float, _NON_NEGATIVE_USD),
                 period=env.get("SIGNAL_HUB_BUDGET_PERIOD", "month"),
             ),
         )
@@ -139,20 +136,26 @@ class Settings:
 def _openai_settings(env: Mapping[str, str]) -> OpenAIOptions:
     default = OpenAIOptions()
     return OpenAIOptions(
-        rpm=_optional_positive_number(env, "SIGNAL_HUB_OPENAI_RPM", "requests per minute"),
-        tpm=_optional_positive_number(env, "SIGNAL_HUB_OPENAI_TPM", "tokens per minute"),
-        concurrency=_positive_int(env, "SIGNAL_HUB_OPENAI_CONCURRENCY", default.concurrency),
-        request_timeout=_positive_number(env, "SIGNAL_HUB_OPENAI_TIMEOUT_S", "seconds", default.request_timeout),
-        max_attempts=_positive_int(env, "SIGNAL_HUB_OPENAI_MAX_ATTEMPTS", default.max_attempts),
-        max_retry_seconds=_positive_number(env, "SIGNAL_HUB_OPENAI_MAX_RETRY_S", "seconds", default.max_retry_seconds),
+        rpm=_optional(env, "SIGNAL_HUB_OPENAI_RPM", float, _positive("requests per minute")),
+        tpm=_optional(env, "SIGNAL_HUB_OPENAI_TPM", float, _positive("tokens per minute")),
+        concurrency=_number(env, "SIGNAL_HUB_OPENAI_CONCURRENCY", int, _POSITIVE_INT, default.concurrency),
+        request_timeout=_number(
+            env, "SIGNAL_HUB_OPENAI_TIMEOUT_S", float, _positive("seconds"), default.request_timeout
+        ),
+        max_attempts=_number(env, "SIGNAL_HUB_OPENAI_MAX_ATTEMPTS", int, _POSITIVE_INT, default.max_attempts),
+        max_retry_seconds=_number(
+            env, "SIGNAL_HUB_OPENAI_MAX_RETRY_S", float, _positive("seconds"), default.max_retry_seconds
+        ),
         overlong=_choice(env, "SIGNAL_HUB_OPENAI_OVERLONG", get_args(OverlongPolicy), default.overlong),
         limits=_request_limits(env, default.limits),
     )
 
 
 def _request_limits(env: Mapping[str, str], default: RequestLimits) -> RequestLimits:
-    input_tokens = _positive_int(env, "SIGNAL_HUB_OPENAI_MAX_INPUT_TOKENS", default.max_input_tokens)
-    request_tokens = _positive_int(env, "SIGNAL_HUB_OPENAI_MAX_REQUEST_TOKENS", default.max_request_tokens)
+    input_tokens = _number(env, "SIGNAL_HUB_OPENAI_MAX_INPUT_TOKENS", int, _POSITIVE_INT, default.max_input_tokens)
+    request_tokens = _number(
+        env, "SIGNAL_HUB_OPENAI_MAX_REQUEST_TOKENS", int, _POSITIVE_INT, default.max_request_tokens
+    )
     if input_tokens > request_tokens:
         raise ConfigurationError(
             f"SIGNAL_HUB_OPENAI_MAX_INPUT_TOKENS ({input_tokens}) cannot exceed SIGNAL_HUB_OPENAI_MAX_REQUEST_TOKENS "
@@ -160,7 +163,7 @@ def _request_limits(env: Mapping[str, str], default: RequestLimits) -> RequestLi
             f"{request_tokens}."
         )
     return RequestLimits(
-        max_inputs=_positive_int(env, "SIGNAL_HUB_OPENAI_MAX_INPUTS", default.max_inputs),
+        max_inputs=_number(env, "SIGNAL_HUB_OPENAI_MAX_INPUTS", int, _POSITIVE_INT, default.max_inputs),
         max_input_tokens=input_tokens,
         max_request_tokens=request_tokens,
     )
@@ -179,76 +182,53 @@ def _parse_pairs(env: Mapping[str, str], name: str, shape: str) -> dict[str, str
         if not sep or not key.strip() or not value.strip():
             raise ConfigurationError(f"{name} entry {entry!r} is not {shape}; separate several entries with commas.")
         pairs[key.strip()] = value.strip()
-    if name == "SIGNAL_HUB_PRICES":
-        for key, value in pairs.items():
-            _non_negative(name, f"{key}={value}", value)
     return pairs
 
 
-def _optional_float(env: Mapping[str, str], name: str) -> float | None:
+def _prices(env: Mapping[str, str]) -> dict[str, float]:
+    name = "SIGNAL_HUB_PRICES"
+    pairs = _parse_pairs(env, name, "model=usd_per_1M_tokens")
+    return {model: _parsed(f"{name} entry {model}", raw, float, _NON_NEGATIVE_USD) for model, raw in pairs.items()}
+
+
+_Number = TypeVar("_Number", int, float)
+_POSITIVE_INT = ("a positive integer", lambda value: value >= 1)
+_NON_NEGATIVE_INT = ("zero or a positive integer", lambda value: value >= 0)
+_NON_NEGATIVE_USD = ("a non-negative number of US dollars", lambda value: math.isfinite(value) and value >= 0)
+
+
+def _positive(unit: str) -> tuple[str, Callable[[float], bool]]:
+    return f"a positive number of {unit}", lambda value: math.isfinite(value) and value > 0
+
+
+def _optional(
+    env: Mapping[str, str], name: str, parse: Callable[[str], _Number], rule: tuple[str, Callable[[Any], bool]]
+) -> _Number | None:
+    """The variable's value, or None when it is unset or empty."""
     raw = env.get(name, "").strip()
-    return _non_negative(name, raw, raw) if raw else None
+    return _parsed(name, raw, parse, rule) if raw else None
 
 
-def _non_negative(name: str, shown: str, raw: str) -> float:
+def _parsed(name: str, raw: str, parse: Callable[[str], _Number], rule: tuple[str, Callable[[Any], bool]]) -> _Number:
+    accepted, holds = rule
     try:
-        value = float(raw)
+        value = parse(raw)
     except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise ConfigurationError(f"{name}: {shown!r} is not a non-negative number of US dollars.")
+        value = None
+    if value is None or not holds(value):
+        raise ConfigurationError(f"{name} must be {accepted}, got {raw!r}.")
     return value
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
-    value = _optional_positive_int(env, name)
+def _number(
+    env: Mapping[str, str],
+    name: str,
+    parse: Callable[[str], _Number],
+    rule: tuple[str, Callable[[Any], bool]],
+    default: _Number,
+) -> _Number:
+    value = _optional(env, name, parse, rule)
     return default if value is None else value
-
-
-def _optional_positive_int(env: Mapping[str, str], name: str) -> int | None:
-    """The variable's value, or None when it is unset or empty."""
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ConfigurationError(f"{name} must be a positive integer, got {raw!r}.")
-    return value
-
-
-def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ConfigurationError(f"{name} must be zero or a positive integer, got {raw!r}.")
-    return value
-
-
-def _positive_number(env: Mapping[str, str], name: str, unit: str, default: float) -> float:
-    value = _optional_positive_number(env, name, unit)
-    return default if value is None else value
-
-
-def _optional_positive_number(env: Mapping[str, str], name: str, unit: str) -> float | None:
-    """The variable's value, or None when it is unset or empty."""
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigurationError(f"{name} must be a positive number of {unit}, got {raw!r}.")
-    return value
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[_Choice, ...], default: _Choice) -> _Choice:

@@ -33,9 +33,15 @@ def test_environment_is_read_at_the_edge() -> None:
             "SIGNAL_HUB_LOCAL_BATCH_SIZE": "16",
             "OPENAI_API_KEY": "sk-secret-value",
             "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+            "SIGNAL_HUB_PRICES": "text-embedding-3-small=0.025, my-model=0",
+            "SIGNAL_HUB_BUDGET_SOFT_USD": "0.5",
+            "SIGNAL_HUB_BUDGET_HARD_USD": " 2 ",
+            "SIGNAL_HUB_CIRCUIT_COOLDOWN_S": "2.5",
         }
     )
     assert settings.provider == "openai"
+    assert settings.prices == {"text-embedding-3-small": 0.025, "my-model": 0.0}
+    assert (settings.budget.soft_usd, settings.budget.hard_usd, settings.fallback.cooldown_s) == (0.5, 2.0, 2.5)
     assert settings.data_dir == Path("/tmp/signal-hub")
     assert settings.local_models == {"mini": Path("/models/mini"), "other": Path("/models/other")}
     assert settings.local_batch_size == 16
@@ -53,6 +59,8 @@ def test_the_api_key_never_shows_in_the_repr() -> None:
     [
         ({"SIGNAL_HUB_LOCAL_MODELS": "no-equals-sign"}, "is not name=/path/to/model"),
         ({"SIGNAL_HUB_LOCAL_MODELS": "=/path"}, "is not name=/path/to/model"),
+        ({"SIGNAL_HUB_PRICES": "my-model=-0.1"}, "SIGNAL_HUB_PRICES entry my-model must be a non-negative number"),
+        ({"SIGNAL_HUB_PRICES": "my-model"}, "is not model=usd_per_1M_tokens"),
     ],
 )
 def test_bad_settings_are_refused_clearly(env: dict[str, str], message: str) -> None:
@@ -88,6 +96,9 @@ POSITIVE_INTEGER = "a positive integer"
         ("SIGNAL_HUB_OPENAI_MAX_INPUT_TOKENS", "x", POSITIVE_INTEGER),
         ("SIGNAL_HUB_OPENAI_MAX_REQUEST_TOKENS", "0", POSITIVE_INTEGER),
         ("SIGNAL_HUB_CIRCUIT_COOLDOWN_S", "0", "a positive number of seconds"),
+        ("SIGNAL_HUB_BUDGET_SOFT_USD", "-1", "a non-negative number of US dollars"),
+        ("SIGNAL_HUB_BUDGET_HARD_USD", "ten", "a non-negative number of US dollars"),
+        ("SIGNAL_HUB_BUDGET_HARD_USD", "nan", "a non-negative number of US dollars"),
         ("SIGNAL_HUB_CIRCUIT_FAILURES", "none", POSITIVE_INTEGER),
     ],
 )
