@@ -159,9 +159,9 @@ class EmbeddingService:
                 if result.cached < result.count:  # the cache alone says nothing of the provider's health
                     breaker.record_success()
                 return result
-        elif await self._all_cached(primary, valid):
+        elif (hits := await self._all_cached(primary, valid)) is not None:
             # The provider is down but has nothing to do: its own cached vectors answer, in its space.
-            return await self._embed_with(primary, valid, progress)
+            return await self._embed_with(primary, valid, progress, hits=hits)
         else:
             reason = (
                 f"{primary.name} is unavailable after repeated failures (last: {breaker.last_error}); "
@@ -201,11 +201,17 @@ class EmbeddingService:
         raise ProviderUnavailableError(f"{reason}. No fallback provider could answer; retry later.")
 
     async def _embed_with(
-        self, chosen: EmbeddingProvider, valid: list[str], progress: ProgressCallback | None
+        self,
+        chosen: EmbeddingProvider,
+        valid: list[str],
+        progress: ProgressCallback | None,
+        *,
+        hits: dict[str, CachedVector] | None = None,
     ) -> EmbeddingResult:
-        """Embed with one provider: each distinct text once, cached texts not at all."""
+        """Embed with one provider: each distinct text once, cached texts (`hits`, if already read) not at all."""
         unique = list(dict.fromkeys(valid))
-        hits = await self._cached(chosen, unique)
+        if hits is None:
+            hits = await self._cached(chosen, unique)
         missing = [text for text in unique if text not in hits]
 
         fresh, reservation = await self._embed_fresh(chosen, missing, progress, done_before=len(unique) - len(missing))
@@ -305,9 +311,11 @@ class EmbeddingService:
             return {}
         return await anyio.to_thread.run_sync(self.cache.get_many, chosen.space, texts, chosen.dimensions)
 
-    async def _all_cached(self, chosen: EmbeddingProvider, texts: list[str]) -> bool:
+    async def _all_cached(self, chosen: EmbeddingProvider, texts: list[str]) -> dict[str, CachedVector] | None:
+        """The cached vectors of `texts` when the cache has every one of them, else None."""
         unique = list(dict.fromkeys(texts))
-        return self.cache is not None and len(await self._cached(chosen, unique)) == len(unique)
+        hits = await self._cached(chosen, unique)
+        return hits if self.cache is not None and len(hits) == len(unique) else None
 
     async def generate(self, text: str) -> list[float]:
         """Embed one text."""
