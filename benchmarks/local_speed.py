@@ -9,8 +9,9 @@ worker; for the MCP variants, of the server process it started):
   (c)  mcp   the server over stdio, `embed_batch`, vectors as JSON floats (the tool's default);
   (c') mcp   the same with `encoding="base64"`.
 Every variant gets the same calls of 100 texts. The calls are interleaved, one per variant in
-turn, starting with a different variant each time, so a neighbour's load on the shared CPUs
-falls on all variants alike and the ratios stay fair; each rate is texts / time inside the calls.
+a shuffled order each time, so a neighbour's load on the shared CPUs falls on all variants alike
+and no variant always follows the same one; before each call the machine idles for 50 ms, so the
+thread pools of the call before have stopped spinning. Each rate is texts / time inside the calls.
 Corpora: distinct 40-line chunks of the stdlib source, distinct one-line snippets. Each round
 takes texts no earlier round used, the vector cache is off, warm-up texts are never measured.
 Targets: b/a >= 1.35 and b >= 1,900/min on code chunks; c/b >= 0.90; peak RSS of b and c < 1.5 GB.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import statistics
 import subprocess
@@ -48,6 +50,9 @@ CORPORA = ("code", "snippets")
 TEXTS_PER_CALL = 100
 _WARM_UP_TEXTS = 40
 _RAW_BATCH_SIZE = 8  # the reference's best batch size on 2 cores (8 beat 32)
+# Idle time before each call (not timed): thread pools of the variant that ran before spin-wait
+# for a while after their work, and would otherwise slow whichever variant comes next.
+_SETTLE_S = 0.05
 
 TARGET_OURS_OVER_RAW = 1.35
 TARGET_MCP_OVER_OURS = 0.90
@@ -200,11 +205,11 @@ def run_round(count: int, round_index: int, out: Path, data_dir: Path) -> dict[s
     # Started one after another, so no load overlaps another's timing; all stay alive, idle between calls.
     workers = {variant: Worker(variant, count, round_index, out, data_dir) for variant in VARIANTS}
     seconds = {variant: dict.fromkeys(CORPORA, 0.0) for variant in VARIANTS}
-    order = list(VARIANTS)
+    shuffle = random.Random(round_index)
     for corpus in CORPORA:
-        for call, start in enumerate(range(0, count, TEXTS_PER_CALL)):
-            rotation = order[call % len(order) :] + order[: call % len(order)]
-            for variant in rotation:
+        for start in range(0, count, TEXTS_PER_CALL):
+            for variant in shuffle.sample(list(VARIANTS), len(VARIANTS)):
+                time.sleep(_SETTLE_S)
                 seconds[variant][corpus] += workers[variant].embed(corpus, start, min(start + TEXTS_PER_CALL, count))
     return {
         variant: {

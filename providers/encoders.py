@@ -97,10 +97,17 @@ def pad_batch(windows: Sequence[Sequence[int]]) -> tuple[TokenIds, TokenIds]:
     return input_ids, attention_mask
 
 
+# After a run, ONNX Runtime's idle threads spin-wait. By default that burned a whole core for
+# 20-50 ms after every call here (python -m benchmarks.idle_cpu): CPU the MCP layer, the host and
+# its neighbours need. A 1 ms spin still bridges the gaps between runs, at the same speed (±2%).
+ONNX_SPIN_US = 1000
+_SPIN_KEY = "session.intra_op.spin_duration_us"
+
+
 class OnnxEncoder:
     """An exported sentence-transformers pipeline run by ONNX Runtime."""
 
-    def __init__(self, model_bytes: bytes, *, threads: int, device: str) -> None:
+    def __init__(self, model_bytes: bytes, *, threads: int, device: str, spin_us: int | None = ONNX_SPIN_US) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -110,6 +117,8 @@ class OnnxEncoder:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        if spin_us is not None:
+            options.add_session_config_entry(_SPIN_KEY, str(spin_us))
         self.providers = _onnx_execution_providers(device, ort.get_available_providers())
         # Built from the bytes whose SHA-256 was checked, so the file cannot change in between.
         self._session = ort.InferenceSession(model_bytes, options, providers=self.providers)
@@ -118,6 +127,14 @@ class OnnxEncoder:
     def threads(self) -> int:
         """Intra-op threads as the session has them."""
         return int(self._session.get_session_options().intra_op_num_threads)
+
+    @property
+    def spin_us(self) -> int | None:
+        """How long idle intra-op threads spin before sleeping, as the session has it (None: ONNX Runtime's default)."""
+        try:
+            return int(self._session.get_session_options().get_session_config_entry(_SPIN_KEY))
+        except RuntimeError:  # not set
+            return None
 
     def encode(self, input_ids: TokenIds, attention_mask: TokenIds) -> Vectors:
         (vectors,) = self._session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})

@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks.corpus import code_chunks, one_line_snippets
 from providers import ConfigurationError, ProviderError
-from providers.encoders import resolve_backend, resolve_device, usable_cores
+from providers.encoders import ONNX_SPIN_US, OnnxEncoder, pad_batch, resolve_backend, resolve_device, usable_cores
 from providers.local import DEFAULT_BATCH_SIZES, PACKAGED_MODEL_SHA256, LocalProvider, packaged_model_path
 from providers.onnx_export import RECIPE_VERSION, cached_onnx_model
 
@@ -84,6 +84,18 @@ async def test_a_second_load_reuses_the_export(shared_data_dir: Path) -> None:
     assert not cached.exported
     assert cached.manifest["source_sha256"] == PACKAGED_MODEL_SHA256
     assert cached.manifest["recipe"] == RECIPE_VERSION
+
+
+async def test_idle_onnx_threads_spin_for_a_millisecond_not_onnx_runtimes_default(shared_data_dir: Path) -> None:
+    # By default they spin a core for 50-100 ms after every call (python -m benchmarks.idle_cpu).
+    await LocalProvider(data_dir=shared_data_dir).embed(["warm the cache"])
+    cached = cached_onnx_model(packaged_model_path(), PACKAGED_MODEL_SHA256, shared_data_dir / "onnx", quantized=True)
+    ours = OnnxEncoder(cached.model_bytes, threads=1, device="cpu")
+    stock = OnnxEncoder(cached.model_bytes, threads=1, device="cpu", spin_us=None)
+    assert (ours.spin_us, stock.spin_us) == (ONNX_SPIN_US, None)
+    assert ONNX_SPIN_US == 1000
+    window = pad_batch([[101, 2023, 102]])
+    assert np.array_equal(ours.encode(*window), stock.encode(*window))
 
 
 async def test_a_corrupted_export_is_detected_and_exported_again(shared_data_dir: Path, tmp_path: Path) -> None:
