@@ -31,7 +31,8 @@ cl100k_base, an over-count with the UTF-8 byte estimate).
 
 A call that fails after some of its requests succeeded raises a `ProviderError` whose `partial`
 holds what those requests returned (and cost), with `partial_indexes` naming their texts, so the
-caller can keep what was paid for.
+caller can keep what was paid for. Nothing new is sent after such a failure, but requests already
+in flight get `finish_in_flight` seconds (2 s) to come back, and what they return joins `partial`.
 """
 
 from __future__ import annotations
@@ -180,6 +181,8 @@ class OpenAIProvider(EmbeddingProvider):
             packer = BatchPacker(replace(self.options.limits, max_request_tokens=self._request_cap()))
             async with send:
                 for start in range(0, len(texts), _COUNT_STEP):
+                    if run.error is not None:
+                        return
                     step = texts[start : start + _COUNT_STEP]
                     counts[start : start + len(step)] = await anyio.to_thread.run_sync(_count_all, tokenizer, step)
                     for index in range(start, start + len(step)):
@@ -198,17 +201,20 @@ class OpenAIProvider(EmbeddingProvider):
 
         async def work() -> None:
             async for batch in receive:  # one shared stream: each request is taken by one worker, in order
+                if run.error is not None:
+                    return  # the call has failed: send nothing more
                 await self._send(client, texts, counts, batch, keep)
                 if progress is not None:
                     await progress(run.done, run.total)
 
         async def guarded(job: Callable[[], Awaitable[None]], scope: anyio.CancelScope) -> None:
-            # The first failure stops the call and is raised as itself, not inside an ExceptionGroup.
+            # The first failure ends the call and is raised as itself, not inside an ExceptionGroup.
+            # Requests already sent get a moment to finish: their vectors are paid for either way.
             try:
                 await job()
             except Exception as exc:
                 run.error = run.error or exc
-                scope.cancel()
+                scope.deadline = min(scope.deadline, anyio.current_time() + self.options.finish_in_flight)
 
         async with receive, anyio.create_task_group() as group:
             group.start_soon(guarded, plan, group.cancel_scope)

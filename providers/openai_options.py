@@ -42,6 +42,9 @@ class OpenAIOptions:
     """Seconds a request may spend retrying before its failure is final."""
     backoff_initial: float = 0.5
     backoff_max: float = 20.0
+    finish_in_flight: float = 2.0
+    """Seconds the requests already sent may go on after another request of the call failed for
+    good, so that what they return (and cost) is kept; nothing new is sent meanwhile."""
     encoding_format: Literal["base64", "float"] = "base64"
     """Wire format of the vectors; base64 is 4x smaller. Use "float" for endpoints without base64."""
 
@@ -50,6 +53,8 @@ class OpenAIOptions:
             raise ConfigurationError("OpenAI concurrency and max_attempts must be at least 1.")
         if min(self.request_timeout, self.rate_window, self.backoff_initial, self.backoff_max) <= 0:
             raise ConfigurationError("OpenAI timeouts, rate window and backoff must be positive.")
+        if self.finish_in_flight < 0:
+            raise ConfigurationError("OpenAI finish_in_flight must be zero or more seconds.")
         if (self.rpm is not None and self.rpm <= 0) or (self.tpm is not None and self.tpm <= 0):
             raise ConfigurationError("SIGNAL_HUB_OPENAI_RPM and SIGNAL_HUB_OPENAI_TPM must be positive when set.")
         if self.overlong not in ("truncate", "error"):

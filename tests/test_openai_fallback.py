@@ -207,6 +207,50 @@ async def test_the_paid_vectors_are_named_by_position_when_they_are_not_a_prefix
     assert error.partial.truncated == {1: 950}
 
 
+def _two_in_flight(base_url: str, finish_in_flight: float) -> OpenAIProvider:
+    clock = FakeClock()
+    options = OpenAIOptions(
+        limits=RequestLimits(max_inputs=1), concurrency=2, max_attempts=1, finish_in_flight=finish_in_flight
+    )
+    return OpenAIProvider(
+        api_key=KEY, base_url=base_url, options=options, tokenizer=LoopbackTokenizer(), clock=clock, sleep=clock.sleep
+    )
+
+
+async def test_a_request_in_flight_when_another_fails_is_kept_and_nothing_new_is_sent() -> None:
+    items = texts(3)
+    # Answers take 0.3 s; the refusal of the first request to arrive comes at once.
+    with LoopbackOpenAI(api_key=KEY, latency=0.3) as own:
+        provider = _two_in_flight(own.base_url, finish_in_flight=WAIT)
+        own.inject("insufficient_quota")
+        try:
+            with anyio.fail_after(WAIT), pytest.raises(QuotaExceededError) as raised:
+                await provider.embed(items)
+        finally:
+            await provider.aclose()
+        refused, answered = (items.index(str(r.inputs[0])) for r in sorted(own.requests, key=lambda r: not r.fault))
+    error = raised.value
+    assert {refused, answered} == {0, 1} and own.request_count == 2  # the third text was never sent
+    assert error.partial is not None and error.partial_indexes == (answered,)
+    np.testing.assert_allclose(error.partial.vectors, openai_vectors([items[answered]]), atol=1e-6)
+    assert error.partial.requests == 1 and error.partial.tokens == count_tokens(items[answered])
+
+
+async def test_a_hung_request_is_given_up_when_the_time_to_finish_runs_out() -> None:
+    with LoopbackOpenAI(api_key=KEY) as own:
+        provider = _two_in_flight(own.base_url, finish_in_flight=0.2)
+        own.inject("hang")
+        own.inject("insufficient_quota")
+        try:
+            with anyio.fail_after(WAIT), pytest.raises(QuotaExceededError) as raised:
+                await provider.embed(texts(2))
+            assert own.hung_count == 1  # still hanging at the server: the call did not wait for it
+        finally:
+            own.release_hung()
+            await provider.aclose()
+    assert raised.value.partial is None
+
+
 async def test_a_failure_before_any_answer_carries_nothing(server: LoopbackOpenAI) -> None:
     provider = OpenAIProvider(api_key=KEY, base_url=server.base_url, tokenizer=LoopbackTokenizer())
     server.inject("insufficient_quota")

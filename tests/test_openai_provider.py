@@ -151,6 +151,7 @@ def test_shortened_vectors_are_for_the_v3_models_only() -> None:
         {"request_tokens": 100},
         {"tpm": 0},
         {"overlong": "shorten"},
+        {"finish_in_flight": -1},
     ],
 )
 def test_impossible_options_are_refused(kwargs: dict[str, Any]) -> None:
