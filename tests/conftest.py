@@ -20,6 +20,14 @@ def onnx_exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("onnx")
 
 
+@pytest.fixture(scope="session")
+def shared_data_dir(tmp_path_factory: pytest.TempPathFactory, onnx_exports: Path) -> Path:
+    """One data directory for the whole session, for tests that only need the local model."""
+    path = tmp_path_factory.mktemp("local-models")
+    (path / "onnx").symlink_to(onnx_exports, target_is_directory=True)
+    return path
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path, onnx_exports: Path) -> Path:
     """A fresh data directory (ledger, cache) that shares the session's ONNX exports."""

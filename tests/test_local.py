@@ -18,12 +18,6 @@ from providers.local import PACKAGED_MODEL_SHA256, LocalProvider, packaged_model
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
-@pytest.fixture(scope="session")
-def shared_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # The same path in every local test module: the ONNX export is made once per session.
-    return tmp_path_factory.getbasetemp() / "local-models"
-
-
 @pytest.fixture
 def provider(shared_data_dir: Path) -> LocalProvider:
     return LocalProvider.from_settings(Settings(data_dir=shared_data_dir))

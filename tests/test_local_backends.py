@@ -22,12 +22,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 CORPUS = code_chunks(400)[::10] + one_line_snippets(200)[::10]
 
 
-@pytest.fixture(scope="session")
-def shared_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # The same path in every local test module: the ONNX export is made once per session.
-    return tmp_path_factory.getbasetemp() / "local-models"
-
-
 @pytest.fixture(scope="module")
 def torch_vectors() -> np.ndarray:
     """The reference: plain sentence-transformers in fp32."""
@@ -87,7 +81,7 @@ async def test_a_second_load_reuses_the_export(shared_data_dir: Path) -> None:
 
 
 async def test_idle_onnx_threads_spin_for_a_millisecond_not_onnx_runtimes_default(shared_data_dir: Path) -> None:
-    # By default they spin a core for 50-100 ms after every call (python -m benchmarks.idle_cpu).
+    # By default they spin a whole core for 20-50 ms after every call (python -m benchmarks.idle_cpu).
     await LocalProvider(data_dir=shared_data_dir).embed(["warm the cache"])
     cached = cached_onnx_model(packaged_model_path(), PACKAGED_MODEL_SHA256, shared_data_dir / "onnx", quantized=True)
     ours = OnnxEncoder(cached.model_bytes, threads=1, device="cpu")

@@ -75,12 +75,6 @@ SQL_HALF = " ".join(
 )
 
 
-@pytest.fixture(scope="session")
-def shared_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # The same path in every local test module: the ONNX export is made once per session.
-    return tmp_path_factory.getbasetemp() / "local-models"
-
-
 @pytest.mark.anyio
 @pytest.mark.slow
 async def test_split_lets_the_end_of_a_long_text_count(shared_data_dir: Path) -> None:

@@ -159,12 +159,6 @@ def test_empty_local_settings_count_as_unset() -> None:
     assert Settings.from_env({f"SIGNAL_HUB_LOCAL_{name}": "" for name in names}) == Settings()
 
 
-@pytest.fixture(scope="session")
-def shared_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # The same path in every local test module: the ONNX export is made once per session.
-    return tmp_path_factory.getbasetemp() / "local-models"
-
-
 @pytest.mark.anyio
 @pytest.mark.slow
 async def test_local_settings_reach_the_model(shared_data_dir: Path) -> None:
