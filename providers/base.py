@@ -9,15 +9,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["EmbeddingProvider", "EmbeddingResult", "ProgressCallback", "space_id"]
+__all__ = ["EmbeddingProvider", "EmbeddingResult", "ProgressCallback", "RequestHook", "space_id"]
 
 ProgressCallback = Callable[[int, int], Awaitable[None]]
 """Called as `await progress(done, total)` while a provider works through a call."""
 
 
-def space_id(provider: str, model: str, dimensions: int, normalized: bool) -> str:
-    """Name the vector space a result lives in; vectors from different spaces must never mix."""
-    return f"{provider}:{model}:{dimensions}:{'l2' if normalized else 'raw'}"
+def space_id(provider: str, model: str, dimensions: int, normalized: bool, endpoint: str | None = None) -> str:
+    """Name the vector space a result lives in; vectors from different spaces must never mix.
+
+    `endpoint` (host[:port]) is part of it for providers whose model names mean nothing alone.
+    """
+    where = f"{endpoint}/" if endpoint else ""
+    return f"{provider}:{where}{model}:{dimensions}:{'l2' if normalized else 'raw'}"
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,8 @@ class EmbeddingResult:
     model: str
     tokens: int
     """Input tokens as the provider counted (and, for a paid API, billed) them."""
+    tokens_estimated: bool = False
+    """True when the provider reported no usage, so `tokens` is our own count."""
     requests: int = 1
     """How many provider requests (or local model calls) the result took."""
     normalized: bool = True
@@ -47,6 +53,8 @@ class EmbeddingResult:
     """Set when another provider than the one asked for answered, and why."""
     requested_space: str | None = None
     """With a fallback: the space of the provider that was asked for (its vectors would not mix)."""
+    endpoint: str | None = None
+    """host[:port] of the server, for providers whose space names it (see `space_id`)."""
 
     @property
     def fallback(self) -> bool:
@@ -62,7 +70,12 @@ class EmbeddingResult:
 
     @property
     def space(self) -> str:
-        return space_id(self.provider, self.model, self.dimensions, self.normalized)
+        return space_id(self.provider, self.model, self.dimensions, self.normalized, self.endpoint)
+
+
+RequestHook = Callable[[list[int], EmbeddingResult], Awaitable[None]]
+"""Called as `await on_request(indexes, piece)` when one billed request of a call completes:
+`piece` holds the vectors (and usage) of the texts at `indexes`, so they can be kept at once."""
 
 
 class EmbeddingProvider(ABC):
@@ -72,6 +85,8 @@ class EmbeddingProvider(ABC):
     """Provider name used in configuration and results, e.g. "local" or "openai"."""
     normalized: bool = True
     """Whether vectors come back with unit length."""
+    endpoint: str | None = None
+    """host[:port] when the space names the server (see `space_id`)."""
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -84,11 +99,20 @@ class EmbeddingProvider(ABC):
     @property
     def space(self) -> str:
         """The vector space of this provider's results; part of every cache key."""
-        return space_id(self.name, self.model, self.dimensions, self.normalized)
+        return space_id(self.name, self.model, self.dimensions, self.normalized, self.endpoint)
 
     @abstractmethod
     async def embed(self, texts: Sequence[str], *, progress: ProgressCallback | None = None) -> EmbeddingResult:
         """Embed already-validated, non-empty texts and return their vectors in input order."""
+
+    async def embed_each(
+        self, texts: Sequence[str], *, progress: ProgressCallback | None = None, on_request: RequestHook | None = None
+    ) -> EmbeddingResult:
+        """`embed`, and providers that bill per request also `await on_request(...)` as each completes.
+
+        The default reports nothing: the whole result is the only piece.
+        """
+        return await self.embed(texts, progress=progress)
 
     async def estimate_tokens(self, texts: Sequence[str]) -> int:
         """Tokens `texts` will cost, without calling anything; errs high rather than low."""

@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .errors import InputError
+from .validation import positions
 
 __all__ = ["OPENAI_LIMITS", "BatchPacker", "OverlongPolicy", "RequestLimits", "overlong_items", "plan_batches"]
 
 OverlongPolicy = Literal["truncate", "error"]
 """What to do with a text over `max_input_tokens`: cut it to fit (and report it) or refuse the call."""
-
-_MAX_POSITIONS_NAMED = 10
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,12 +36,16 @@ class RequestLimits:
     """Tokens in one text."""
     max_request_tokens: int = 300_000
     """Tokens summed over a request's texts."""
+    max_request_bytes: int | None = None
+    """UTF-8 bytes summed over a request's texts (None: no such limit), for servers that cap the payload."""
 
     def __post_init__(self) -> None:
         if min(self.max_inputs, self.max_input_tokens, self.max_request_tokens) < 1:
             raise ValueError(f"every request limit must be positive: {self}")
         if self.max_input_tokens > self.max_request_tokens:
             raise ValueError(f"max_input_tokens cannot exceed max_request_tokens: {self}")
+        if self.max_request_bytes is not None and self.max_request_bytes < 1:
+            raise ValueError(f"max_request_bytes must be positive: {self}")
 
 
 OPENAI_LIMITS = RequestLimits()
@@ -61,22 +64,28 @@ def overlong_items(
     pairs = token_counts.items() if isinstance(token_counts, Mapping) else enumerate(token_counts)
     over = {i: count - limit for i, count in sorted(pairs) if count > limit}
     if over and policy == "error":
-        named = ", ".join(str(i) for i in list(over)[:_MAX_POSITIONS_NAMED])
-        more = f" and {len(over) - _MAX_POSITIONS_NAMED} more" if len(over) > _MAX_POSITIONS_NAMED else ""
         raise InputError(
-            f"text longer than {limits.max_input_tokens:,} tokens at position{'s' if len(over) > 1 else ''} "
-            f"{named}{more}: split it into smaller chunks, or let the provider truncate over-long texts."
+            f"text longer than {limits.max_input_tokens:,} tokens at {positions(list(over))}: "
+            "split it into smaller chunks, or let the provider truncate over-long texts."
         )
     return over
 
 
-def plan_batches(token_counts: Sequence[int], limits: RequestLimits) -> list[list[int]]:
-    """Group text indexes into requests, in input order, each within all three limits.
+def plan_batches(
+    token_counts: Sequence[int], limits: RequestLimits, sizes: Sequence[int] | None = None
+) -> list[list[int]]:
+    """Group text indexes into requests, in input order, each within every limit.
 
-    Every count must already be within `max_input_tokens` (cut over-long texts first).
+    Every count must already be within `max_input_tokens` (cut over-long texts first); `sizes`
+    are the texts' bytes, needed only under `max_request_bytes`.
     """
     packer = BatchPacker(limits)
-    batches = [batch for index, count in enumerate(token_counts) if (batch := packer.add(index, count))]
+    sizes = sizes or [0] * len(token_counts)
+    batches = [
+        batch
+        for index, (count, size) in enumerate(zip(token_counts, sizes, strict=True))
+        if (batch := packer.add(index, count, size))
+    ]
     if last := packer.flush():
         batches.append(last)
     return batches
@@ -89,22 +98,28 @@ class BatchPacker:
         self.limits = limits
         self._current: list[int] = []
         self._tokens = 0
+        self._bytes = 0
 
-    def add(self, index: int, count: int) -> list[int] | None:
-        """Add a text; returns the request it closed, if adding it closed one."""
+    def add(self, index: int, count: int, size: int = 0) -> list[int] | None:
+        """Add a text of `count` tokens and `size` bytes; returns the request it closed, if it closed one.
+
+        A text larger than `max_request_bytes` on its own still gets a request of its own.
+        """
         limits = self.limits
         if count < 0 or count > limits.max_input_tokens:
             raise ValueError(f"token count {count} at index {index} is outside 0..{limits.max_input_tokens}")
+        too_big = limits.max_request_bytes is not None and self._bytes + size > limits.max_request_bytes
         closed = None
         if self._current and (
-            len(self._current) == limits.max_inputs or self._tokens + count > limits.max_request_tokens
+            len(self._current) == limits.max_inputs or self._tokens + count > limits.max_request_tokens or too_big
         ):
-            closed, self._current, self._tokens = self._current, [], 0
+            closed, self._current, self._tokens, self._bytes = self._current, [], 0, 0
         self._current.append(index)
         self._tokens += count
+        self._bytes += size
         return closed
 
     def flush(self) -> list[int] | None:
         """The last, partly filled request, if any."""
-        closed, self._current, self._tokens = self._current or None, [], 0
+        closed, self._current, self._tokens, self._bytes = self._current or None, [], 0, 0
         return closed

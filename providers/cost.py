@@ -4,30 +4,37 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .openai_options import OPENAI_PRICES
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 __all__ = ["PRICES_PER_MILLION_TOKENS", "CostEstimate", "CostReport", "Usage", "cost_usd", "price_per_million"]
 
-PRICES_PER_MILLION_TOKENS: Mapping[str, float] = {
-    "text-embedding-3-small": 0.02,
-    "text-embedding-3-large": 0.13,
-    "text-embedding-ada-002": 0.10,
-}
-"""USD per 1M input tokens for paid models; local models cost nothing."""
-
-FREE_PROVIDERS = frozenset({"local"})
+PRICES_PER_MILLION_TOKENS: Mapping[str, float] = OPENAI_PRICES
+"""USD per 1M input tokens of OpenAI's models; each provider declares its own prices in its `ProviderSpec`."""
 
 
-def price_per_million(provider: str, model: str, overrides: Mapping[str, float] | None = None) -> float | None:
-    """USD per 1M tokens, or None when the price is unknown (never silently zero)."""
-    if overrides and model in overrides:
-        return overrides[model]
-    if provider in FREE_PROVIDERS:
-        return 0.0
-    return PRICES_PER_MILLION_TOKENS.get(model)
+def price_per_million(provider: str, model: str, settings: Settings | None = None) -> float | None:
+    """USD per 1M tokens, or None when the price is unknown (never silently zero).
+
+    `SIGNAL_HUB_PRICES` (settings.prices) comes first, then the price the provider declares.
+    """
+    from .registry import provider_spec
+    from .settings import Settings
+
+    settings = settings if settings is not None else Settings()
+    if model in settings.prices:
+        return settings.prices[model]
+    spec = provider_spec(provider)
+    return None if spec is None else spec.price(settings, model)
 
 
-def cost_usd(provider: str, model: str, tokens: int, overrides: Mapping[str, float] | None = None) -> float | None:
-    price = price_per_million(provider, model, overrides)
+def cost_usd(provider: str, model: str, tokens: int, settings: Settings | None = None) -> float | None:
+    """What `tokens` of `model` cost: the one place a cost is worked out."""
+    price = price_per_million(provider, model, settings)
     return None if price is None else tokens * price / 1_000_000
 
 

@@ -98,12 +98,29 @@ class CostLedger:
         return Reservation(reservation_id, usd, warning)
 
     def settle(
-        self, reservation: Reservation, result: EmbeddingResult, *, cached: int = 0, saved_usd: float = 0.0
+        self,
+        reservation: Reservation,
+        result: EmbeddingResult,
+        *,
+        cached: int = 0,
+        saved_usd: float = 0.0,
+        embeddings: int | None = None,
     ) -> None:
-        """Replace a reservation by the call's reported cost, in one transaction."""
+        """Replace a reservation by the call's reported cost, in one transaction.
+
+        `embeddings` (default: the result's count) leaves out those `record_part` recorded already.
+        """
         with self._lock, write_transaction(self._db):
             self._db.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,))
-            self._insert(result, cached, saved_usd)
+            self._insert(result, cached, saved_usd, embeddings)
+
+    def record_part(self, reservation: Reservation, part: EmbeddingResult) -> None:
+        """Record one completed request of a call in flight, and take its cost off the call's reservation."""
+        with self._lock, write_transaction(self._db):
+            self._db.execute(
+                "UPDATE reservations SET usd = MAX(0, usd - ?) WHERE id = ?", (part.cost_usd or 0.0, reservation.id)
+            )
+            self._insert(part, 0, 0.0)
 
     def release(self, reservation: Reservation) -> None:
         """Drop a reservation whose call failed before spending."""
@@ -144,7 +161,7 @@ class CostLedger:
         with self._lock:
             self._db.close()
 
-    def _insert(self, result: EmbeddingResult, cached: int, saved_usd: float) -> None:
+    def _insert(self, result: EmbeddingResult, cached: int, saved_usd: float, embeddings: int | None = None) -> None:
         self._db.execute(
             "INSERT INTO calls (at, session, provider, model, tokens, requests, embeddings, usd, cached, saved_usd) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -155,7 +172,7 @@ class CostLedger:
                 result.model,
                 result.tokens,
                 result.requests,
-                result.count,
+                result.count if embeddings is None else embeddings,
                 result.cost_usd,
                 cached,
                 saved_usd,

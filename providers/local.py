@@ -46,6 +46,7 @@ from .encoders import (
 from .errors import ConfigurationError, ProviderError
 from .long_texts import LONG_TEXT_POLICIES, InputPlan, LongTextPolicy, combine_windows, plan_windows
 from .onnx_export import cached_onnx_model, sha256_of_file
+from .registry import ProviderSpec
 from .settings import DEFAULT_LOCAL_MODEL, Settings
 
 if TYPE_CHECKING:
@@ -328,11 +329,8 @@ def _special_token_counts(tokenizer: Tokenizer) -> tuple[int, int]:
 
 
 def _onnx_cache_root(data_dir: Path | None) -> Path:
-    if data_dir is None:
-        import platformdirs
-
-        data_dir = Path(platformdirs.user_data_dir("signal-hub-embeddings"))
-    return data_dir / "onnx"
+    # The one place the default data directory is worked out is the settings.
+    return (data_dir if data_dir is not None else Settings().resolved_data_dir) / "onnx"
 
 
 def _weights_file(path: Path) -> Path:
@@ -371,3 +369,23 @@ def _dimensions_from_config(path: Path) -> int:
         return int(pooling["word_embedding_dimension"])
     except (OSError, KeyError, ValueError) as exc:
         raise ConfigurationError(f"cannot read the vector size of the model at {path}: {exc}") from exc
+
+
+def _build(settings: Settings, model: str | None, dimensions: int | None) -> EmbeddingProvider:
+    provider = LocalProvider.from_settings(settings, model)
+    if dimensions is not None and dimensions != provider.dimensions:
+        raise ConfigurationError(
+            f"local model {provider.model!r} makes {provider.dimensions}-dimension vectors; "
+            f"it cannot make {dimensions}."
+        )
+    return provider
+
+
+PROVIDER = ProviderSpec(
+    name="local",
+    factory=_build,
+    summary="sentence-transformers models on this machine (all-MiniLM-L6-v2 packaged); free, no network",
+    order=0,
+    price=lambda settings, model: 0.0,
+    variables=("SIGNAL_HUB_LOCAL_MODEL", "SIGNAL_HUB_LOCAL_MODELS"),
+)

@@ -20,6 +20,7 @@ from .cost import CostEstimate, CostReport, cost_usd, price_per_million
 from .errors import BudgetExceededError, ConfigurationError, EmbeddingError, ProviderError, ProviderUnavailableError
 from .fallback import OUTAGES, CircuitBreaker
 from .ledger import CostLedger, Reservation
+from .registry import ProviderFactory, provider_specs
 from .settings import Settings
 from .validation import validate_texts
 
@@ -27,30 +28,8 @@ __all__ = ["PROVIDER_FACTORIES", "EmbeddingService", "ProviderFactory", "Provide
 
 logger = logging.getLogger(__name__)
 
-ProviderFactory = Callable[[Settings, "str | None", "int | None"], EmbeddingProvider]
-"""Builds a provider from the settings, a model name and a vector length (None: the defaults)."""
-
-
-def _local(settings: Settings, model: str | None, dimensions: int | None) -> EmbeddingProvider:
-    from .local import LocalProvider
-
-    provider = LocalProvider.from_settings(settings, model)
-    if dimensions is not None and dimensions != provider.dimensions:
-        raise ConfigurationError(
-            f"local model {provider.model!r} makes {provider.dimensions}-dimension vectors; "
-            f"it cannot make {dimensions}."
-        )
-    return provider
-
-
-def _openai(settings: Settings, model: str | None, dimensions: int | None) -> EmbeddingProvider:
-    from .openai import OpenAIProvider
-
-    options = dataclasses.replace(settings.openai, dimensions=dimensions)
-    return OpenAIProvider.from_settings(settings, model, options=options)
-
-
-PROVIDER_FACTORIES: Mapping[str, ProviderFactory] = {"local": _local, "openai": _openai}
+PROVIDER_FACTORIES: Mapping[str, ProviderFactory] = {spec.name: spec.factory for spec in provider_specs()}
+"""Every registered provider's factory by name (see `registry`)."""
 
 
 @dataclass(frozen=True)
@@ -214,14 +193,16 @@ class EmbeddingService:
             hits = await self._cached(chosen, unique)
         missing = [text for text in unique if text not in hits]
 
-        fresh, reservation = await self._embed_fresh(chosen, missing, progress, done_before=len(unique) - len(missing))
+        fresh, reservation, recorded = await self._embed_fresh(
+            chosen, missing, progress, done_before=len(unique) - len(missing)
+        )
         by_text = {text: (hit.vector, hit.dropped_tokens) for text, hit in hits.items()}
         by_text.update((text, (fresh.vectors[i], fresh.truncated.get(i, 0))) for i, text in enumerate(missing))
         vectors = np.stack([by_text[text][0] for text in valid]).astype(np.float32, copy=False)
         truncated = {i: by_text[text][1] for i, text in enumerate(valid) if by_text[text][1]}
         cached = sum(1 for text in valid if text in hits)
         # Counting tokens of cached texts is work too: only for a provider that charges for them.
-        priced = price_per_million(chosen.name, chosen.model, self.settings.prices) != 0
+        priced = price_per_million(chosen.name, chosen.model, self.settings) != 0
         saved = await self._estimate(chosen, [text for text in valid if text in hits]) if cached and priced else None
         result = dataclasses.replace(
             fresh,
@@ -231,20 +212,34 @@ class EmbeddingService:
             duplicates=len(valid) - len(unique),
         )
         # One transaction swaps the reservation for the reported cost: the hard limit never has a gap.
+        # What each completed request recorded already is not recorded twice.
+        rest = dataclasses.replace(
+            result,
+            tokens=result.tokens - recorded.tokens,
+            requests=result.requests - recorded.requests,
+            cost_usd=None if result.cost_usd is None else max(0.0, result.cost_usd - recorded.usd),
+        )
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(
                 functools.partial(
-                    self.ledger.settle, reservation, result, cached=cached, saved_usd=(saved and saved.usd) or 0.0
+                    self.ledger.settle,
+                    reservation,
+                    rest,
+                    cached=cached,
+                    saved_usd=(saved and saved.usd) or 0.0,
+                    embeddings=result.count - recorded.embeddings,
                 )
             )
         return result
 
     async def _embed_fresh(
         self, chosen: EmbeddingProvider, texts: list[str], progress: ProgressCallback | None, *, done_before: int
-    ) -> tuple[EmbeddingResult, Reservation]:
+    ) -> tuple[EmbeddingResult, Reservation, _Recorded]:
         """Embed texts the cache did not have, within the budget, and cache the vectors.
 
-        Returns the result and its budget reservation, which the caller settles.
+        Each request is recorded in the ledger and its vectors cached as it completes (for
+        providers that report requests), so a process killed mid-call loses nothing it paid for.
+        Returns the result, its budget reservation (the caller settles it) and what was recorded.
         """
         estimate = await self._estimate(chosen, texts)
         budget = self.settings.budget
@@ -254,14 +249,21 @@ class EmbeddingService:
                 f"enforced; give its price with SIGNAL_HUB_PRICES={estimate.model}=<USD per 1M tokens>."
             )
         reservation = await anyio.to_thread.run_sync(self.ledger.reserve, estimate.usd or 0.0, budget)
+        recorded = _Recorded()
 
         async def report(done: int, total: int) -> None:
             if progress is not None:
                 await progress(done_before + done, done_before + total)
 
+        async def keep(indexes: list[int], piece: EmbeddingResult) -> None:
+            priced = self._priced(piece)
+            await anyio.to_thread.run_sync(self.ledger.record_part, reservation, priced)
+            recorded.add(priced)
+            await self._cache_put(chosen, [texts[i] for i in indexes], piece)
+
         try:
             if texts:
-                result = await chosen.embed(texts, progress=report)
+                result = await chosen.embed_each(texts, progress=report, on_request=keep)
             else:
                 await report(0, 0)
                 empty = np.empty((0, chosen.dimensions), dtype=np.float32)
@@ -269,33 +271,32 @@ class EmbeddingService:
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.ledger.release, reservation)
-                if isinstance(exc, ProviderError) and exc.partial is not None:
+                if isinstance(exc, ProviderError) and exc.partial is not None and not recorded.requests:
                     await self._keep_partial(chosen, texts, exc)
             raise
-        if self.cache is not None and texts:
-            dropped = [result.truncated.get(i, 0) for i in range(len(texts))]
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self.cache.put_many, chosen.space, texts, result.vectors, dropped)
+        if not recorded.requests and texts:
+            await self._cache_put(chosen, texts, result)
         # Cost comes from the usage the provider reported, never from our estimate.
-        priced = dataclasses.replace(
-            result,
-            cost_usd=cost_usd(result.provider, result.model, result.tokens, self.settings.prices),
-            warning=reservation.warning,
+        return dataclasses.replace(self._priced(result), warning=reservation.warning), reservation, recorded
+
+    def _priced(self, result: EmbeddingResult) -> EmbeddingResult:
+        return dataclasses.replace(
+            result, cost_usd=cost_usd(result.provider, result.model, result.tokens, self.settings)
         )
-        return priced, reservation
+
+    async def _cache_put(self, chosen: EmbeddingProvider, texts: list[str], result: EmbeddingResult) -> None:
+        if self.cache is None or not texts:
+            return
+        dropped = [result.truncated.get(i, 0) for i in range(len(texts))]
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.cache.put_many, chosen.space, texts, result.vectors, dropped)
 
     async def _keep_partial(self, chosen: EmbeddingProvider, texts: list[str], error: ProviderError) -> None:
-        """Vectors paid for before a failure: record their cost and cache them for the next try."""
+        """Vectors paid for before a failure, from a provider that does not report each request: keep them."""
         partial = error.partial
         assert partial is not None
-        priced = dataclasses.replace(
-            partial, cost_usd=cost_usd(partial.provider, partial.model, partial.tokens, self.settings.prices)
-        )
-        await anyio.to_thread.run_sync(self.ledger.record, priced)
-        if self.cache is not None:
-            done = [texts[i] for i in error.partial_indexes]
-            dropped = [partial.truncated.get(n, 0) for n in range(len(done))]
-            await anyio.to_thread.run_sync(self.cache.put_many, chosen.space, done, partial.vectors, dropped)
+        await anyio.to_thread.run_sync(self.ledger.record, self._priced(partial))
+        await self._cache_put(chosen, [texts[i] for i in error.partial_indexes], partial)
 
     def _breaker(self, provider: EmbeddingProvider) -> CircuitBreaker:
         key = (provider.name, provider.model)
@@ -354,7 +355,7 @@ class EmbeddingService:
     def provider_statuses(self) -> list[ProviderStatus]:
         """Each known provider (its active or default model), its space and health."""
         statuses = []
-        for name in self._factories:
+        for name in self._factories:  # the registry's providers, in its order
             try:
                 provider = self.get_provider(name)
             except EmbeddingError as exc:
@@ -406,7 +407,7 @@ class EmbeddingService:
             model=provider.model,
             texts=len(texts),
             tokens=tokens,
-            usd=cost_usd(provider.name, provider.model, tokens, self.settings.prices),
+            usd=cost_usd(provider.name, provider.model, tokens, self.settings),
         )
 
     def _provider(self, name: str, model: str | None, dimensions: int | None = None) -> EmbeddingProvider:
@@ -424,6 +425,22 @@ class EmbeddingService:
         self._instances[(key, model, dimensions)] = instance
         self._instances.setdefault((key, instance.model, dimensions), instance)
         return instance
+
+
+@dataclass
+class _Recorded:
+    """What the completed requests of one call recorded in the ledger so far."""
+
+    tokens: int = 0
+    requests: int = 0
+    embeddings: int = 0
+    usd: float = 0.0
+
+    def add(self, piece: EmbeddingResult) -> None:
+        self.tokens += piece.tokens
+        self.requests += piece.requests
+        self.embeddings += piece.count
+        self.usd += piece.cost_usd or 0.0
 
 
 def _never_backwards(progress: ProgressCallback | None) -> ProgressCallback | None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .errors import InputError
-from .settings import InputLimits
 
-__all__ = ["validate_texts"]
+if TYPE_CHECKING:  # settings import batching, which names positions with this module
+    from .settings import InputLimits
+
+__all__ = ["blank_positions", "positions", "validate_texts"]
 
 _MAX_POSITIONS_NAMED = 10
 
@@ -27,15 +30,15 @@ def validate_texts(texts: object, limits: InputLimits) -> list[str]:
     if not_strings:
         kinds = ", ".join(f"texts[{i}] is {type(texts[i]).__name__}" for i in not_strings[:_MAX_POSITIONS_NAMED])
         raise InputError(f"every item must be a string: {kinds}{_more(not_strings)}.")
-    blank = [i for i, text in enumerate(texts) if not text.strip()]
+    blank = blank_positions(texts)
     if blank:
         raise InputError(
-            f"empty or whitespace-only text at {_positions(blank)}: remove those items or give them content."
+            f"empty or whitespace-only text at {positions(blank)}: remove those items or give them content."
         )
     too_long = [i for i, text in enumerate(texts) if len(text) > limits.max_text_chars]
     if too_long:
         raise InputError(
-            f"text longer than {limits.max_text_chars:,} characters at {_positions(too_long)}: "
+            f"text longer than {limits.max_text_chars:,} characters at {positions(too_long)}: "
             "split it into smaller chunks."
         )
     total = sum(len(text) for text in texts)
@@ -47,7 +50,14 @@ def validate_texts(texts: object, limits: InputLimits) -> list[str]:
     return list(texts)  # every item was checked to be a str
 
 
-def _positions(indexes: list[int]) -> str:
+def blank_positions(texts: Sequence[object]) -> list[int]:
+    """The one rule for blank texts: not a string, or nothing but whitespace."""
+    return [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
+
+
+def positions(indexes: Sequence[int]) -> str:
+    """Name bad positions for a message: "position 3", "positions 0, 4, 9 and 12 more"."""
+    indexes = list(indexes)
     named = ", ".join(str(i) for i in indexes[:_MAX_POSITIONS_NAMED])
     return f"position{'s' if len(indexes) > 1 else ''} {named}{_more(indexes)}"
 
