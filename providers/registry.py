@@ -30,7 +30,14 @@ if TYPE_CHECKING:
     from .base import EmbeddingProvider
     from .settings import Settings
 
-__all__ = ["ProviderSpec", "check_provider_names", "provider_names", "provider_spec", "provider_specs"]
+__all__ = [
+    "ProviderSpec",
+    "check_provider_names",
+    "provider_names",
+    "provider_spec",
+    "provider_specs",
+    "provider_table",
+]
 
 ProviderFactory = Callable[["Settings", "str | None", "int | None"], "EmbeddingProvider"]
 """Builds a provider from the settings, a model name and a vector length (None: the defaults)."""
@@ -94,3 +101,12 @@ def check_provider_names(names: tuple[str, ...], variable: str) -> None:
             f"{variable} names unknown provider{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
             f"choose from: {', '.join(known)}."
         )
+
+
+def provider_table() -> str:
+    """The README's provider table (a test keeps the README in step with it)."""
+    rows = ["| provider | what it is | set |", "|---|---|---|"]
+    for spec in provider_specs():
+        variables = ", ".join(f"`{name}`" for name in spec.variables) or "—"
+        rows.append(f"| `{spec.name}` | {spec.summary} | {variables} |")
+    return "\n".join(rows)

@@ -1,4 +1,4 @@
-"""The MCP adapter: four tools over one `EmbeddingService`, built in the server's lifespan."""
+"""The MCP adapter: the embedding tools over one `EmbeddingService`, built in the server's lifespan."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from mcp import MCPDeprecationWarning
 from mcp.server.mcpserver import Context, MCPServer
@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from providers import EmbeddingError, EmbeddingResult, EmbeddingService, Settings
 from providers.base import ProgressCallback
+from providers.registry import provider_names
 
 from .encoding import Encoding, check_message_size, encode_vectors
 from .models import (
@@ -33,7 +34,11 @@ from .models import (
 
 __all__ = ["build_server"]
 
-ProviderName = Literal["local", "openai"]
+# The registry's provider names: the tool schema lists them (mypy sees a plain str).
+if TYPE_CHECKING:
+    ProviderName = str
+else:
+    ProviderName = Literal[provider_names()]
 
 INSTRUCTIONS = """\
 Text embeddings for semantic code search. embed_text embeds one text; embed_batch embeds many

@@ -36,6 +36,7 @@ import anyio.to_thread
 import numpy as np
 
 from providers import ConfigurationError, EmbeddingError, EmbeddingResult, EmbeddingService, InputError, Settings
+from providers.registry import provider_names
 from providers.settings import InputLimits
 
 from .batch_io import (
@@ -338,7 +339,7 @@ def add_commands(subparsers: Any) -> None:
         help="JSONL embeddings as a list of floats, or base64 of little-endian float32 (2.5x smaller)",
     )
     embed.add_argument("--glob", default="*", help="names of the files to take from directories, e.g. '*.py'")
-    embed.add_argument("--provider", choices=["local", "openai"], help="default: SIGNAL_HUB_PROVIDER")
+    embed.add_argument("--provider", choices=provider_names(), help="default: SIGNAL_HUB_PROVIDER")
     embed.add_argument("--model", help="the provider's model (default: as configured)")
     embed.add_argument(
         "--window", type=int, default=DEFAULT_WINDOW, help=f"texts per call and cache commit (default {DEFAULT_WINDOW})"
