@@ -52,6 +52,8 @@ class Usage:
     """Embeddings served from the cache, at no cost."""
     saved_usd: float = 0.0
     """What the cached embeddings would have cost."""
+    estimated_tokens: int = 0
+    """Tokens counted by us because the server reported no usage (included in `tokens`)."""
 
     def merge(self, other: Usage) -> None:
         for name, value in vars(other).items():

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS calls (
     embeddings INTEGER NOT NULL,
     usd REAL,
     cached INTEGER NOT NULL DEFAULT 0,
-    saved_usd REAL NOT NULL DEFAULT 0
+    saved_usd REAL NOT NULL DEFAULT 0,
+    estimated_tokens INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS calls_at ON calls (at);
 CREATE INDEX IF NOT EXISTS calls_session ON calls (session);
@@ -66,6 +67,10 @@ class CostLedger:
         self._now = now
         self._lock = threading.Lock()
         self._db = open_database(path, _SCHEMA, "cost ledger")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(calls)")}
+        if "estimated_tokens" not in columns:  # a ledger from before servers without usage reports
+            with write_transaction(self._db):
+                self._db.execute("ALTER TABLE calls ADD COLUMN estimated_tokens INTEGER NOT NULL DEFAULT 0")
 
     def record(self, result: EmbeddingResult, *, cached: int = 0, saved_usd: float = 0.0) -> None:
         """Record one call (one transaction)."""
@@ -142,7 +147,7 @@ class CostLedger:
             rows = self._db.execute(
                 "SELECT provider, model, SUM(tokens), SUM(requests), SUM(embeddings), "
                 "SUM(COALESCE(usd, 0)), SUM(CASE WHEN usd IS NULL THEN tokens ELSE 0 END), "
-                f"SUM(cached), SUM(saved_usd) FROM calls {clause} GROUP BY provider, model",
+                f"SUM(cached), SUM(saved_usd), SUM(estimated_tokens) FROM calls {clause} GROUP BY provider, model",
                 args,
             ).fetchall()
         report = CostReport(total_usd=0.0, total=Usage())
@@ -163,8 +168,8 @@ class CostLedger:
 
     def _insert(self, result: EmbeddingResult, cached: int, saved_usd: float, embeddings: int | None = None) -> None:
         self._db.execute(
-            "INSERT INTO calls (at, session, provider, model, tokens, requests, embeddings, usd, cached, saved_usd) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO calls (at, session, provider, model, tokens, requests, embeddings, usd, cached, saved_usd, "
+            "estimated_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 self._now(),
                 self.session,
@@ -176,6 +181,7 @@ class CostLedger:
                 result.cost_usd,
                 cached,
                 saved_usd,
+                result.tokens if result.tokens_estimated else 0,
             ),
         )
 

@@ -249,6 +249,7 @@ def _meta(result: EmbeddingResult, encoding: Encoding) -> dict[str, Any]:
         "model": result.model,
         "space": result.space,
         "tokens": result.tokens,
+        "tokens_estimated": result.tokens_estimated,
         "cost_usd": result.cost_usd,
         "encoding": encoding,
         "cached": result.cached,

@@ -21,6 +21,7 @@ class _EmbeddingMeta(BaseModel):
     model: str
     space: str = Field(description="Vector space id (provider:model:dimensions:normalisation); never mix spaces.")
     tokens: int = Field(description="Input tokens as the provider counted them.")
+    tokens_estimated: bool = Field(False, description="True when the server reported no usage: tokens is our count.")
     cost_usd: float | None = Field(description="Cost of this call in USD; null when the model's price is unknown.")
     encoding: Encoding
     cached: int = Field(description="Texts answered from the cache (no provider call, no cost).")
@@ -91,6 +92,7 @@ class UsageOut(BaseModel):
     unpriced_tokens: int = Field(description="Tokens of models with no known price, not included in usd.")
     cached: int = Field(description="Embeddings served from the cache.")
     saved_usd: float = Field(description="What the cached embeddings would have cost.")
+    estimated_tokens: int = Field(0, description="Tokens we counted because the server reported no usage.")
 
 
 class CostResult(UsageOut):
