@@ -105,6 +105,9 @@ class EmbeddingProvider(ABC):
     async def embed(self, texts: Sequence[str], *, progress: ProgressCallback | None = None) -> EmbeddingResult:
         """Embed already-validated, non-empty texts and return their vectors in input order."""
 
+    async def resolve_space(self) -> None:  # noqa: B027 - optional hook, most providers know their space
+        """Make `space` final before the cache is read: a provider that learns its vector length asks once."""
+
     async def embed_each(
         self, texts: Sequence[str], *, progress: ProgressCallback | None = None, on_request: RequestHook | None = None
     ) -> EmbeddingResult:

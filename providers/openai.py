@@ -239,6 +239,8 @@ def api_message(exc: BaseException) -> str:
         body = exc.body
         if isinstance(body, Mapping) and isinstance(body.get("message"), str):
             return str(body["message"])
+        if isinstance(body, str) and body.strip():  # servers like TEI answer {"error": "..."} or plain text
+            return body.strip()
         return exc.message
     return str(exc) or type(exc).__name__
 

@@ -190,6 +190,7 @@ class EmbeddingService:
         """Embed with one provider: each distinct text once, cached texts (`hits`, if already read) not at all."""
         unique = list(dict.fromkeys(valid))
         if hits is None:
+            await chosen.resolve_space()
             hits = await self._cached(chosen, unique)
         missing = [text for text in unique if text not in hits]
 
