@@ -15,9 +15,10 @@ import anyio.to_thread
 import numpy as np
 
 from .base import EmbeddingProvider, EmbeddingResult, ProgressCallback
+from .billing import Keeper, Recorded
 from .cache import CachedVector, EmbeddingCache
 from .cost import CostEstimate, CostReport, cost_usd, price_per_million
-from .errors import BudgetExceededError, ConfigurationError, EmbeddingError, ProviderError, ProviderUnavailableError
+from .errors import ConfigurationError, EmbeddingError, ProviderUnavailableError
 from .fallback import OUTAGES, CircuitBreaker
 from .ledger import CostLedger, Reservation
 from .registry import ProviderFactory, provider_specs
@@ -235,69 +236,15 @@ class EmbeddingService:
 
     async def _embed_fresh(
         self, chosen: EmbeddingProvider, texts: list[str], progress: ProgressCallback | None, *, done_before: int
-    ) -> tuple[EmbeddingResult, Reservation, _Recorded]:
-        """Embed texts the cache did not have, within the budget, and cache the vectors.
-
-        Each request is recorded in the ledger and its vectors cached as it completes (for
-        providers that report requests), so a process killed mid-call loses nothing it paid for.
-        Returns the result, its budget reservation (the caller settles it) and what was recorded.
-        """
+    ) -> tuple[EmbeddingResult, Reservation, Recorded]:
+        """Embed texts the cache did not have, within the budget; see `billing.Keeper.embed_fresh`."""
         estimate = await self._estimate(chosen, texts)
-        budget = self.settings.budget
-        if estimate.usd is None and budget.hard_usd is not None:
-            raise BudgetExceededError(
-                f"the price of {estimate.model!r} is unknown, so the hard limit of ${budget.hard_usd} cannot be "
-                f"enforced; give its price with SIGNAL_HUB_PRICES={estimate.model}=<USD per 1M tokens>."
-            )
-        reservation = await anyio.to_thread.run_sync(self.ledger.reserve, estimate.usd or 0.0, budget)
-        recorded = _Recorded()
 
         async def report(done: int, total: int) -> None:
             if progress is not None:
                 await progress(done_before + done, done_before + total)
 
-        async def keep(indexes: list[int], piece: EmbeddingResult) -> None:
-            priced = self._priced(piece)
-            await anyio.to_thread.run_sync(self.ledger.record_part, reservation, priced)
-            recorded.add(priced)
-            await self._cache_put(chosen, [texts[i] for i in indexes], piece)
-
-        try:
-            if texts:
-                result = await chosen.embed_each(texts, progress=report, on_request=keep)
-            else:
-                await report(0, 0)
-                empty = np.empty((0, chosen.dimensions), dtype=np.float32)
-                result = EmbeddingResult(vectors=empty, provider=chosen.name, model=chosen.model, tokens=0, requests=0)
-        except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self.ledger.release, reservation)
-                if isinstance(exc, ProviderError) and exc.partial is not None and not recorded.requests:
-                    await self._keep_partial(chosen, texts, exc)
-            raise
-        if not recorded.requests and texts:
-            await self._cache_put(chosen, texts, result)
-        # Cost comes from the usage the provider reported, never from our estimate.
-        return dataclasses.replace(self._priced(result), warning=reservation.warning), reservation, recorded
-
-    def _priced(self, result: EmbeddingResult) -> EmbeddingResult:
-        return dataclasses.replace(
-            result, cost_usd=cost_usd(result.provider, result.model, result.tokens, self.settings)
-        )
-
-    async def _cache_put(self, chosen: EmbeddingProvider, texts: list[str], result: EmbeddingResult) -> None:
-        if self.cache is None or not texts:
-            return
-        dropped = [result.truncated.get(i, 0) for i in range(len(texts))]
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self.cache.put_many, chosen.space, texts, result.vectors, dropped)
-
-    async def _keep_partial(self, chosen: EmbeddingProvider, texts: list[str], error: ProviderError) -> None:
-        """Vectors paid for before a failure, from a provider that does not report each request: keep them."""
-        partial = error.partial
-        assert partial is not None
-        await anyio.to_thread.run_sync(self.ledger.record, self._priced(partial))
-        await self._cache_put(chosen, [texts[i] for i in error.partial_indexes], partial)
+        return await Keeper(self.ledger, self.cache, self.settings).embed_fresh(chosen, texts, estimate, report)
 
     def _breaker(self, provider: EmbeddingProvider) -> CircuitBreaker:
         key = (provider.name, provider.model)
@@ -426,22 +373,6 @@ class EmbeddingService:
         self._instances[(key, model, dimensions)] = instance
         self._instances.setdefault((key, instance.model, dimensions), instance)
         return instance
-
-
-@dataclass
-class _Recorded:
-    """What the completed requests of one call recorded in the ledger so far."""
-
-    tokens: int = 0
-    requests: int = 0
-    embeddings: int = 0
-    usd: float = 0.0
-
-    def add(self, piece: EmbeddingResult) -> None:
-        self.tokens += piece.tokens
-        self.requests += piece.requests
-        self.embeddings += piece.count
-        self.usd += piece.cost_usd or 0.0
 
 
 def _never_backwards(progress: ProgressCallback | None) -> ProgressCallback | None:
