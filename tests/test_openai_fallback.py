@@ -491,8 +491,8 @@ async def test_over_mcp_switching_validates_and_answers_name_their_space(
     with anyio.fail_after(WAIT):
         async with Client(server) as client:
             refusals: list[tuple[dict[str, Any], str]] = [
-                ({"provider": "/usr/lib/libembed.so"}, "'local' or 'openai'"),
-                ({"provider": "https://evil.example/v1"}, "'local' or 'openai'"),
+                ({"provider": "/usr/lib/libembed.so"}, "Input should be 'local'"),
+                ({"provider": "https://evil.example/v1"}, "Input should be 'local'"),
                 ({"provider": "local", "model": "https://huggingface.co/evil/model"}, "unknown local model"),
                 ({"provider": "openai", "model": "/tmp/text-embedding-3-small"}, "unknown OpenAI model"),
                 ({"provider": "local", "dimensions": 256}, "it cannot make 256"),
