@@ -124,7 +124,9 @@ class OpenAIProvider(RemoteProvider):
 
     def _client(self) -> openai.AsyncOpenAI:
         if self._sdk is None:
-            key = self._api_key or read_api_key(os.environ, "OPENAI_API_KEY")
+            # One reading of a key, passed or from the environment: placeholders unset, bad forms refused.
+            given = {"OPENAI_API_KEY": self._api_key} if self._api_key else os.environ
+            key = read_api_key(given, "OPENAI_API_KEY")
             if not key:
                 # Like a rejected key, and answered the same way: by the fallback provider, if any.
                 raise AuthenticationError(

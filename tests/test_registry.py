@@ -73,3 +73,10 @@ def test_an_unexpanded_placeholder_is_no_key_for_settings_and_for_the_provider(
     monkeypatch.setenv("OPENAI_API_KEY", "${OPENAI_API_KEY:-}")
     with pytest.raises(AuthenticationError, match="set OPENAI_API_KEY"):
         OpenAIProvider()._client()
+
+
+def test_a_malformed_key_passed_in_code_is_refused_before_any_request() -> None:
+    from providers.openai import OpenAIProvider
+
+    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY contains a non-ASCII"):
+        OpenAIProvider(api_key="sk-“quoted”")._client()
