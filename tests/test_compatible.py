@@ -1,0 +1,255 @@
+"""The `compatible` provider against loopback servers that answer like TEI and like Ollama's OpenAI route."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+
+from providers import ConfigurationError, EmbeddingService, Settings
+from providers.compatible import TEI_LIMITS, CompatibleOptions, CompatibleProvider
+from providers.errors import InputError, ProviderError
+from providers.fallback import FallbackPolicy
+from providers.registry import provider_names
+from providers.service import PROVIDER_FACTORIES
+from tests.fakes import FakeProvider
+from tests.loopback_compatible import LoopbackCompatible, unit, vector_for, words
+from tests.test_openai_provider import FakeClock, LoopbackTokenizer, socket_without_listener
+
+pytestmark = pytest.mark.anyio
+WAIT = 10
+
+
+def texts(n: int, prefix: str = "def handler") -> list[str]:
+    return [f"{prefix}_{i}(event): return event.id + {i}" for i in range(n)]
+
+
+@pytest.fixture
+def ollama() -> Iterator[LoopbackCompatible]:
+    with LoopbackCompatible("ollama", dimensions=12) as server:
+        yield server
+
+
+@pytest.fixture
+def tei() -> Iterator[LoopbackCompatible]:
+    with LoopbackCompatible("tei", dimensions=8) as server:
+        yield server
+
+
+@pytest.fixture
+async def make_service(tmp_path: Path) -> AsyncIterator[Callable[..., EmbeddingService]]:
+    made: list[EmbeddingService] = []
+
+    def build(env: dict[str, str], **settings: Any) -> EmbeddingService:
+        base = Settings.from_env({"SIGNAL_HUB_PROVIDER": "compatible", "SIGNAL_HUB_DATA_DIR": str(tmp_path), **env})
+        made.append(EmbeddingService(settings=replace(base, **settings)))
+        return made[-1]
+
+    yield build
+    for service in made:
+        await service.aclose()
+
+
+def provider(server: LoopbackCompatible, clock: FakeClock | None = None, **options: Any) -> CompatibleProvider:
+    clock = clock or FakeClock()
+    return CompatibleProvider(
+        CompatibleOptions(base_url=server.base_url, model="nomic-embed-text", **options),
+        tokenizer=LoopbackTokenizer(),
+        clock=clock,
+        sleep=clock.sleep,
+    )
+
+
+def test_it_is_registered() -> None:
+    assert "compatible" in provider_names()
+
+
+async def test_two_variables_point_the_server_at_ollama_and_it_embeds(
+    ollama: LoopbackCompatible, make_service: Callable[..., EmbeddingService]
+) -> None:
+    env = {"SIGNAL_HUB_COMPATIBLE_BASE_URL": ollama.base_url, "SIGNAL_HUB_COMPATIBLE_MODEL": "nomic-embed-text"}
+    service = make_service(env)
+    items = texts(3)
+    with anyio.fail_after(WAIT):
+        result = await service.embed(items)
+    port = ollama.base_url.split(":")[2].split("/")[0]
+    assert result.space == f"compatible:127.0.0.1:{port}/nomic-embed-text:12:l2"
+    assert service.provider.space == result.space  # learnt from a one-word probe, before the cache was read
+    assert [seen.inputs for seen in ollama.requests] == [1, 3]
+    np.testing.assert_allclose(result.vectors, np.stack([unit(vector_for(t, 12)) for t in items]), atol=1e-6)
+    # Ollama reported no usage: our own count, marked as such, here and in get_cost; self-hosted costs 0.
+    assert result.tokens_estimated and result.tokens > 0 and result.cost_usd == 0.0
+    report = service.cost_report(scope="all")
+    assert report.total.estimated_tokens == report.total.tokens == result.tokens
+
+
+async def test_usage_is_taken_from_the_server_when_it_reports_it(
+    tei: LoopbackCompatible, make_service: Callable[..., EmbeddingService]
+) -> None:
+    env = {
+        "SIGNAL_HUB_COMPATIBLE_BASE_URL": tei.base_url,
+        "SIGNAL_HUB_COMPATIBLE_MODEL": "bge-small",
+        "SIGNAL_HUB_COMPATIBLE_PRICE": "0.5",
+        "SIGNAL_HUB_COMPATIBLE_DIMENSIONS": "8",  # known: no probe request
+    }
+    with anyio.fail_after(WAIT):
+        result = await make_service(env).embed(texts(4))
+    assert not result.tokens_estimated and result.tokens == tei.tokens_served
+    assert result.cost_usd == pytest.approx(tei.tokens_served * 0.5 / 1e6)
+
+
+async def test_configured_dimensions_are_checked_and_never_sent(tei: LoopbackCompatible) -> None:
+    right, wrong = provider(tei, dimensions=8), provider(tei, dimensions=16)
+    try:
+        with anyio.fail_after(WAIT):
+            assert (await right.embed(texts(2))).dimensions == 8  # TEI would refuse a `dimensions` field
+        with anyio.fail_after(WAIT), pytest.raises(ProviderError, match="length 8, expected 16"):
+            await wrong.embed(texts(2))
+    finally:
+        await right.aclose()
+        await wrong.aclose()
+
+
+async def test_learnt_dimensions_are_checked_on_every_later_answer(ollama: LoopbackCompatible) -> None:
+    learning = provider(ollama)
+    assert learning.dimensions == 0  # unknown until the first answer
+    try:
+        with anyio.fail_after(WAIT):
+            await learning.embed(texts(1))
+        assert learning.dimensions == 12
+        ollama.dimensions = 24  # someone swapped the model behind the URL
+        with anyio.fail_after(WAIT), pytest.raises(ProviderError, match="length 24, expected 12"):
+            await learning.embed(texts(1, "other"))
+    finally:
+        await learning.aclose()
+
+
+async def test_a_413_over_the_payload_limit_splits_the_request_and_lowers_the_learnt_limit(
+    tei: LoopbackCompatible,
+) -> None:
+    tei.payload_limit = 1_500  # about 20 of these texts
+    limited = provider(tei, concurrency=1)
+    items = texts(32)
+    try:
+        with anyio.fail_after(WAIT):
+            result = await limited.embed(items)
+        np.testing.assert_allclose(result.vectors, np.stack([unit(vector_for(t, 8)) for t in items]), atol=1e-6)
+        assert tei.statuses[:3] == [413, 200, 200] and result.requests == 2
+        assert limited.limits().max_inputs == 16
+        tei.requests.clear()
+        with anyio.fail_after(WAIT):
+            await limited.embed(texts(32, "again"))
+        assert tei.statuses == [200, 200]  # packed within the learnt limit from the start
+    finally:
+        await limited.aclose()
+
+
+async def test_batch_too_large_splits_the_request(tei: LoopbackCompatible) -> None:
+    greedy = provider(tei, concurrency=1, limits=replace(TEI_LIMITS, max_inputs=64))
+    try:
+        with anyio.fail_after(WAIT):
+            result = await greedy.embed(texts(40))
+    finally:
+        await greedy.aclose()
+    assert tei.statuses == [422, 200, 200] and result.count == 40
+
+
+async def test_one_text_over_the_payload_limit_is_an_input_error(tei: LoopbackCompatible) -> None:
+    tei.payload_limit = 200
+    single = provider(tei)
+    try:
+        with anyio.fail_after(WAIT), pytest.raises(InputError, match="refused one text as too large"):
+            await single.embed(["word " * 100])
+    finally:
+        await single.aclose()
+
+
+@pytest.mark.parametrize("status", ["429", "503"])
+async def test_overload_answers_are_paced_and_retried(tei: LoopbackCompatible, status: Any) -> None:
+    clock = FakeClock()
+    tei.inject(status)
+    patient = provider(tei, clock)
+    try:
+        with anyio.fail_after(WAIT):
+            result = await patient.embed(texts(2))
+    finally:
+        await patient.aclose()
+    assert tei.statuses == [int(status), 200] and result.count == 2
+    assert clock.sleeps and clock.sleeps[0] >= 1.0  # the server's retry-after was honoured
+
+
+async def test_two_servers_or_two_models_never_share_cache_entries(
+    tei: LoopbackCompatible, make_service: Callable[..., EmbeddingService]
+) -> None:
+    items = texts(2)
+    with LoopbackCompatible("tei", dimensions=8, seed=1) as other:
+        spaces, vectors = [], []
+        for url, model in ((tei.base_url, "bge-small"), (other.base_url, "bge-small"), (tei.base_url, "e5")):
+            env = {"SIGNAL_HUB_COMPATIBLE_BASE_URL": url, "SIGNAL_HUB_COMPATIBLE_MODEL": model}
+            with anyio.fail_after(WAIT):
+                result = await make_service(env).embed(items)
+            assert result.cached == 0
+            spaces.append(result.space)
+            vectors.append(result.vectors)
+        assert len(set(spaces)) == 3
+        assert not np.allclose(vectors[0], vectors[1])
+        with anyio.fail_after(WAIT):
+            again = await make_service(
+                {"SIGNAL_HUB_COMPATIBLE_BASE_URL": other.base_url, "SIGNAL_HUB_COMPATIBLE_MODEL": "bge-small"}
+            ).embed(items)
+        assert again.cached == 2  # its own space's entries are found
+        np.testing.assert_allclose(again.vectors, vectors[1], atol=1e-6)
+
+
+async def test_a_closed_port_falls_back_and_opens_the_circuit(tmp_path: Path) -> None:
+    fake = FakeProvider(name="fake")
+    factories = {"compatible": PROVIDER_FACTORIES["compatible"], "fake": lambda s, m, d: fake}
+    with socket_without_listener() as port:
+        env = {"SIGNAL_HUB_COMPATIBLE_BASE_URL": f"http://127.0.0.1:{port}/v1", "SIGNAL_HUB_COMPATIBLE_MODEL": "m"}
+        settings = replace(
+            Settings.from_env({**env, "SIGNAL_HUB_DATA_DIR": str(tmp_path)}),
+            fallback=FallbackPolicy(chain=("compatible", "fake"), failure_threshold=1),
+        )
+        service = EmbeddingService("compatible", settings=settings, factories=factories)
+        try:
+            with anyio.fail_after(WAIT):
+                result = await service.embed(texts(2))
+            circuits = {s.name: s.circuit for s in service.provider_statuses()}
+        finally:
+            await service.aclose()
+    reason = result.fallback_reason or ""
+    assert result.provider == "fake" and result.fallback
+    assert f"127.0.0.1:{port}" in reason and "connection refused" in reason
+    assert circuits["compatible"] == "open"
+
+
+def test_settings_are_checked_at_start_naming_the_variable() -> None:
+    with pytest.raises(ConfigurationError, match="SIGNAL_HUB_COMPATIBLE_BASE_URL must be an http"):
+        Settings.from_env({"SIGNAL_HUB_COMPATIBLE_BASE_URL": "localhost:8080"})
+    with pytest.raises(ConfigurationError, match="SIGNAL_HUB_COMPATIBLE_MAX_INPUTS must be a positive integer"):
+        Settings.from_env({"SIGNAL_HUB_COMPATIBLE_MAX_INPUTS": "0"})
+    with pytest.raises(ConfigurationError, match="SIGNAL_HUB_COMPATIBLE_API_KEY contains a newline"):
+        Settings.from_env({"SIGNAL_HUB_COMPATIBLE_API_KEY": "abc\n"})
+
+
+async def test_without_a_base_url_the_provider_says_which_variables_to_set(tmp_path: Path) -> None:
+    service = EmbeddingService("local", settings=Settings(data_dir=tmp_path))
+    try:
+        with pytest.raises(ConfigurationError, match="SIGNAL_HUB_COMPATIBLE_BASE_URL"):
+            service.switch_provider("compatible")
+    finally:
+        await service.aclose()
+
+
+async def test_a_key_is_sent_when_set(make_service: Callable[..., EmbeddingService]) -> None:
+    with LoopbackCompatible("tei", api_key="gateway-key") as gated:
+        env = {"SIGNAL_HUB_COMPATIBLE_BASE_URL": gated.base_url, "SIGNAL_HUB_COMPATIBLE_MODEL": "m"}
+        with anyio.fail_after(WAIT):
+            assert (await make_service({**env, "SIGNAL_HUB_COMPATIBLE_API_KEY": "gateway-key"}).embed(["a b"])).count
+        assert gated.statuses == [200, 200]  # the probe that learns the length, then the call
+        assert gated.tokens_served == words("dimensions") + words("a b")
