@@ -13,7 +13,7 @@ import pytest
 
 from providers import ConfigurationError, EmbeddingService, Settings
 from providers.compatible import TEI_LIMITS, CompatibleOptions, CompatibleProvider
-from providers.errors import InputError, ProviderError
+from providers.errors import AuthenticationError, InputError, ProviderError
 from providers.fallback import FallbackPolicy
 from providers.registry import provider_names
 from providers.service import PROVIDER_FACTORIES
@@ -253,3 +253,22 @@ async def test_a_key_is_sent_when_set(make_service: Callable[..., EmbeddingServi
             assert (await make_service({**env, "SIGNAL_HUB_COMPATIBLE_API_KEY": "gateway-key"}).embed(["a b"])).count
         assert gated.statuses == [200, 200]  # the probe that learns the length, then the call
         assert gated.tokens_served == words("dimensions") + words("a b")
+
+
+async def test_a_wrong_key_or_route_says_which_variable_to_check() -> None:
+    with LoopbackCompatible("tei", api_key="right-key") as gated:
+        wrong_key = CompatibleProvider(
+            CompatibleOptions(base_url=gated.base_url, model="m", api_key="wrong-key", dimensions=8)
+        )
+        wrong_route = CompatibleProvider(
+            CompatibleOptions(base_url=gated.base_url.removesuffix("/v1"), model="m", dimensions=8)
+        )
+        try:
+            with anyio.fail_after(WAIT), pytest.raises(AuthenticationError, match="COMPATIBLE_API_KEY") as raised:
+                await wrong_key.embed(["a"])
+            assert "wrong-key" not in str(raised.value)
+            with anyio.fail_after(WAIT), pytest.raises(ConfigurationError, match="usually ends in /v1"):
+                await wrong_route.embed(["a"])
+        finally:
+            await wrong_key.aclose()
+            await wrong_route.aclose()
