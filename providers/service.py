@@ -314,8 +314,8 @@ class EmbeddingService:
                 ProviderStatus(
                     name=name,
                     model=provider.model,
-                    dimensions=provider.dimensions,
-                    space=provider.space,
+                    dimensions=provider.dimensions or None,  # 0: not learnt yet (compatible servers)
+                    space=provider.space if provider.dimensions else None,
                     active=provider is self._active,
                     circuit=breaker.state.value,
                     last_error=breaker.last_error,

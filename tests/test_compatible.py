@@ -272,3 +272,15 @@ async def test_a_wrong_key_or_route_says_which_variable_to_check() -> None:
         finally:
             await wrong_key.aclose()
             await wrong_route.aclose()
+
+
+async def test_list_providers_shows_no_space_until_the_length_is_known(
+    ollama: LoopbackCompatible, make_service: Callable[..., EmbeddingService]
+) -> None:
+    service = make_service({"SIGNAL_HUB_COMPATIBLE_BASE_URL": ollama.base_url, "SIGNAL_HUB_COMPATIBLE_MODEL": "m"})
+    before = {s.name: s for s in service.provider_statuses()}["compatible"]
+    assert (before.dimensions, before.space, before.active) == (None, None, True)
+    with anyio.fail_after(WAIT):
+        await service.embed(["a b"])
+    after = {s.name: s for s in service.provider_statuses()}["compatible"]
+    assert after.dimensions == 12 and after.space is not None and after.space.endswith("/m:12:l2")
