@@ -15,18 +15,18 @@ if [[ ! -x $VENV/bin/python ]]; then
     "$PYTHON" -m venv "$VENV"
 fi
 
-# torch first, so nothing later pulls a CUDA build: PyPI's Linux torch is the CUDA one, with
-# multi-GB dependencies. PyTorch's CPU index is tried briefly; where it cannot be reached (no network,
-# a proxy, a mirror of PyPI only) the default index is used, which on such machines serves a CPU wheel
-# or (a local wheelhouse) already holds one.
+# torch first, so nothing later pulls a CUDA build (PyPI's Linux torch is the CUDA one, with multi-GB
+# nvidia-* dependencies). PyTorch's CPU index is asked first, briefly; where it cannot be reached
+# (offline, a proxy, a PyPI mirror only), the default index is used: the CPU wheel where one is at hand
+# (a wheelhouse or mirror that has it), else PyPI's build for the platform.
 TORCH=torch==2.13.0
 TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
 install_cpu_torch() {
     local pip=("$VENV/bin/pip" install --quiet --disable-pip-version-check)
     if "${pip[@]}" --index-url "$TORCH_CPU_INDEX" --timeout 5 --retries 0 "$TORCH" 2>/dev/null; then
-        echo "setup: installed $TORCH from PyTorch's CPU index"
+        echo "setup: installed $TORCH, PyTorch's CPU index first in line"
     else
-        echo "setup: PyTorch's CPU index could not be reached; installing $TORCH from the default index"
+        echo "setup: PyTorch's CPU index did not serve $TORCH (unreachable?); installing it from the default index"
         "${pip[@]}" "$TORCH"
     fi
 }
