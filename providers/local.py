@@ -46,7 +46,7 @@ from .encoders import (
 from .errors import ConfigurationError, ProviderError
 from .long_texts import LONG_TEXT_POLICIES, InputPlan, LongTextPolicy, combine_windows, plan_windows
 from .onnx_export import cached_onnx_model, sha256_of_file
-from .registry import ProviderSpec
+from .registry import ProviderSpec, one_length_only
 from .settings import DEFAULT_LOCAL_MODEL, Settings
 
 if TYPE_CHECKING:
@@ -179,6 +179,20 @@ class LocalProvider(EmbeddingProvider):
         if self._dimensions is None:
             self._dimensions = _dimensions_from_config(self._path)
         return self._dimensions
+
+    def check(self) -> None:
+        """A look at the model directory, without loading it: a sentence-transformers model with weights."""
+        if not (self._path / "modules.json").is_file():
+            raise ConfigurationError(
+                f"local model {self.model!r}: no sentence-transformers model at {self._path} (no modules.json); "
+                "fix its path in SIGNAL_HUB_LOCAL_MODELS."
+            )
+        if not any((self._path / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
+            raise ConfigurationError(
+                f"local model {self.model!r}: no model.safetensors or pytorch_model.bin at {self._path}."
+            )
+        _max_seq_length(self._path)
+        super().check()
 
     @property
     def runtime(self) -> LocalRuntime | None:
@@ -372,13 +386,7 @@ def _dimensions_from_config(path: Path) -> int:
 
 
 def _build(settings: Settings, model: str | None, dimensions: int | None) -> EmbeddingProvider:
-    provider = LocalProvider.from_settings(settings, model)
-    if dimensions is not None and dimensions != provider.dimensions:
-        raise ConfigurationError(
-            f"local model {provider.model!r} makes {provider.dimensions}-dimension vectors; "
-            f"it cannot make {dimensions}."
-        )
-    return provider
+    return one_length_only(LocalProvider.from_settings(settings, model), dimensions)
 
 
 PROVIDER = ProviderSpec(

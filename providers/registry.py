@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ProviderSpec",
     "check_provider_names",
+    "one_length_only",
     "provider_names",
     "provider_spec",
     "provider_specs",
@@ -90,6 +91,16 @@ def provider_names() -> tuple[str, ...]:
 
 def provider_spec(name: str) -> ProviderSpec | None:
     return next((spec for spec in provider_specs() if spec.name == name), None)
+
+
+def one_length_only(provider: EmbeddingProvider, dimensions: int | None) -> EmbeddingProvider:
+    """A provider whose model makes one vector length refuses to be asked for another."""
+    if dimensions is not None and dimensions != provider.dimensions:
+        raise ConfigurationError(
+            f"{provider.name} model {provider.model!r} makes {provider.dimensions}-dimension vectors; "
+            f"it cannot make {dimensions}."
+        )
+    return provider
 
 
 def check_provider_names(names: tuple[str, ...], variable: str) -> None:
