@@ -1,0 +1,22 @@
+"""The OpenAI Batch API as an engine for embedding jobs: half price, run on OpenAI's fleet within 24 h."""
+
+from .engine import BatchApiEngine
+from .options import BatchApiOptions
+from .packing import BATCH_API_LIMITS, BatchLimits, custom_id, parse_custom_id, plan_files
+from .state import BatchState
+from .status import BatchCostEstimate, BatchJobResult, BatchJobStatus, BatchProgress
+
+__all__ = [
+    "BATCH_API_LIMITS",
+    "BatchApiEngine",
+    "BatchApiOptions",
+    "BatchCostEstimate",
+    "BatchJobResult",
+    "BatchJobStatus",
+    "BatchLimits",
+    "BatchProgress",
+    "BatchState",
+    "custom_id",
+    "parse_custom_id",
+    "plan_files",
+]
