@@ -169,7 +169,9 @@ class LoopbackBatches:
             case "POST", ["files"]:
                 return self._upload(content_type, body)
             case "GET", ["files", file_id]:
-                return _Reply(200, self._files[file_id].object()) if file_id in self._files else _missing("file", file_id)
+                return (
+                    _Reply(200, self._files[file_id].object()) if file_id in self._files else _missing("file", file_id)
+                )
             case "GET", ["files", file_id, "content"]:
                 return self._files[file_id].content if file_id in self._files else _missing("file", file_id)
             case "POST", ["batches"]:
@@ -201,7 +203,9 @@ class LoopbackBatches:
             return _error(400, "Missing required parameters: file and purpose.")
         filename, content = fields["file"]
         purpose = fields["purpose"][1].decode()
-        uploaded = _File(f"file-loopback{next(self._ids):06d}", filename or "upload", purpose, content, int(time.time()))
+        uploaded = _File(
+            f"file-loopback{next(self._ids):06d}", filename or "upload", purpose, content, int(time.time())
+        )
         self._files[uploaded.id] = uploaded
         self.files_uploaded += 1
         return _Reply(200, uploaded.object())
@@ -260,14 +264,32 @@ class LoopbackBatches:
             try:
                 line = json.loads(raw)
             except ValueError:
-                errors.append({"code": "invalid_json_line", "message": "This line is not parseable as valid JSON.", "line": number})
+                errors.append(
+                    {
+                        "code": "invalid_json_line",
+                        "message": "This line is not parseable as valid JSON.",
+                        "line": number,
+                    }
+                )
                 continue
             body = line.get("body") if isinstance(line, dict) else None
             if not isinstance(body, dict) or line.get("method") != "POST" or line.get("url") != "/v1/embeddings":
-                errors.append({"code": "invalid_request", "message": "Each line must POST a body to /v1/embeddings.", "line": number})
+                errors.append(
+                    {
+                        "code": "invalid_request",
+                        "message": "Each line must POST a body to /v1/embeddings.",
+                        "line": number,
+                    }
+                )
                 continue
             if (request_id := line.get("custom_id")) in ids or not isinstance(request_id, str):
-                errors.append({"code": "duplicate_custom_id", "message": "The custom_id for this request is a duplicate.", "line": number})
+                errors.append(
+                    {
+                        "code": "duplicate_custom_id",
+                        "message": "The custom_id for this request is a duplicate.",
+                        "line": number,
+                    }
+                )
             ids.add(str(request_id))
             models.add(str(body.get("model")))
             inputs += len(_parse_inputs(body.get("input")) or [])
@@ -275,7 +297,9 @@ class LoopbackBatches:
         if len(lines) > self.max_requests:
             errors.append({"code": "too_many_requests", "message": f"More than {self.max_requests} requests."})
         if inputs > self.max_inputs:
-            errors.append({"code": "too_many_inputs", "message": f"{inputs} embedding inputs; at most {self.max_inputs}."})
+            errors.append(
+                {"code": "too_many_inputs", "message": f"{inputs} embedding inputs; at most {self.max_inputs}."}
+            )
         if len(models) > 1:
             errors.append({"code": "mismatched_model", "message": "Every request of a batch must use the same model."})
         return lines, errors
@@ -306,7 +330,11 @@ class LoopbackBatches:
             batch.status = "completed"
             batch.stamps["completed_at"] = stamp
         if batch.status == "cancelling" and batch.cancel_at is not None and now >= batch.cancel_at:
-            done = 0 if age < self.validating_s else min(len(batch.lines), int(len(batch.lines) * (age - self.validating_s) / self.in_progress_s))
+            done = (
+                0
+                if age < self.validating_s
+                else min(len(batch.lines), int(len(batch.lines) * (age - self.validating_s) / self.in_progress_s))
+            )
             self._run(batch, done, "cancelled")
             batch.status = "cancelled"
             batch.stamps["cancelled_at"] = stamp
@@ -320,7 +348,16 @@ class LoopbackBatches:
             entry: dict[str, Any] = {"id": f"batch_req_{batch.id}_{number}", "custom_id": line["custom_id"]}
             if number >= count:
                 code = "batch_expired" if unfinished == "expired" else "batch_cancelled"
-                failures.append(entry | {"response": None, "error": {"code": code, "message": f"This request could not be executed before the batch was {unfinished}."}})
+                failures.append(
+                    entry
+                    | {
+                        "response": None,
+                        "error": {
+                            "code": code,
+                            "message": f"This request could not be executed before the batch was {unfinished}.",
+                        },
+                    }
+                )
                 continue
             self.request_lines += 1
             if number == 0 and "request_error" in batch.faults:

@@ -282,7 +282,7 @@ class BatchApiEngine:
         for file_id in (remote.error_file_id, remote.output_file_id):  # an answer in the output file wins
             if file_id:
                 text = await self.remote.download(file_id)
-                for outcome in await anyio.to_thread.run_sync(lambda t=text: list(read_results(t, self.dimensions))):
+                for outcome in await anyio.to_thread.run_sync(_read_all, text, self.dimensions):
                     outcomes[outcome.custom_id] = outcome
         requests = {r.custom_id: r for r in self.state.requests(job.job_id) if r.batch == row.id}
         # Only answers to this batch's own requests count: a custom_id names its texts exactly.
@@ -353,3 +353,7 @@ class BatchApiEngine:
     def _release(self, row: BatchRow) -> None:
         if self.ledger is not None and row.reservation_id is not None:
             self.ledger.release(Reservation(row.reservation_id, row.reserved_usd))
+
+
+def _read_all(text: str, dimensions: int) -> list[RequestOutcome]:
+    return list(read_results(text, dimensions))

@@ -17,7 +17,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from ..batching import OPENAI_LIMITS, RequestLimits
 
@@ -30,7 +30,7 @@ __all__ = [
     "request_line",
 ]
 
-ENDPOINT = "/v1/embeddings"
+ENDPOINT: Final = "/v1/embeddings"
 _CUSTOM_ID = re.compile(r"texts-(\d+)-(\d+)")
 
 

@@ -154,7 +154,9 @@ def _remote(batch: openai.types.Batch) -> RemoteBatch:
     counts = batch.request_counts
     errors = None
     if batch.errors is not None and batch.errors.data:
-        errors = "; ".join(f"{e.code}: {e.message}" + (f" (line {e.line})" if e.line else "") for e in batch.errors.data)
+        errors = "; ".join(
+            f"{e.code}: {e.message}" + (f" (line {e.line})" if e.line else "") for e in batch.errors.data
+        )
     return RemoteBatch(
         id=batch.id,
         status=batch.status,

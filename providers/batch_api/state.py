@@ -185,7 +185,10 @@ class BatchState:
                 "reserved_usd, collected FROM batches WHERE job_id = ? ORDER BY created, id",
                 (job_id,),
             ).fetchall()
-        return [BatchRow(*row[:9], bool(row[9])) for row in rows]
+        return [
+            BatchRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], bool(row[9]))
+            for row in rows
+        ]
 
     def add_batch(
         self,
@@ -236,4 +239,3 @@ class BatchState:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
