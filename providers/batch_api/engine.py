@@ -90,12 +90,14 @@ class BatchApiEngine:
         self._tokenizer = tokenizer
         self._sleep = sleep
         self._polls = _Polls()
+        self._work: dict[str, list[str]] = {}
 
     # public steps
 
     async def advance(self, job_id: str, texts: Sequence[str]) -> BatchJobStatus:
         """One step: plan the job if new, read every running batch, collect finished ones, submit what is due."""
         job = await self._job(job_id, texts)
+        self._work_texts(job_id, texts)  # a resumed job must be given the texts it was planned with
         self._polls.changed = False
         running = False
         for row in self.state.batches(job_id):
@@ -224,6 +226,9 @@ class BatchApiEngine:
             self._polls.created.append(remote.id)
 
     def _work_texts(self, job_id: str, texts: Sequence[str]) -> list[str]:
+        """The job's work list as texts, checked once per engine against the keys it was planned with."""
+        if (known := self._work.get(job_id)) is not None:
+            return known
         by_key = {cache_key(self.space, text): text for text in texts}
         work = []
         for position, key in enumerate(self.state.work(job_id)):
@@ -233,6 +238,7 @@ class BatchApiEngine:
                     "not among these): resume it with the texts it was started with, or start a new job."
                 )
             work.append(text)
+        self._work[job_id] = work
         return work
 
     async def _attach(self, job_id: str, row: BatchRow, *, create: bool) -> str | None:

@@ -25,7 +25,6 @@ __all__ = ["BatchRemote", "RemoteBatch", "is_transient"]
 logger = logging.getLogger(__name__)
 
 TERMINAL = frozenset({"completed", "expired", "failed", "cancelled"})
-_LIST_PAGES = 20
 
 
 @dataclass(frozen=True)
@@ -51,9 +50,14 @@ class RemoteBatch:
 class BatchRemote:
     """Uploads input files, creates, reads, finds and cancels batches, downloads result files."""
 
-    def __init__(self, client: openai.AsyncOpenAI, *, completion_window: str = "24h") -> None:
+    def __init__(
+        self, client: openai.AsyncOpenAI, *, completion_window: str = "24h", page_size: int = 100, pages: int = 20
+    ) -> None:
         self.client = client
         self.completion_window = completion_window
+        # Looking for an unrecorded batch reads at most `pages` pages of `page_size`, newest first.
+        self.page_size = page_size
+        self.pages = pages
 
     async def upload(self, name: str, content: bytes) -> str:
         try:
@@ -89,8 +93,8 @@ class BatchRemote:
     async def find(self, input_file_id: str) -> RemoteBatch | None:
         """The batch created from `input_file_id`, if any: how a restarted run finds an unrecorded batch."""
         try:
-            page = await self.client.batches.list(limit=100)
-            for _ in range(_LIST_PAGES):
+            page = await self.client.batches.list(limit=self.page_size)
+            for _ in range(self.pages):
                 for batch in page.data:
                     if batch.input_file_id == input_file_id:
                         return _remote(batch)
