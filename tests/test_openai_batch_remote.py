@@ -9,6 +9,7 @@ import httpx2
 import openai
 import pytest
 
+from providers.batch_api.packing import request_line
 from providers.batch_api.remote import BatchRemote, is_transient, translate
 from providers.errors import (
     AuthenticationError,
@@ -23,7 +24,7 @@ from tests.loopback_openai import LoopbackOpenAI
 
 KEY = "sk-test-remote"
 WAIT = 10
-LINE = b'{"custom_id":"texts-0-1","method":"POST","url":"/v1/embeddings","body":{"model":"text-embedding-3-small","input":["x"]}}\n'
+LINE = request_line("texts-0-1", {"model": "text-embedding-3-small", "input": ["x"]})
 
 
 class Clock:
