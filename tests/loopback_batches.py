@@ -93,6 +93,8 @@ class _Batch:
     failed: int = 0
     cancel_at: float | None = None
     stamps: dict[str, int] = field(default_factory=dict)
+    ended: float | None = None
+    """Virtual time the batch reached a final status."""
 
 
 class LoopbackBatches:
@@ -145,6 +147,14 @@ class LoopbackBatches:
     def batch_status(self, batch_id: str) -> str:
         with self._lock:
             return self._advance(self._batches[batch_id]).status
+
+    def virtual_span(self) -> float:
+        """Virtual seconds from the first batch's creation to the last one's end (so far)."""
+        with self._lock:
+            batches = list(self._batches.values())
+            if not batches:
+                return 0.0
+            return max(b.ended or self.clock() for b in batches) - min(b.started for b in batches)
 
     # routing
 
@@ -329,6 +339,14 @@ class LoopbackBatches:
         if batch.status == "finalizing" and age >= running_until + self.finalizing_s:
             batch.status = "completed"
             batch.stamps["completed_at"] = stamp
+        if batch.ended is None:  # when it really ended on the virtual clock, not when it was next read
+            ends = {
+                "failed": self.validating_s,
+                "expired": running_until,
+                "completed": running_until + self.finalizing_s,
+            }
+            if batch.status in ends:
+                batch.ended = batch.started + ends[batch.status]
         if batch.status == "cancelling" and batch.cancel_at is not None and now >= batch.cancel_at:
             done = (
                 0
@@ -338,6 +356,7 @@ class LoopbackBatches:
             self._run(batch, done, "cancelled")
             batch.status = "cancelled"
             batch.stamps["cancelled_at"] = stamp
+            batch.ended = batch.cancel_at
         return batch
 
     def _run(self, batch: _Batch, count: int, unfinished: str | None) -> None:
