@@ -40,6 +40,7 @@ from tests.loopback_openai import LoopbackOpenAI
 KEY = "sk-benchmark"
 MODEL = "text-embedding-3-small"
 CHUNK_LINES = 8
+_POOL = 108_000  # 8-line chunks of the standard library, of which over 100,000 are distinct
 
 
 def engine_for(base_url: str, data_dir: Path, dimensions: int, time_scale: float) -> BatchApiEngine:
@@ -90,8 +91,8 @@ async def sync_run(base_url: str, chunks: list[str], args: argparse.Namespace) -
 
 
 def distinct_chunks(n: int) -> list[str]:
-    """`n` distinct code chunks: both engines then send (and are billed for) exactly the same texts."""
-    pool = list(dict.fromkeys(code_chunks(min(int(n * 1.1) + 10, 108_000), lines=CHUNK_LINES)))
+    """The first `n` distinct code chunks: both engines then send (and are billed for) the same texts."""
+    pool = list(dict.fromkeys(code_chunks(_POOL, lines=CHUNK_LINES)))
     if len(pool) < n:
         raise SystemExit(f"the standard library holds only {len(pool):,} distinct {CHUNK_LINES}-line chunks")
     return pool[:n]
@@ -136,7 +137,8 @@ def kill_test(server: LoopbackOpenAI, args: argparse.Namespace, root: Path) -> N
     while not polling(root / "killed") and victim.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     killed_while_polling = victim.poll() is None
-    os.kill(victim.pid, signal.SIGKILL)
+    if killed_while_polling:
+        os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     at_kill = len(server.batches.created_inputs) - created_before
     again = spawn(server, root / "killed", root / "killed.npy", args)

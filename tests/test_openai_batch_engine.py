@@ -316,3 +316,36 @@ async def test_a_job_resumes_only_with_its_own_texts_and_space(harness: Harness)
             await other_space.advance("job", texts_of(6))
     with pytest.raises(ConfigurationError, match="no Batch API job"):
         harness.engine().status("nobody")
+
+
+@pytest.mark.anyio
+async def test_a_running_batch_keeps_its_budget_held_past_the_ledgers_hour(harness: Harness, tmp_path: Path) -> None:
+    wall = FakeClock()
+    wall.now = 1_800_000_000.0
+    ledger = CostLedger(tmp_path / "held.sqlite3", now=wall)
+    state = BatchState(tmp_path / "held-batches.sqlite3", now=wall)
+
+    def engine() -> BatchApiEngine:
+        return BatchApiEngine(
+            harness.client,
+            state=state,
+            cache=harness.cache,
+            ledger=ledger,
+            budget=Budget(hard_usd=1.0, period="all"),
+            prices={"text-embedding-3-small": 2000.0},
+            options=BatchApiOptions(dimensions=DIMS, limits=SMALL),
+            tokenizer=Utf8ByteEstimate(),
+        )
+
+    first = engine()
+    with anyio.fail_after(WAIT):
+        await first.advance("job", texts_of(4))
+        held = ledger._held()
+        assert held > 0
+        for _ in range(3):  # 150 minutes: the ledger alone would have forgotten the reservation after 60
+            wall.now += 50 * 60
+            await first.advance("job", texts_of(4))
+            assert ledger._held() == pytest.approx(held)
+        before = state.batches("job")[0].reservation_id
+        await engine().advance("job", texts_of(4))  # a restarted run takes the reservation over at once
+        assert state.batches("job")[0].reservation_id != before and ledger._held() == pytest.approx(held)

@@ -19,6 +19,7 @@ when a batch is submitted and settled when it is collected.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Sequence
@@ -91,6 +92,7 @@ class BatchApiEngine:
         self._sleep = sleep
         self._polls = _Polls()
         self._work: dict[str, list[str]] = {}
+        self._owner = uuid.uuid4().hex
 
     # public steps
 
@@ -102,7 +104,7 @@ class BatchApiEngine:
         running = False
         for row in self.state.batches(job_id):
             if not row.collected:
-                running |= not await self._follow(job, row, texts)
+                running |= not await self._follow(job, self._renewed(row), texts)
         if not running and not job.cancelled and any(r.status == PENDING for r in self.state.requests(job_id)):
             await self._submit_round(job, texts)
         return self.status(job_id)
@@ -219,7 +221,7 @@ class BatchApiEngine:
                 if reservation is not None and self.ledger is not None:
                     self.ledger.release(reservation)
                 raise
-            held = (reservation.id, reservation.usd) if reservation is not None else None
+            held = (reservation.id, reservation.usd, self._owner) if reservation is not None else None
             self.state.add_batch(job.job_id, row_id, file_id, [r.custom_id for r, _ in chosen], held)
             remote = await self.remote.create(file_id, {"signal_hub_job": job.job_id, "signal_hub_batch": row_id})
             self.state.set_batch_id(row_id, remote.id)
@@ -355,6 +357,21 @@ class BatchApiEngine:
             self.ledger.settle(Reservation(row.reservation_id, row.reserved_usd), result)
         else:
             self.ledger.record(result)
+
+    def _renewed(self, row: BatchRow) -> BatchRow:
+        """Keep a running batch's budget held: renewed by each new engine (a restarted run) and every half hour.
+
+        The spend was checked against the hard limit at submission and is committed now, so the
+        new reservation is taken without a limit; it only keeps later submissions honest.
+        """
+        if self.ledger is None or row.reservation_id is None:
+            return row
+        if row.reserved_by == self._owner and self.state.now() - row.reserved_at < self.options.renew_reservation_s:
+            return row
+        renewed = self.ledger.reserve(row.reserved_usd, Budget(period=self.budget.period))
+        self.ledger.release(Reservation(row.reservation_id, row.reserved_usd))
+        self.state.renew_reservation(row.id, renewed.id, self._owner)
+        return dataclasses.replace(row, reservation_id=renewed.id, reserved_by=self._owner)
 
     def _release(self, row: BatchRow) -> None:
         if self.ledger is not None and row.reservation_id is not None:

@@ -33,6 +33,9 @@ class BatchApiOptions:
     """Failed polls in a row (5xx, timeouts) before the run gives up; the batches keep running remotely."""
     max_tries: int = 3
     """Batches a request may go in, the first included: retryable failures and expiries are sent again."""
+    renew_reservation_s: float = 1800.0
+    """Seconds after which a running batch's budget reservation is renewed: the ledger forgets one
+    after an hour, and a batch may run for a day."""
 
     def __post_init__(self) -> None:
         if min(self.poll_initial, self.poll_max) <= 0 or self.poll_failures < 1 or self.max_tries < 1:

@@ -58,6 +58,8 @@ CREATE TABLE IF NOT EXISTS batches (
     failed INTEGER NOT NULL DEFAULT 0,
     reservation_id TEXT,
     reserved_usd REAL NOT NULL DEFAULT 0,
+    reserved_at REAL NOT NULL DEFAULT 0,
+    reserved_by TEXT,
     collected INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL
 );
@@ -99,6 +101,9 @@ class BatchRow:
     failed: int
     reservation_id: str | None
     reserved_usd: float
+    reserved_at: float
+    reserved_by: str | None
+    """The engine (process) that holds the reservation."""
     collected: bool
 
 
@@ -182,11 +187,11 @@ class BatchState:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, input_file_id, batch_id, status, total, completed, failed, reservation_id, "
-                "reserved_usd, collected FROM batches WHERE job_id = ? ORDER BY created, id",
+                "reserved_usd, reserved_at, reserved_by, collected FROM batches WHERE job_id = ? ORDER BY created, id",
                 (job_id,),
             ).fetchall()
         return [
-            BatchRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], bool(row[9]))
+            BatchRow(*row[:11], collected=bool(row[11]))  # type: ignore[misc]
             for row in rows
         ]
 
@@ -196,20 +201,34 @@ class BatchState:
         row_id: str,
         input_file_id: str,
         custom_ids: Sequence[str],
-        reservation: tuple[str, float] | None,
+        reservation: tuple[str, float, str] | None,
     ) -> None:
-        """Record a batch about to be created, and its requests as sent, in one transaction."""
-        reservation_id, reserved = reservation or (None, 0.0)
+        """Record a batch about to be created, and its requests as sent, in one transaction.
+
+        `reservation` is the budget held for it: (reservation id, USD, owner).
+        """
+        reservation_id, reserved, owner = reservation or (None, 0.0, None)
+        now = self._now()
         with self._lock, write_transaction(self._db):
             self._db.execute(
-                "INSERT INTO batches (id, job_id, input_file_id, total, reservation_id, reserved_usd, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (row_id, job_id, input_file_id, len(custom_ids), reservation_id, reserved, self._now()),
+                "INSERT INTO batches (id, job_id, input_file_id, total, reservation_id, reserved_usd, reserved_at, "
+                "reserved_by, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (row_id, job_id, input_file_id, len(custom_ids), reservation_id, reserved, now, owner, now),
             )
             self._db.executemany(
                 "UPDATE requests SET status = ?, batch = ?, tries = tries + 1 WHERE job_id = ? AND custom_id = ?",
                 ((SENT, row_id, job_id, request_id) for request_id in custom_ids),
             )
+
+    def renew_reservation(self, row_id: str, reservation_id: str, owner: str) -> None:
+        with self._lock, write_transaction(self._db):
+            self._db.execute(
+                "UPDATE batches SET reservation_id = ?, reserved_at = ?, reserved_by = ? WHERE id = ?",
+                (reservation_id, self._now(), owner, row_id),
+            )
+
+    def now(self) -> float:
+        return self._now()
 
     def set_batch_id(self, row_id: str, batch_id: str) -> None:
         with self._lock, write_transaction(self._db):
