@@ -15,12 +15,21 @@ import numpy as np
 import openai
 import pytest
 
+from providers import Settings
 from providers.base import space_id
-from providers.batch_api import BatchApiEngine, BatchApiOptions, BatchLimits, BatchState
+from providers.batch_api import (
+    BatchApiEngine,
+    BatchApiOptions,
+    BatchLimits,
+    BatchState,
+    batch_engine,
+    embed_with_batch_api,
+)
 from providers.batching import RequestLimits
 from providers.cache import EmbeddingCache
-from providers.errors import BudgetExceededError, ConfigurationError, ProviderUnavailableError
+from providers.errors import AuthenticationError, BudgetExceededError, ConfigurationError, ProviderUnavailableError
 from providers.ledger import CostLedger
+from providers.openai_options import OpenAIOptions
 from providers.settings import Budget
 from providers.tokens import Utf8ByteEstimate
 from tests.loopback_openai import LoopbackOpenAI, embedding_for
@@ -349,3 +358,32 @@ async def test_a_running_batch_keeps_its_budget_held_past_the_ledgers_hour(harne
         before = state.batches("job")[0].reservation_id
         await engine().advance("job", texts_of(4))  # a restarted run takes the reservation over at once
         assert state.batches("job")[0].reservation_id != before and ledger._held() == pytest.approx(held)
+
+
+@pytest.mark.anyio
+async def test_the_entry_point_builds_the_engine_from_settings(
+    server: LoopbackOpenAI, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        openai_base_url=server.base_url,
+        openai_api_key=KEY,
+        openai=OpenAIOptions(dimensions=DIMS),
+        prices={"text-embedding-3-small@batch": 0.5},
+    )
+    texts = texts_of(5)
+    seen: list[tuple[int, int]] = []
+
+    async def progress(done: int, total: int) -> None:
+        seen.append((done, total))
+
+    with anyio.fail_after(WAIT):
+        result = await embed_with_batch_api(settings, texts, job_id="j", progress=progress, sleep=clock.sleep)
+    np.testing.assert_allclose(result.vectors, expected(texts), atol=1e-6)
+    assert seen[0] == (0, 5) and seen[-1] == (5, 5)
+    assert (tmp_path / "batch_jobs.sqlite3").exists()
+    ledger = CostLedger(tmp_path / "ledger.sqlite3")
+    assert ledger.report().total_usd == pytest.approx(server.tokens_served * 0.5 / 1e6)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(AuthenticationError, match="OPENAI_API_KEY"):
+        batch_engine(Settings(data_dir=tmp_path))

@@ -135,6 +135,11 @@ class BatchApiEngine:
                 self.state.update_batch(row.id, remote.status, (remote.total, remote.completed, remote.failed))
         return self.status(job_id)
 
+    async def aclose(self) -> None:
+        """Close the SDK client and the state database (the cache and ledger belong to the caller)."""
+        await self.remote.client.close()
+        self.state.close()
+
     def status(self, job_id: str) -> BatchJobStatus:
         """The job as its state records it (no remote call)."""
         job = self.state.job(job_id)
