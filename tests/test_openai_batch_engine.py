@@ -387,3 +387,47 @@ async def test_the_entry_point_builds_the_engine_from_settings(
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(AuthenticationError, match="OPENAI_API_KEY"):
         batch_engine(Settings(data_dir=tmp_path))
+
+
+@pytest.mark.anyio
+async def test_a_run_killed_before_creating_its_batch_creates_it_once_on_restart_or_drops_it_on_cancel(
+    harness: Harness, server: LoopbackOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prices = {"text-embedding-3-small": 2000.0}
+    budget = Budget(hard_usd=100.0, period="all")
+    for job in ("resumed", "cancelled"):
+        crashed = harness.engine(prices=prices, budget=budget)
+
+        async def killed(input_file_id: str, metadata: object) -> None:
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(crashed.remote, "create", killed)
+        with anyio.fail_after(WAIT), pytest.raises(KeyboardInterrupt):
+            await crashed.advance(job, texts_of(4, job))
+    assert server.batches.files_uploaded == 2 and server.batches.batches_created == 0
+    with anyio.fail_after(WAIT):
+        result = await harness.engine(prices=prices, budget=budget).run("resumed", texts_of(4, "resumed"))
+        assert result.status.state == "completed" and server.batches.batches_created == 1
+        cancelled = await harness.engine(prices=prices, budget=budget).cancel("cancelled")
+        assert cancelled.state == "running"  # its batch row is settled at the next step
+        final = await harness.engine(prices=prices, budget=budget).run("cancelled", texts_of(4, "cancelled"))
+    assert final.status.state == "cancelled" and server.batches.batches_created == 1
+    assert harness.ledger._held() == 0
+
+
+@pytest.mark.anyio
+async def test_a_failed_upload_releases_its_reservation_and_a_vanished_batch_is_an_error(
+    harness: Harness, server: LoopbackOpenAI, clock: FakeClock
+) -> None:
+    bad = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-wrong", max_retries=0)
+    engine = harness.engine(prices={"text-embedding-3-small": 2000.0}, budget=Budget(hard_usd=100.0, period="all"))
+    engine.remote.client = bad
+    with anyio.fail_after(WAIT), pytest.raises(AuthenticationError):
+        await engine.advance("job", texts_of(4))
+    assert harness.ledger._held() == 0
+    await bad.close()
+    with anyio.fail_after(WAIT):
+        status = await harness.engine().advance("job", texts_of(4))
+        server.batches._batches.pop(status.batches[0].batch_id or "")
+        with pytest.raises(ConfigurationError, match="found nothing while reading batch"):
+            await harness.engine().advance("job", texts_of(4))
