@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import anyio
 import anyio.to_thread
@@ -58,7 +58,6 @@ PROVIDER = "openai"
 class _Polls:
     failures: int = 0
     changed: bool = False
-    created: list[str] = field(default_factory=list)
 
 
 class BatchApiEngine:
@@ -162,11 +161,11 @@ class BatchApiEngine:
     async def estimate(self, texts: Sequence[str]) -> BatchCostEstimate:
         """What the texts missing from the cache would cost, synchronously and through the Batch API."""
         unique = list(dict.fromkeys(texts))
-        found = self.cache.get_many(self.space, unique, self.dimensions)
+        found = await anyio.to_thread.run_sync(self.cache.get_many, self.space, unique, self.dimensions)
         todo = [text for text in unique if text not in found]
         tokenizer = await self._loaded_tokenizer()
         limit = self.options.limits.request.max_input_tokens
-        tokens = sum(min(tokenizer.count(text), limit) for text in todo)
+        tokens = await anyio.to_thread.run_sync(lambda: sum(min(tokenizer.count(text), limit) for text in todo))
         sync = price_per_million(PROVIDER, self.model, self.prices)
         batch = batch_price_per_million(PROVIDER, self.model, self.prices)
         return BatchCostEstimate(
@@ -212,7 +211,9 @@ class BatchApiEngine:
         pending = [r for r in self.state.requests(job.job_id) if r.status == PENDING]
         work = self._work_texts(job.job_id, texts)
         tokenizer = await self._loaded_tokenizer()
-        lines = [(r, request_body(r, work, tokenizer, self.model, self.dimensions, self.options)) for r in pending]
+        lines = await anyio.to_thread.run_sync(
+            lambda: [(r, request_body(r, work, tokenizer, self.model, self.dimensions, self.options)) for r in pending]
+        )
         files = plan_files([(r.stop - r.start, len(line)) for r, line in lines], self.options.limits)
         price = batch_price_per_million(PROVIDER, self.model, self.prices) or 0.0
         for part in files:
@@ -228,9 +229,8 @@ class BatchApiEngine:
                 raise
             held = (reservation.id, reservation.usd, self._owner) if reservation is not None else None
             self.state.add_batch(job.job_id, row_id, file_id, [r.custom_id for r, _ in chosen], held)
-            remote = await self.remote.create(file_id, {"signal_hub_job": job.job_id, "signal_hub_batch": row_id})
+            remote = await self.remote.create(file_id, _metadata(job.job_id, row_id))
             self.state.set_batch_id(row_id, remote.id)
-            self._polls.created.append(remote.id)
 
     def _work_texts(self, job_id: str, texts: Sequence[str]) -> list[str]:
         """The job's work list as texts, checked once per engine against the keys it was planned with."""
@@ -252,8 +252,7 @@ class BatchApiEngine:
         """The batch of a row recorded before its batch id was: found remotely, else (if `create`) created now."""
         remote = await self.remote.find(row.input_file_id)
         if remote is None and create:
-            remote = await self.remote.create(row.input_file_id, {"signal_hub_job": job_id, "signal_hub_batch": row.id})
-            self._polls.created.append(remote.id)
+            remote = await self.remote.create(row.input_file_id, _metadata(job_id, row.id))
         if remote is None:
             return None
         self.state.set_batch_id(row.id, remote.id)
@@ -385,3 +384,8 @@ class BatchApiEngine:
 
 def _read_all(text: str, dimensions: int) -> list[RequestOutcome]:
     return list(read_results(text, dimensions))
+
+
+def _metadata(job_id: str, row_id: str) -> dict[str, str]:
+    # The API takes metadata values of at most 512 characters.
+    return {"signal_hub_job": job_id[:512], "signal_hub_batch": row_id}
