@@ -1,6 +1,6 @@
 """The Batch API engine against the synchronous one, on the loopback server's compressed batch clock.
 
-    .venv/bin/python -m benchmarks.batch_api                       # 100,000 code chunks, kill test on 20,000
+    .venv/bin/python -m benchmarks.batch_api                       # 100,000 code chunks, kill test on 60,000
     .venv/bin/python -m benchmarks.batch_api --chunks 5000 --kill-chunks 2000 --time-scale 3600
 
 1. The same code chunks (8-line chunks of the standard library) through the Batch API engine
@@ -160,7 +160,7 @@ def kill_test(server: LoopbackOpenAI, args: argparse.Namespace, root: Path) -> N
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunks", type=int, default=100_000)
-    parser.add_argument("--kill-chunks", type=int, default=20_000)
+    parser.add_argument("--kill-chunks", type=int, default=60_000, help="two batches: one full, one partial")
     parser.add_argument("--dimensions", type=int, default=256, help="shorter vectors keep output files small")
     parser.add_argument("--time-scale", type=float, default=3600.0, help="virtual batch seconds per real second")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
