@@ -431,3 +431,16 @@ async def test_a_failed_upload_releases_its_reservation_and_a_vanished_batch_is_
         server.batches._batches.pop(status.batches[0].batch_id or "")
         with pytest.raises(ConfigurationError, match="found nothing while reading batch"):
             await harness.engine().advance("job", texts_of(4))
+
+
+@pytest.mark.anyio
+async def test_an_over_long_text_is_cut_and_the_cut_is_reported_per_row(
+    harness: Harness, server: LoopbackOpenAI
+) -> None:
+    texts = ["short text", "word " * 100]  # 500 bytes: over the 200-token limit as the byte estimate counts
+    with anyio.fail_after(WAIT):
+        result = await harness.engine().run("job", texts)
+    assert result.missing == () and result.dropped[0] == 0 and result.dropped[1] == 300
+    (line,) = server.batches._batches[result.status.batches[0].batch_id or ""].lines
+    sent = line["body"]["input"][1]
+    assert len(sent.encode()) == 200 and texts[1].startswith(sent)

@@ -150,13 +150,21 @@ class BatchApiEngine:
         """The vectors of `texts` from the cache, in input order; positions without one are listed."""
         found = self.cache.get_many(self.space, list(texts), self.dimensions)
         vectors = np.zeros((len(texts), self.dimensions), dtype=np.float32)
+        dropped = [0] * len(texts)
         missing = []
         for position, text in enumerate(texts):
             if (hit := found.get(text)) is not None:
                 vectors[position] = hit.vector
+                dropped[position] = hit.dropped_tokens
             else:
                 missing.append(position)
-        return BatchJobResult(status=self.status(job_id), vectors=vectors, missing=tuple(missing), space=self.space)
+        return BatchJobResult(
+            status=self.status(job_id),
+            vectors=vectors,
+            missing=tuple(missing),
+            space=self.space,
+            dropped=tuple(dropped),
+        )
 
     async def estimate(self, texts: Sequence[str]) -> BatchCostEstimate:
         """What the texts missing from the cache would cost, synchronously and through the Batch API."""

@@ -62,6 +62,8 @@ class BatchJobResult:
     missing: tuple[int, ...]
     """Input positions without a vector (their requests failed for good or were cancelled)."""
     space: str
+    dropped: tuple[int, ...] = ()
+    """Per input row, tokens cut from an over-long text before it was embedded (0: none)."""
 
 
 @dataclass(frozen=True)
