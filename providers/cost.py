@@ -81,5 +81,5 @@ def batch_price_per_million(provider: str, model: str, overrides: Mapping[str, f
     """USD per 1M tokens through the Batch API: an override named `<model>@batch`, else half the price."""
     if overrides and f"{model}@batch" in overrides:
         return overrides[f"{model}@batch"]
-    price = price_per_million(provider, model, overrides)
+    price = overrides[model] if overrides and model in overrides else price_per_million(provider, model)
     return None if price is None else price * BATCH_API_DISCOUNT

@@ -188,3 +188,27 @@ def test_options_check_the_model_and_dimensions() -> None:
         BatchApiOptions(dimensions=256).resolved_dimensions("text-embedding-ada-002")
     with pytest.raises(ConfigurationError, match="poll"):
         BatchApiOptions(poll_initial=0)
+
+
+def test_the_public_names_are_pinned() -> None:
+    import providers.batch_api as batch_api
+
+    assert sorted(batch_api.__all__) == sorted(
+        [
+            "BATCH_API_LIMITS",
+            "BatchApiEngine",
+            "BatchApiOptions",
+            "BatchCostEstimate",
+            "BatchJobResult",
+            "BatchJobStatus",
+            "BatchLimits",
+            "BatchProgress",
+            "BatchState",
+            "batch_engine",
+            "custom_id",
+            "embed_with_batch_api",
+            "parse_custom_id",
+            "plan_files",
+        ]
+    )
+    assert all(hasattr(batch_api, name) for name in batch_api.__all__)
