@@ -17,15 +17,19 @@ PRICES_PER_MILLION_TOKENS: Mapping[str, float] = OPENAI_PRICES
 """USD per 1M input tokens of OpenAI's models; each provider declares its own prices in its `ProviderSpec`."""
 
 
-def price_per_million(provider: str, model: str, settings: Settings | None = None) -> float | None:
+def price_per_million(
+    provider: str, model: str, settings: Settings | Mapping[str, float] | None = None
+) -> float | None:
     """USD per 1M tokens, or None when the price is unknown (never silently zero).
 
-    `SIGNAL_HUB_PRICES` (settings.prices) comes first, then the price the provider declares.
+    `SIGNAL_HUB_PRICES` (settings.prices, or a mapping of such overrides) comes first, then the
+    price the provider declares in the registry.
     """
     from .registry import provider_spec
     from .settings import Settings
 
-    settings = settings if settings is not None else Settings()
+    if not isinstance(settings, Settings):
+        settings = Settings(prices=dict(settings or {}))
     if model in settings.prices:
         return settings.prices[model]
     spec = provider_spec(provider)
