@@ -1,0 +1,262 @@
+"""An embedding job on Ray Data: plan the shards, embed what the cache lacks on actors, write shards.
+
+```python
+report = run_ray_job(RayJobOptions(inputs=("chunks.jsonl",), output=Path("vectors")), settings)
+report.embedded, report.cached, report.resumed, report.manifest_path
+```
+
+1. Plan (driver): the input is read with Ray Data in order and cut into shards of `shard_rows`
+   rows. A shard whose file exists was completed by an earlier run and is skipped. For the rest,
+   texts already in the cache (same vector space) are dropped; what remains goes to the object store.
+2. Embed (actors): `map_batches` runs `EmbedBatch`, one local provider per actor.
+3. Write (driver): as each shard's last vector arrives, its new vectors go into the cache and the
+   shard file is written. So a killed job, rerun, redoes at most the shards that had no file.
+
+Why the actor pool cannot starve: Ray Data's read and write tasks each want a CPU, and a pool of
+one 1-CPU actor per core holds them all, so read → map → write on a 2-CPU Ray waits for ever.
+Here nothing but the actors runs on Ray while they work: the input is read before they start,
+the embedding dataset is built from blocks already in the object store (no read tasks), and the
+driver writes the shards (no write tasks). Each actor asks for `threads_per_actor` CPUs, fewer
+when more actors than CPUs are asked for, so the pool always fits the cluster.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..cache import EmbeddingCache
+from ..errors import ConfigurationError, EmbeddingError
+from ..local import LocalProvider, available_local_models
+from ..onnx_export import sha256_of_file
+from ..settings import Settings
+from .actor import EmbedBatch
+from .connect import RayConnection, connect, import_ray
+from .output import OutputDir, ShardFormat
+from .shards import ShardCollector, check_texts, plan_shard
+
+__all__ = ["InputFormat", "JobCancelled", "RayJobOptions", "RayJobReport", "run_ray_job", "size_actor_pool"]
+
+InputFormat = Literal["auto", "jsonl", "parquet"]
+_JSONL_SUFFIXES = (".jsonl", ".json")
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+
+Progress = Callable[[int, int], None]
+"""Called as `progress(rows done, rows in the job)` from the driver's thread."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RayJobOptions:
+    inputs: tuple[str, ...]
+    """Files or directories: local paths or any URI pyarrow reaches (s3://, gs://, hdfs://...)."""
+    output: Path
+    """Local directory for the shards and manifest.json."""
+    address: str | None = None
+    """A cluster (`ray://host:10001`, `host:6379`, `auto`); None: RAY_ADDRESS, else an embedded local Ray."""
+    actors: int | None = None
+    """Actors embedding at once; None: one per `threads_per_actor` CPUs of the cluster."""
+    threads_per_actor: int = 1
+    gpus_per_actor: float = 0.0
+    input_format: InputFormat = "auto"
+    shard_format: ShardFormat = "parquet"
+    shard_rows: int = 1000
+    """Rows per output shard: the unit of resumption."""
+    batch_rows: int = 256
+    """Rows per `map_batches` call on an actor."""
+
+
+@dataclass
+class RayJobReport:
+    """What a job did; also what manifest.json holds."""
+
+    output: Path
+    manifest_path: Path
+    space: str
+    model: str
+    weights_sha256: str
+    where: str
+    rows: int = 0
+    shards: int = 0
+    embedded: int = 0
+    """Rows the actors embedded in this run."""
+    cached: int = 0
+    """Rows answered from the cache in this run."""
+    resumed: int = 0
+    """Rows in shards an earlier run had completed."""
+    tokens: int = 0
+    wall_time_s: float = 0.0
+    actors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per actor (host:pid): rows embedded, peak RSS in MB, how its model runs."""
+
+    def manifest(self, options: RayJobOptions) -> dict[str, Any]:
+        return {
+            "engine": "ray",
+            "space": self.space,
+            "provider": "local",
+            "model": self.model,
+            "weights_sha256": self.weights_sha256,
+            "inputs": list(options.inputs),
+            "format": options.shard_format,
+            "columns": ["id", "vector", "truncated"],
+            "counts": {
+                "rows": self.rows,
+                "shards": self.shards,
+                "embedded": self.embedded,
+                "cached": self.cached,
+                "resumed": self.resumed,
+            },
+            "tokens": self.tokens,
+            "wall_time_s": round(self.wall_time_s, 3),
+            "ray": {"where": self.where, "actors": self.actors},
+        }
+
+
+def run_ray_job(
+    options: RayJobOptions,
+    settings: Settings,
+    *,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> RayJobReport:
+    """Embed every row of the inputs into `options.output`; blocks, so run it in a worker thread from async code.
+
+    `cancel` stops the job between batches (completed shards stay for the rerun) with `JobCancelled`.
+    """
+    _check_options(options)
+    import_ray()  # before anything is written: without Ray, say how to install it
+    started = time.monotonic()
+    space_provider = LocalProvider.from_settings(settings)
+    output = OutputDir(options.output, options.shard_format)
+    output.claim({"space": space_provider.space, "inputs": list(options.inputs), "shard_rows": options.shard_rows})
+    cache = EmbeddingCache(settings.resolved_data_dir / "cache.sqlite3") if settings.cache else None
+    try:
+        with connect(options.address) as connection:
+            report = RayJobReport(
+                output=options.output,
+                manifest_path=options.output / "manifest.json",
+                space=space_provider.space,
+                model=space_provider.model,
+                weights_sha256=_weights_sha256(settings),
+                where=connection.where,
+            )
+            ray = connection.ray
+            collector = ShardCollector(ray, output, cache, space_provider.space, space_provider.dimensions)
+            dataset = _read(ray, options)
+            dataset.context.execution_options.preserve_order = True  # shard k must be the same rows on a rerun
+            for shard, batch in enumerate(dataset.iter_batches(batch_size=options.shard_rows, batch_format="pyarrow")):
+                report.rows += batch.num_rows
+                report.shards += 1
+                if output.is_complete(shard):
+                    report.resumed += batch.num_rows
+                    continue
+                check_texts(batch, shard * options.shard_rows, settings.limits)
+                plan = plan_shard(
+                    ray, batch, shard, shard * options.shard_rows, cache, space_provider, options.batch_rows
+                )
+                report.cached += plan.size - plan.pending
+                collector.add(plan)
+            if progress is not None:
+                progress(report.rows - collector.pending_rows, report.rows)
+            if collector.pending_rows:
+                _embed(connection, options, settings, collector, report, progress, cancel)
+            report.wall_time_s = time.monotonic() - started
+            output.write_manifest(report.manifest(options))
+            return report
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+class JobCancelled(EmbeddingError):
+    """The job was cancelled; the shards it completed stay, and a rerun resumes after them."""
+
+
+def _embed(
+    connection: RayConnection,
+    options: RayJobOptions,
+    settings: Settings,
+    collector: ShardCollector,
+    report: RayJobReport,
+    progress: Progress | None,
+    cancel: threading.Event | None,
+) -> None:
+    actors, actor_cpus = size_actor_pool(connection.cpus, options.actors, options.threads_per_actor)
+    dataset = collector.dataset().map_batches(
+        EmbedBatch,
+        fn_constructor_kwargs={"settings": settings, "threads": options.threads_per_actor},
+        batch_size=options.batch_rows,
+        batch_format="numpy",
+        # Two calls queued per actor: the next block is there when one ends, and no actor hoards blocks.
+        compute=connection.ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=2),
+        num_cpus=actor_cpus,
+        num_gpus=options.gpus_per_actor or None,
+    )
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        if cancel is not None and cancel.is_set():
+            raise JobCancelled(f"cancelled; {report.shards - collector.open_shards} shard(s) are complete.")
+        collector.take(batch)
+        report.embedded += len(batch["row"])
+        report.tokens += int(batch["tokens"].sum())
+        for worker, runtime, rss in zip(batch["worker"], batch["runtime"], batch["peak_rss_kb"], strict=True):
+            seen = report.actors.setdefault(str(worker), {"rows": 0, "peak_rss_mb": 0.0, "runtime": str(runtime)})
+            seen["rows"] += 1
+            seen["peak_rss_mb"] = max(seen["peak_rss_mb"], round(int(rss) / 1024, 1))
+        if progress is not None:
+            progress(report.rows - collector.pending_rows, report.rows)
+
+
+def size_actor_pool(cpus: float, actors: int | None, threads: int) -> tuple[int, float]:
+    """(actors, CPUs each asks Ray for): by default one actor per `threads` CPUs; never more CPUs than exist."""
+    if cpus <= 0:
+        raise ConfigurationError("the Ray cluster has no CPUs; add a node with `ray start --num-cpus N`.")
+    count = actors if actors is not None else max(int(cpus // threads), 1)
+    return count, min(float(threads), cpus / count)
+
+
+def _read(ray: Any, options: RayJobOptions) -> Any:
+    fmt = options.input_format
+    if fmt == "auto":
+        suffixes = {Path(path.rstrip("/")).suffix.lower() for path in options.inputs}
+        if suffixes and suffixes <= set(_PARQUET_SUFFIXES):
+            fmt = "parquet"
+        elif suffixes and suffixes <= set(_JSONL_SUFFIXES):
+            fmt = "jsonl"
+        else:
+            raise ConfigurationError(
+                f"cannot tell the input format from {', '.join(options.inputs)}: name the files "
+                "*.jsonl or *.parquet, or pass the format (jsonl or parquet)."
+            )
+    paths = list(options.inputs)
+    try:
+        if fmt == "parquet":
+            return ray.data.read_parquet(paths, columns=["id", "text"])
+        return ray.data.read_json(paths)  # pyarrow's JSON reader takes one record per line
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot read {', '.join(paths)}: {exc}") from exc
+
+
+def _check_options(options: RayJobOptions) -> None:
+    if not options.inputs:
+        raise ConfigurationError("no input: give JSONL or Parquet files (or directories of them).")
+    for name in ("shard_rows", "batch_rows", "threads_per_actor"):
+        if getattr(options, name) < 1:
+            raise ConfigurationError(f"{name} must be at least 1, got {getattr(options, name)}.")
+    if options.actors is not None and options.actors < 1:
+        raise ConfigurationError(f"actors must be at least 1, got {options.actors}.")
+    if options.gpus_per_actor < 0:
+        raise ConfigurationError(f"gpus_per_actor must be zero or more, got {options.gpus_per_actor}.")
+
+
+def _weights_sha256(settings: Settings) -> str:
+    """The SHA-256 of the weights the actors load: the reviewed one for the packaged model, else hashed here."""
+    path, expected = available_local_models(settings)[settings.local_model]
+    if expected is not None:
+        return expected
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (path / name).is_file():
+            return sha256_of_file(path / name)
+    raise ConfigurationError(f"no model.safetensors or pytorch_model.bin at {path}.")
