@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..cache import EmbeddingCache
-from ..errors import ConfigurationError, EmbeddingError
+from ..errors import ConfigurationError, EmbeddingError, InputError
 from ..local import LocalProvider, available_local_models
 from ..onnx_export import sha256_of_file
 from ..settings import Settings
@@ -232,11 +232,15 @@ def _read(ray: Any, options: RayJobOptions) -> Any:
             )
     paths = list(options.inputs)
     try:
-        if fmt == "parquet":
-            return ray.data.read_parquet(paths, columns=["id", "text"])
-        return ray.data.read_json(paths)  # pyarrow's JSON reader takes one record per line
+        # pyarrow's JSON reader takes one record per line.
+        dataset = ray.data.read_parquet(paths) if fmt == "parquet" else ray.data.read_json(paths)
     except (FileNotFoundError, OSError, ValueError) as exc:
         raise ConfigurationError(f"cannot read {', '.join(paths)}: {exc}") from exc
+    missing = {"id", "text"} - set(dataset.columns())
+    if missing:
+        named = " or ".join(sorted(missing))
+        raise InputError(f"the input has no {named} column: every record needs an id and a text.")
+    return dataset.select_columns(["id", "text"])
 
 
 def _check_options(options: RayJobOptions) -> None:
