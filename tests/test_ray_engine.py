@@ -108,6 +108,7 @@ def test_a_two_node_cluster_writes_the_in_process_vectors_in_input_order_with_a_
     assert manifest["tokens"] == reference[2]
     assert manifest["wall_time_s"] > 0
     actors = manifest["ray"]["actors"]
+    assert len(actors) == 2  # one per node: each node has the one CPU an actor asks for
     assert sum(actor["rows"] for actor in actors.values()) == 48
     for actor in actors.values():
         assert actor["peak_rss_mb"] > 50 and actor["runtime"] == "onnx-int8 on cpu, 1 thread(s)"
@@ -244,3 +245,15 @@ def test_an_output_directory_belongs_to_one_job(tmp_path: Path) -> None:
 def test_bad_rows_are_named_before_anything_is_embedded(rows: dict[str, list[object]], message: str) -> None:
     with pytest.raises(InputError, match=message):
         check_texts(pa.table(rows), 10, Settings().limits)
+
+
+@pytest.mark.slow
+def test_a_pool_the_cluster_cannot_hold_fails_after_the_start_timeout(
+    cluster: str, tmp_path: Path, data_dir: Path
+) -> None:
+    source = write_jsonl(tmp_path / "chunks.jsonl", TEXTS[:4])
+    options = RayJobOptions(inputs=(str(source),), output=tmp_path / "out", gpus_per_actor=1, actor_start_timeout_s=3)
+    started = time.monotonic()
+    with pytest.raises(ProviderUnavailableError, match=r"did not start 2 actor\(s\) of 1 CPU and 1 GPU within 3 s"):
+        run_ray_job(options, Settings(data_dir=data_dir))
+    assert time.monotonic() - started < 60

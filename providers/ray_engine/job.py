@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from ..cache import EmbeddingCache
-from ..errors import ConfigurationError, EmbeddingError, InputError
+from ..errors import ConfigurationError, EmbeddingError, InputError, ProviderUnavailableError
 from ..local import LocalProvider, available_local_models
 from ..onnx_export import sha256_of_file
 from ..settings import Settings
@@ -67,6 +67,8 @@ class RayJobOptions:
     """Rows per output shard: the unit of resumption."""
     batch_rows: int = 256
     """Rows per `map_batches` call on an actor."""
+    actor_start_timeout_s: int = 300
+    """How long the actors may take to start: their model loads (on a new node, its ONNX export is made)."""
 
 
 @dataclass
@@ -195,7 +197,16 @@ def _embed(
         num_cpus=actor_cpus,
         num_gpus=options.gpus_per_actor or None,
     )
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+    # Start every actor before the first block goes out: else the first one up takes most blocks, and
+    # a pool the cluster cannot hold fails after this wait instead of waiting for ever.
+    dataset.context.wait_for_min_actors_s = options.actor_start_timeout_s
+    batches = dataset.iter_batches(batch_size=None, batch_format="numpy")
+    for batch in _translated(
+        connection,
+        batches,
+        f"{actors} actor(s) of {actor_cpus:g} CPU and {options.gpus_per_actor:g} GPU",
+        options.actor_start_timeout_s,
+    ):
         if cancel is not None and cancel.is_set():
             raise JobCancelled(f"cancelled; {report.shards - collector.open_shards} shard(s) are complete.")
         collector.take(batch)
@@ -207,6 +218,16 @@ def _embed(
             seen["peak_rss_mb"] = max(seen["peak_rss_mb"], round(int(rss) / 1024, 1))
         if progress is not None:
             progress(report.rows - collector.pending_rows, report.rows)
+
+
+def _translated(connection: RayConnection, batches: Iterator[Any], pool: str, timeout_s: int) -> Iterator[Any]:
+    try:
+        yield from batches
+    except connection.ray.exceptions.GetTimeoutError as exc:
+        raise ProviderUnavailableError(
+            f"the Ray cluster ({connection.where}) did not start {pool} within {timeout_s} s: "
+            "it lacks the resources; ask for fewer actors, fewer GPUs, or add nodes."
+        ) from exc
 
 
 def size_actor_pool(cpus: float, actors: int | None, threads: int) -> tuple[int, float]:
