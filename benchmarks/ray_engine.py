@@ -1,15 +1,15 @@
 """The Ray engine against the in-process engine, on the same code chunks, on this machine.
 
-    .venv/bin/python -m benchmarks.ray_engine [--chunks 10000] [--actors 2]
+    .venv/bin/python -m benchmarks.ray_engine [--chunks 10000] [--actors 2] [--rounds 2]
 
 (a) in-process: one `LocalProvider` with 2 threads, calls of 256 chunks (the batch CLI's window);
 (b) Ray: `run_ray_job` on an embedded local Ray (2 CPUs), 2 single-thread actors, shards of 1,000.
-Both start from a loaded ONNX export in the same data directory, the vector cache off; (a) times
-its model load and calls, (b) the whole job with Ray already up (reading, planning, actor start,
-embedding, writing the shards), Ray's start-up reported apart. Then the driver's own work per
-chunk is measured (cache look-up and fill, shard writing), which bounds how fast any cluster can go.
-Targets: b/a throughput >= 0.85; cosine >= 0.9999 and the same id order; peak RSS per actor reported.
-"""
+The chunks are split over rounds run a-b, b-a, ... so a neighbour's load falls on both alike. Both
+start from the ONNX export in one data directory, the vector cache off; (a) times its model load
+and calls, (b) each whole job with Ray already up (reading, planning, actor start, embedding,
+writing shards), Ray's start-up reported apart. Then the driver's own work per chunk is measured
+(planning, cache look-up and fill, shard writing): it bounds how fast any cluster can go.
+Targets: b/a throughput >= 0.85; cosine >= 0.9999 and the same id order; peak RSS per actor reported."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def in_process(texts: list[str], data_dir: Path, threads: int) -> tuple[np.ndarr
 
 
 def driver_costs(texts: list[str], vectors: np.ndarray[Any, Any], directory: Path) -> dict[str, float]:
-    """Seconds per chunk of the driver's serial work: cache look-up (miss), cache fill, shard writing."""
+    """Seconds per chunk of the driver's serial work beyond planning: cache look-up, cache fill, shard writing."""
     cache = EmbeddingCache(directory / "cache.sqlite3")
     space = "local:all-MiniLM-L6-v2:384:l2"
     try:
@@ -72,39 +72,63 @@ def driver_costs(texts: list[str], vectors: np.ndarray[Any, Any], directory: Pat
     return {name: seconds / len(texts) for name, seconds in (("lookup", lookup), ("fill", fill), ("write", write))}
 
 
+def ray_job(texts: list[str], root: Path, data_dir: Path, actors: int, name: str) -> tuple[Any, list[object], Any]:
+    source = root / f"{name}.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "text": text}) + "\n" for i, text in enumerate(texts)))
+    options = RayJobOptions(inputs=(str(source),), output=root / name, actors=actors, threads_per_actor=1)
+    report = run_ray_job(options, Settings(data_dir=data_dir, cache=False))
+    ids, vectors, _ = read_shards(root / name)
+    return report, ids, vectors
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunks", type=int, default=10_000)
     parser.add_argument("--actors", type=int, default=2)
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="split the chunks over rounds run a-b, b-a, ... so both see the same load"
+    )
     args = parser.parse_args(argv)
     import ray
 
     texts = code_chunks(args.chunks)
+    size = -(-len(texts) // args.rounds)
+    parts = [texts[start : start + size] for start in range(0, len(texts), size)]
+    reference_s = ray_s = plan_s = 0.0
+    references: list[Any] = [None] * len(parts)
+    outputs: list[Any] = [None] * len(parts)
+    actors: dict[str, Any] = {}
+    same_order = True
     with tempfile.TemporaryDirectory(prefix="ray-bench-") as scratch:
         root = Path(scratch)
         data_dir = root / "data"
-        source = root / "chunks.jsonl"
-        source.write_text("".join(json.dumps({"id": i, "text": text}) + "\n" for i, text in enumerate(texts)))
         in_process(texts[:8], data_dir, 1)  # makes the ONNX export, untimed
         load_before = os.getloadavg()[0]
-
-        reference, reference_s = in_process(texts, data_dir, threads=args.actors)
-        print(
-            f"(a) in-process, {args.actors} threads: {len(texts) / reference_s * 60:,.0f} chunks/min", file=sys.stderr
-        )
-
         started = time.perf_counter()
         ray.init(num_cpus=args.actors, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
         ray_start_s = time.perf_counter() - started
         try:
-            options = RayJobOptions(inputs=(str(source),), output=root / "out", actors=args.actors, threads_per_actor=1)
-            report = run_ray_job(options, Settings(data_dir=data_dir, cache=False))
+            for index, part in enumerate(parts):
+                order = ("in-process", "ray") if index % 2 == 0 else ("ray", "in-process")
+                for engine in order:
+                    if engine == "in-process":
+                        references[index], seconds = in_process(part, data_dir, threads=args.actors)
+                        reference_s += seconds
+                    else:
+                        report, ids, outputs[index] = ray_job(part, root, data_dir, args.actors, f"round-{index}")
+                        ray_s += report.wall_time_s
+                        plan_s += report.plan_s
+                        same_order = same_order and ids == list(range(len(part)))
+                        for worker, seen in report.actors.items():
+                            actors[worker] = {**seen, "rows": actors.get(worker, {}).get("rows", 0) + seen["rows"]}
+                    print(f"round {index + 1}/{len(parts)}: {engine} done", file=sys.stderr)
         finally:
             ray.shutdown()
-        ray_s = report.wall_time_s
-        ids, vectors, _ = read_shards(root / "out")
+        reference = np.concatenate(references)
+        vectors = np.concatenate(outputs)
         cosines = np.sum(vectors * reference, axis=1)
         costs = driver_costs(texts, reference, root / "driver")
+    costs["plan"] = plan_s / len(texts)
 
     ray_rate = len(texts) / ray_s * 60
     per_core = ray_rate / args.actors
@@ -116,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         "throughput_ratio": round(reference_s / ray_s, 3),
         "ray_start_s": round(ray_start_s, 1),
         "cosine_min": float(cosines.min()),
-        "same_order": ids == list(range(len(texts))),
-        "actors": report.actors,
+        "same_order": same_order,
+        "rounds": len(parts),
+        "actors": actors,
         "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "driver_us_per_chunk": {name: round(seconds * 1e6, 1) for name, seconds in costs.items()},
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ from benchmarks.corpus import code_chunks
 from providers import ConfigurationError, InputError, ProviderUnavailableError, Settings
 from providers.cache import EmbeddingCache
 from providers.local import PACKAGED_MODEL_SHA256, LocalProvider
-from providers.ray_engine import INSTALL_HINT, RayJobOptions, read_shards, run_ray_job, size_actor_pool
+from providers.ray_engine import INSTALL_HINT, JobCancelled, RayJobOptions, read_shards, run_ray_job, size_actor_pool
 from providers.ray_engine.__main__ import main
 from providers.ray_engine.actor import EmbedBatch
 from providers.ray_engine.output import OutputDir
@@ -257,3 +258,25 @@ def test_a_pool_the_cluster_cannot_hold_fails_after_the_start_timeout(
     with pytest.raises(ProviderUnavailableError, match=r"did not start 2 actor\(s\) of 1 CPU and 1 GPU within 3 s"):
         run_ray_job(options, Settings(data_dir=data_dir))
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.slow
+def test_a_cancelled_job_keeps_its_completed_shards_for_the_rerun(cluster: str, tmp_path: Path, data_dir: Path) -> None:
+    source = write_jsonl(tmp_path / "chunks.jsonl", TEXTS[:16])
+    options = RayJobOptions(inputs=(str(source),), output=tmp_path / "out", shard_rows=4, batch_rows=4)
+    cancel = threading.Event()
+
+    def cancel_after_a_shard(done: int, total: int) -> None:
+        if done >= 4:
+            cancel.set()
+
+    with pytest.raises(JobCancelled, match="cancelled"):
+        run_ray_job(options, Settings(data_dir=data_dir), progress=cancel_after_a_shard, cancel=cancel)
+    completed = len(list((tmp_path / "out").glob("shard-*")))
+    assert 1 <= completed < 4 and not (tmp_path / "out" / "manifest.json").exists()
+
+    report = run_ray_job(options, Settings(data_dir=data_dir))
+
+    assert report.resumed == 4 * completed
+    assert report.resumed + report.cached + report.embedded == 16
+    assert (tmp_path / "out" / "manifest.json").is_file()

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -91,8 +92,19 @@ class RayJobReport:
     """Rows in shards an earlier run had completed."""
     tokens: int = 0
     wall_time_s: float = 0.0
+    plan_s: float = 0.0
+    """Of the wall time, the driver's planning pass: reading the input, checking it, asking the cache."""
     actors: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per actor (host:pid): rows embedded, peak RSS in MB, how its model runs."""
+
+    def count(self, batch: dict[str, Any]) -> None:
+        """Count an actor's output batch: rows, tokens, and per actor its rows and peak memory."""
+        self.embedded += len(batch["row"])
+        self.tokens += int(batch["tokens"].sum())
+        for worker, runtime, rss in zip(batch["worker"], batch["runtime"], batch["peak_rss_kb"], strict=True):
+            seen = self.actors.setdefault(str(worker), {"rows": 0, "peak_rss_mb": 0.0, "runtime": str(runtime)})
+            seen["rows"] += 1
+            seen["peak_rss_mb"] = max(seen["peak_rss_mb"], round(int(rss) / 1024, 1))
 
     def manifest(self, options: RayJobOptions) -> dict[str, Any]:
         return {
@@ -113,6 +125,7 @@ class RayJobReport:
             },
             "tokens": self.tokens,
             "wall_time_s": round(self.wall_time_s, 3),
+            "plan_s": round(self.plan_s, 3),
             "ray": {"where": self.where, "actors": self.actors},
         }
 
@@ -131,40 +144,27 @@ def run_ray_job(
     _check_options(options)
     import_ray()  # before anything is written: without Ray, say how to install it
     started = time.monotonic()
-    space_provider = LocalProvider.from_settings(settings)
+    provider = LocalProvider.from_settings(settings)  # names the space; its model loads only on the actors
     output = OutputDir(options.output, options.shard_format)
-    output.claim({"space": space_provider.space, "inputs": list(options.inputs), "shard_rows": options.shard_rows})
+    output.claim({"space": provider.space, "inputs": list(options.inputs), "shard_rows": options.shard_rows})
     cache = EmbeddingCache(settings.resolved_data_dir / "cache.sqlite3") if settings.cache else None
     try:
         with connect(options.address) as connection:
             report = RayJobReport(
                 output=options.output,
                 manifest_path=options.output / "manifest.json",
-                space=space_provider.space,
-                model=space_provider.model,
+                space=provider.space,
+                model=provider.model,
                 weights_sha256=_weights_sha256(settings),
                 where=connection.where,
             )
-            ray = connection.ray
-            collector = ShardCollector(ray, output, cache, space_provider.space, space_provider.dimensions)
-            dataset = _read(ray, options)
-            dataset.context.execution_options.preserve_order = True  # shard k must be the same rows on a rerun
-            for shard, batch in enumerate(dataset.iter_batches(batch_size=options.shard_rows, batch_format="pyarrow")):
-                report.rows += batch.num_rows
-                report.shards += 1
-                if output.is_complete(shard):
-                    report.resumed += batch.num_rows
-                    continue
-                check_texts(batch, shard * options.shard_rows, settings.limits)
-                plan = plan_shard(
-                    ray, batch, shard, shard * options.shard_rows, cache, space_provider, options.batch_rows
-                )
-                report.cached += plan.size - plan.pending
-                collector.add(plan)
-            if progress is not None:
-                progress(report.rows - collector.pending_rows, report.rows)
+            collector = ShardCollector(connection.ray, output, cache, provider.space, provider.dimensions)
+            run = _Run(options, settings, connection, output, cache, provider, collector, report, progress, cancel)
+            planning = time.monotonic()
+            run.plan()
+            report.plan_s = time.monotonic() - planning
             if collector.pending_rows:
-                _embed(connection, options, settings, collector, report, progress, cancel)
+                run.embed()
             report.wall_time_s = time.monotonic() - started
             output.write_manifest(report.manifest(options))
             return report
@@ -177,47 +177,74 @@ class JobCancelled(EmbeddingError):
     """The job was cancelled; the shards it completed stay, and a rerun resumes after them."""
 
 
-def _embed(
-    connection: RayConnection,
-    options: RayJobOptions,
-    settings: Settings,
-    collector: ShardCollector,
-    report: RayJobReport,
-    progress: Progress | None,
-    cancel: threading.Event | None,
-) -> None:
-    actors, actor_cpus = size_actor_pool(connection.cpus, options.actors, options.threads_per_actor)
-    dataset = collector.dataset().map_batches(
-        EmbedBatch,
-        fn_constructor_kwargs={"settings": settings, "threads": options.threads_per_actor},
-        batch_size=options.batch_rows,
-        batch_format="numpy",
-        # Two calls queued per actor: the next block is there when one ends, and no actor hoards blocks.
-        compute=connection.ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=2),
-        num_cpus=actor_cpus,
-        num_gpus=options.gpus_per_actor or None,
-    )
-    # Start every actor before the first block goes out: else the first one up takes most blocks, and
-    # a pool the cluster cannot hold fails after this wait instead of waiting for ever.
-    dataset.context.wait_for_min_actors_s = options.actor_start_timeout_s
-    batches = dataset.iter_batches(batch_size=None, batch_format="numpy")
-    for batch in _translated(
-        connection,
-        batches,
-        f"{actors} actor(s) of {actor_cpus:g} CPU and {options.gpus_per_actor:g} GPU",
-        options.actor_start_timeout_s,
-    ):
-        if cancel is not None and cancel.is_set():
-            raise JobCancelled(f"cancelled; {report.shards - collector.open_shards} shard(s) are complete.")
-        collector.take(batch)
-        report.embedded += len(batch["row"])
-        report.tokens += int(batch["tokens"].sum())
-        for worker, runtime, rss in zip(batch["worker"], batch["runtime"], batch["peak_rss_kb"], strict=True):
-            seen = report.actors.setdefault(str(worker), {"rows": 0, "peak_rss_mb": 0.0, "runtime": str(runtime)})
-            seen["rows"] += 1
-            seen["peak_rss_mb"] = max(seen["peak_rss_mb"], round(int(rss) / 1024, 1))
-        if progress is not None:
-            progress(report.rows - collector.pending_rows, report.rows)
+@dataclass
+class _Run:
+    options: RayJobOptions
+    settings: Settings
+    connection: RayConnection
+    output: OutputDir
+    cache: EmbeddingCache | None
+    provider: LocalProvider
+    collector: ShardCollector
+    report: RayJobReport
+    progress: Progress | None
+    cancel: threading.Event | None
+
+    def plan(self) -> None:
+        """Check each shard's rows; skip shards done by an earlier run; send on what the cache lacks."""
+        options, report = self.options, self.report
+        dataset = _read(self.connection.ray, options)
+        dataset.context.execution_options.preserve_order = True  # shard k must be the same rows on a rerun
+        with _iterating(dataset.iter_batches(batch_size=options.shard_rows, batch_format="pyarrow")) as batches:
+            for shard, batch in enumerate(batches):
+                self._check_cancelled()
+                report.rows += batch.num_rows
+                report.shards += 1
+                first_row = shard * options.shard_rows
+                if self.output.is_complete(shard):
+                    report.resumed += batch.num_rows
+                    continue
+                check_texts(batch, first_row, self.settings.limits)
+                plan = plan_shard(
+                    self.connection.ray, batch, shard, first_row, self.cache, self.provider, options.batch_rows
+                )
+                report.cached += plan.size - plan.pending
+                self.collector.add(plan)
+        self._report_progress()
+
+    def embed(self) -> None:
+        """Run the actors over the rows the cache lacked; each shard is written as its last vector arrives."""
+        options, report = self.options, self.report
+        actors, actor_cpus = size_actor_pool(self.connection.cpus, options.actors, options.threads_per_actor)
+        dataset = self.collector.dataset().map_batches(
+            EmbedBatch,
+            fn_constructor_kwargs={"settings": self.settings, "threads": options.threads_per_actor},
+            batch_size=options.batch_rows,
+            batch_format="numpy",
+            # Two calls queued per actor: the next block is there when one ends, and no actor hoards blocks.
+            compute=self.connection.ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=2),
+            num_cpus=actor_cpus,
+            num_gpus=options.gpus_per_actor or None,
+        )
+        # Start every actor before the first block goes out: else the first one up takes most blocks, and
+        # a pool the cluster cannot hold fails after this wait instead of waiting for ever.
+        dataset.context.wait_for_min_actors_s = options.actor_start_timeout_s
+        pool = f"{actors} actor(s) of {actor_cpus:g} CPU and {options.gpus_per_actor:g} GPU"
+        with _iterating(dataset.iter_batches(batch_size=None, batch_format="numpy")) as batches:
+            for batch in _translated(self.connection, batches, pool, options.actor_start_timeout_s):
+                self._check_cancelled()
+                self.collector.take(batch)
+                report.count(batch)
+                self._report_progress()
+
+    def _check_cancelled(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            done = self.report.shards - self.collector.open_shards
+            raise JobCancelled(f"cancelled; {done} shard(s) are complete, and a rerun starts after them.")
+
+    def _report_progress(self) -> None:
+        if self.progress is not None:
+            self.progress(self.report.rows - self.collector.pending_rows, self.report.rows)
 
 
 def _translated(connection: RayConnection, batches: Iterator[Any], pool: str, timeout_s: int) -> Iterator[Any]:
@@ -228,6 +255,19 @@ def _translated(connection: RayConnection, batches: Iterator[Any], pool: str, ti
             f"the Ray cluster ({connection.where}) did not start {pool} within {timeout_s} s: "
             "it lacks the resources; ask for fewer actors, fewer GPUs, or add nodes."
         ) from exc
+
+
+@contextmanager
+def _iterating(batches: Iterable[Any]) -> Generator[Iterator[Any], None, None]:
+    """Iterate Ray Data batches and close the iterator on the way out, so its executor stops (and its
+    actors free their CPUs) now, not when an exception's traceback is collected."""
+    iterator = iter(batches)
+    try:
+        yield iterator
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
 
 
 def size_actor_pool(cpus: float, actors: int | None, threads: int) -> tuple[int, float]:

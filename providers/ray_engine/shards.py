@@ -100,7 +100,7 @@ class ShardCollector:
     """Holds the open shards; writes each one (and caches its new vectors) once its last vector is in."""
 
     def __init__(self, ray: Any, output: OutputDir, cache: EmbeddingCache | None, space: str, dimensions: int) -> None:
-        self._ray = ray
+        self.ray = ray
         self._output = output
         self._cache = cache
         self._space = space
@@ -121,7 +121,7 @@ class ShardCollector:
 
     def dataset(self) -> Any:
         """The rows to embed, one block per shard, straight from the object store."""
-        return self._ray.data.from_arrow_refs([block for plan in self._open.values() for block in plan.texts])
+        return self.ray.data.from_arrow_refs([block for plan in self._open.values() for block in plan.texts])
 
     def take(self, batch: dict[str, npt.NDArray[Any]]) -> None:
         """File an actor's output under its shards; write the shards it completes."""
@@ -136,7 +136,7 @@ class ShardCollector:
                 self._write(self._open.pop(plan.shard))
 
     def _write(self, plan: ShardPlan) -> None:
-        ids, positions, cached_vectors, cached_dropped = self._ray.get(plan.frame)
+        ids, positions, cached_vectors, cached_dropped = self.ray.get(plan.frame)
         vectors = np.empty((plan.size, self._dimensions), dtype=np.float32)
         truncated = np.zeros(plan.size, dtype=np.int32)
         if positions.size:
@@ -152,6 +152,6 @@ class ShardCollector:
             truncated[new_positions] = new_dropped
             if self._cache is not None:
                 # The texts table is in row order, as are the sorted results.
-                texts = [text for block in self._ray.get(plan.texts) for text in block["text"].to_pylist()]
+                texts = [text for block in self.ray.get(plan.texts) for text in block["text"].to_pylist()]
                 self._cache.put_many(self._space, texts, new_vectors, new_dropped.tolist())
         self._output.write_shard(plan.shard, ids, vectors, truncated.tolist())
