@@ -13,11 +13,13 @@ report.embedded, report.cached, report.resumed, report.manifest_path
    shard file is written. So a killed job, rerun, redoes at most the shards that had no file.
 
 Why the actor pool cannot starve: Ray Data's read and write tasks each want a CPU, and a pool of
-one 1-CPU actor per core holds them all, so read → map → write on a 2-CPU Ray waits for ever.
+one 1-CPU actor per core holds them all. With Ray 2.60, read_json → two 1-CPU actors → write on a
+2-CPU Ray waits for ever: the read task stays "backpressured: ResourceBudget" (3 of 2 CPUs asked).
 Here nothing but the actors runs on Ray while they work: the input is read before they start,
 the embedding dataset is built from blocks already in the object store (no read tasks), and the
-driver writes the shards (no write tasks). Each actor asks for `threads_per_actor` CPUs, fewer
-when more actors than CPUs are asked for, so the pool always fits the cluster.
+driver writes the shards (no write tasks). So each actor can hold a whole CPU (fractional CPUs
+would let Ray put more work on a core than it has); it asks for `threads_per_actor` CPUs, fewer
+only when more actors than CPUs are asked for, so the pool always fits the cluster.
 """
 
 from __future__ import annotations
