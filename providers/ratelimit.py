@@ -29,10 +29,20 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from typing import TypeVar
 
 import anyio
 
-__all__ = ["Clock", "RateLimiter", "Sleep", "parse_duration", "parse_retry_after"]
+__all__ = [
+    "INTERACTIVE_TOKENS",
+    "Clock",
+    "RateLimiter",
+    "Sleep",
+    "WaitQueue",
+    "parse_duration",
+    "parse_retry_after",
+]
 
 Clock = Callable[[], float]
 """Monotonic seconds, like `time.monotonic`."""
@@ -46,6 +56,11 @@ _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs"
 _RATIO_DECAY = 0.7
 # Headroom, in spreads, kept over the charge of the requests the API has not yet counted.
 _HEADROOM_SPREADS = 2.0
+# Seconds a waiter whose turn has not come waits at least before it looks again.
+_MIN_POLL = 0.005
+INTERACTIVE_TOKENS = 4096
+"""Estimated tokens up to which a request counts as interactive (an agent's few texts) and goes first."""
+_T = TypeVar("_T")
 
 
 def parse_duration(value: str | None) -> float | None:
@@ -96,18 +111,40 @@ def _non_negative(raw: str | None) -> float | None:
 class _Bucket:
     """A token bucket; `capacity` None means no limit is known (nothing is held back)."""
 
-    def __init__(self, capacity: float | None, window: float, now: float) -> None:
-        self.configured = capacity
+    def __init__(self, configured: float | None, window: float, now: float) -> None:
+        self.configured = configured
         self.window = window
-        self.capacity = capacity
-        self.base_rate = capacity / window if capacity else 0.0
+        self.learned: float | None = None
+        """The limit the server last reported (None: not yet, or unlimited)."""
+        self.capacity = configured
+        self.base_rate = configured / window if configured else 0.0
         self.rate = self.base_rate
-        self.level = capacity or 0.0
+        self.level = configured or 0.0
         self.stamp = now
+
+    def state(self) -> tuple[float | None, float | None, float | None]:
+        """What other processes need to share this bucket: the learned limit, refill rate and level."""
+        known = self.capacity is not None
+        return self.learned, self.rate if known else None, self.level if known else None
+
+    def load(self, learned: float | None, rate: float | None, level: float | None, stamp: float) -> None:
+        """Take over a bucket `state()` saved at `stamp` (this process's configured limit still holds)."""
+        self.learned = learned
+        self._set_capacity()
+        cap = self.capacity
+        self.rate = min(rate, self.base_rate) if rate and cap else self.base_rate
+        self.level = (cap if level is None else min(level, cap)) if cap is not None else 0.0
+        self.stamp = stamp
+
+    def _set_capacity(self) -> None:
+        known = [limit for limit in (self.configured, self.learned) if limit is not None]
+        self.capacity = min(known) if known else None
+        self.base_rate = self.capacity / self.window if self.capacity else 0.0
 
     def refill(self, now: float) -> None:
         if self.capacity is not None:
-            self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+            # A clock that went back (another machine, a reboot) refills nothing.
+            self.level = min(self.capacity, self.level + max(0.0, now - self.stamp) * self.rate)
         self.stamp = now
 
     def wait(self, amount: float, now: float) -> float:
@@ -131,12 +168,13 @@ class _Bucket:
     def observe(self, limit: float | None, remaining: float | None, reset: float | None, now: float) -> None:
         """Fold in what the server reported about its own bucket."""
         self.refill(now)
-        if limit is not None and limit > 0:
-            learned = limit if self.configured is None else min(self.configured, limit)
-            if learned != self.capacity:
-                was_unknown = self.capacity is None
-                self.capacity, self.base_rate = learned, learned / self.window
-                self.level = learned if was_unknown else min(self.level, learned)
+        if limit is not None and limit > 0 and limit != self.learned:
+            was_unknown = self.capacity is None
+            self.learned = limit
+            self._set_capacity()
+            assert self.capacity is not None
+            self.level = self.capacity if was_unknown else min(self.level, self.capacity)
+            self.rate = self.base_rate
         if self.capacity is None or remaining is None:
             return
         self.level = min(self.level, remaining)
@@ -149,11 +187,52 @@ class _Bucket:
             self.rate = self.base_rate
 
 
+class WaitQueue:
+    """Who waits for the buckets, in turn: interactive requests (priority 0) before batch ones (1).
+
+    Each waiter holds a lease it renews while it waits; one that stops renewing (its process
+    died) drops out when the lease expires. This one lives in memory; `pacing` keeps one in SQLite.
+    """
+
+    def __init__(self) -> None:
+        self._waiters: dict[int, tuple[int, float, float]] = {}  # ticket → priority, charge, expires
+        self._last_ticket = 0
+
+    def expire(self, now: float, lease: float) -> None:
+        """Drop waiters whose lease ran out (or lies implausibly far ahead: a clock went back)."""
+        for ticket, (_, _, expires) in list(self._waiters.items()):
+            if not now <= expires <= now + lease:
+                del self._waiters[ticket]
+
+    def ahead(self, priority: int, ticket: int | None) -> list[float]:
+        """Charges of the waiters whose turn comes before this one's (a newcomer's: ticket None)."""
+        mine = (priority, math.inf if ticket is None else ticket)
+        return [charge for other, (rank, charge, _) in self._waiters.items() if (rank, other) < mine]
+
+    def hold(self, ticket: int | None, priority: int, charge: float, expires: float) -> int:
+        """Join the queue (ticket None) or renew the lease; returns the ticket."""
+        if ticket is None:
+            self._last_ticket += 1
+            ticket = self._last_ticket
+        self._waiters[ticket] = (priority, charge, expires)
+        return ticket
+
+    def leave(self, ticket: int) -> None:
+        self._waiters.pop(ticket, None)
+
+
 class RateLimiter:
     """Requests-per-minute and tokens-per-minute buckets shared by every request of a provider.
 
     `rpm`/`tpm` None: no client-side limit until the API's `x-ratelimit-limit-*` headers tell one.
+    Requests of at most `interactive_tokens` estimated tokens (an agent's call of a few texts)
+    take their turn before bigger ones; among equals, requests leave in the order they asked.
     """
+
+    lease = 5.0
+    """Seconds a waiter's place in the queue lasts unless renewed."""
+    _renew_every = math.inf
+    """Seconds a waiter sleeps at most before it renews its lease (in one process, no need)."""
 
     def __init__(
         self,
@@ -161,6 +240,7 @@ class RateLimiter:
         tpm: float | None = None,
         *,
         window: float = 60.0,
+        interactive_tokens: int = INTERACTIVE_TOKENS,
         clock: Clock = time.monotonic,
         sleep: Sleep = anyio.sleep,
     ) -> None:
@@ -172,7 +252,10 @@ class RateLimiter:
         self._requests = _Bucket(rpm, window, now)
         self._tokens = _Bucket(tpm, window, now)
         self._paused_until = now
-        self._lock = anyio.Lock()  # FIFO: requests leave in the order they asked
+        self._queue = WaitQueue()
+        self._interactive_tokens = interactive_tokens
+        # One lane per priority, each FIFO: a process has at most one waiter of each in the queue.
+        self._lanes = (anyio.Lock(), anyio.Lock())
         self._estimated_sum = 0.0
         self._used_sum = 0.0
         self._spread = 0.0
@@ -181,12 +264,12 @@ class RateLimiter:
     @property
     def rpm(self) -> float | None:
         """The request limit in force (configured, or learned from the headers)."""
-        return self._requests.capacity
+        return self._synced(lambda: self._requests.capacity)
 
     @property
     def tpm(self) -> float | None:
         """The token limit in force (configured, or learned from the headers)."""
-        return self._tokens.capacity
+        return self._synced(lambda: self._tokens.capacity)
 
     @property
     def token_ratio(self) -> float:
@@ -202,29 +285,59 @@ class RateLimiter:
         """Tokens `acquire(tokens)` would take from the token bucket right now."""
         return math.ceil(tokens * self.token_ratio)
 
-    async def acquire(self, tokens: int = 0) -> int:
+    async def acquire(self, tokens: int = 0, *, interactive: bool | None = None) -> int:
         """Wait until one request and `tokens` estimated tokens fit; return the tokens charged.
 
-        Every charge must later be `settle`d, whether the request succeeded or not.
+        `interactive` None: a request of at most `interactive_tokens` is. Every charge must later
+        be `settle`d, whether the request succeeded or not.
         """
         charge = self.charge_for(tokens)
-        async with self._lock:
-            while True:
-                now = self._clock()
-                # When the estimate is not exact, keep headroom for how far the API's count of
-                # this request and of those it has not yet answered may exceed their charge.
-                headroom = _HEADROOM_SPREADS * self._spread * (charge + self._outstanding)
-                wait = max(
-                    self._paused_until - now,
-                    self._requests.wait(1, now),
-                    self._tokens.wait(charge + headroom, now),
-                )
-                if wait <= 0:
-                    self._requests.take(1)
-                    self._tokens.take(charge)
-                    self._outstanding += charge
-                    return charge
-                await self._sleep(wait)
+        priority = 0 if (tokens <= self._interactive_tokens if interactive is None else interactive) else 1
+        async with self._lanes[priority]:
+            ticket: int | None = None
+            try:
+                while True:
+                    # When the estimate is not exact, keep headroom for how far the API's count of
+                    # this request and of those it has not yet answered may exceed their charge.
+                    headroom = _HEADROOM_SPREADS * self._spread * (charge + self._outstanding)
+                    wait, ticket = self._synced(partial(self._take_or_queue, charge, headroom, priority, ticket))
+                    if wait <= 0:
+                        self._outstanding += charge
+                        return charge
+                    await self._sleep(wait)
+            finally:
+                if ticket is not None:  # cancelled while waiting: give the place up now
+                    self._synced(partial(self._leave, ticket))
+
+    def _take_or_queue(
+        self, charge: int, headroom: float, priority: int, ticket: int | None
+    ) -> tuple[float, int | None]:
+        """Take the request's share if it fits and its turn has come (0, None), else (seconds to wait, ticket)."""
+        now = self._clock()
+        self._queue.expire(now, self.lease)
+        ahead = self._queue.ahead(priority, ticket)
+        wait = max(
+            self._paused_until - now,
+            self._requests.wait(1 + len(ahead), now),
+            self._tokens.wait(sum(ahead) + charge + headroom, now),
+        )
+        if wait <= 0 and not ahead:
+            self._requests.take(1)
+            self._tokens.take(charge)
+            if ticket is not None:
+                self._queue.leave(ticket)
+            return 0.0, None
+        ticket = self._queue.hold(ticket, priority, charge, now + self.lease)
+        if ahead:  # they may be slow to take their turn: look again soon
+            wait = max(wait, _MIN_POLL)
+        return min(wait, self._renew_every), ticket
+
+    def _leave(self, ticket: int) -> None:
+        self._queue.leave(ticket)
+
+    def _synced(self, change: Callable[[], _T]) -> _T:
+        """Run `change` on the buckets and queue; a shared pacer loads and saves them around it."""
+        return change()
 
     def settle(self, charged: int, estimated: int, used: int | None) -> None:
         """Close a charge: the API counted `used` tokens (0: it refused the request; None: unknown).
@@ -235,7 +348,7 @@ class RateLimiter:
         self._outstanding = max(0, self._outstanding - charged)
         if used is None:
             return  # a timeout or dropped connection: the API may have counted it, keep the charge
-        self._tokens.give_back(charged - used, self._clock())
+        self._synced(lambda: self._tokens.give_back(charged - used, self._clock()))
         if estimated > 0 and used > 0:
             predicted = self.token_ratio
             observed = used / estimated
@@ -246,16 +359,30 @@ class RateLimiter:
 
     def pause(self, seconds: float) -> None:
         """Send nothing for `seconds` (the server said to retry after that long)."""
-        self._paused_until = max(self._paused_until, self._clock() + max(0.0, seconds))
+
+        def hold() -> None:
+            self._paused_until = max(self._paused_until, self._clock() + max(0.0, seconds))
+
+        self._synced(hold)
 
     def update_from_headers(self, headers: Mapping[str, str]) -> None:
         """Adapt to `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`; missing or -1 values are ignored."""
         lowered = {name.lower(): value for name, value in headers.items()}
-        now = self._clock()
-        for kind, bucket in (("requests", self._requests), ("tokens", self._tokens)):
-            bucket.observe(
+        reported = [
+            (
+                bucket,
                 _non_negative(lowered.get(f"x-ratelimit-limit-{kind}")),
                 _non_negative(lowered.get(f"x-ratelimit-remaining-{kind}")),
                 parse_duration(lowered.get(f"x-ratelimit-reset-{kind}")),
-                now,
             )
+            for kind, bucket in (("requests", self._requests), ("tokens", self._tokens))
+        ]
+        if all(values[1:] == (None, None, None) for values in reported):
+            return
+
+        def observe() -> None:
+            now = self._clock()
+            for bucket, limit, remaining, reset in reported:
+                bucket.observe(limit, remaining, reset, now)
+
+        self._synced(observe)

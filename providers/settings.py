@@ -80,6 +80,8 @@ class Settings:
     fallback: FallbackPolicy = field(default_factory=FallbackPolicy)
     cache: bool = True
     """Keep vectors in a persistent cache under the data directory, keyed by vector space and text."""
+    shared_pacing: bool = True
+    """Pace remote requests together with every process sharing the data directory, endpoint and key."""
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -125,6 +127,7 @@ class Settings:
                 cooldown_s=_number(env, "SIGNAL_HUB_CIRCUIT_COOLDOWN_S", float, _positive("seconds"), 60.0),
             ),
             cache=env.get("SIGNAL_HUB_CACHE", "on").strip().lower() not in {"off", "0", "false", "no"},
+            shared_pacing=env.get("SIGNAL_HUB_SHARED_PACING", "on").strip().lower() not in {"off", "0", "false", "no"},
             budget=Budget(
                 soft_usd=_optional(env, "SIGNAL_HUB_BUDGET_SOFT_USD", float, _NON_NEGATIVE_USD),
                 hard_usd=_optional(env, "SIGNAL_HUB_BUDGET_HARD_USD", float, _NON_NEGATIVE_USD),
