@@ -28,13 +28,14 @@ import hashlib
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
 import anyio
 
 from .ratelimit import INTERACTIVE_TOKENS, Clock, RateLimiter, Sleep, WaitQueue
+from .sqlite import write_transaction
 
 __all__ = ["PACER_FILE", "SharedPacer", "build_limiter", "pacer_scope"]
 
@@ -129,7 +130,9 @@ class SharedPacer(RateLimiter):
     locally until then). `clock` must be shared by the processes: wall time by default.
     """
 
-    _renew_every = RateLimiter.lease / 4
+    @property
+    def _renew_every(self) -> float:  # type: ignore[override]
+        return self.lease / 4
 
     def __init__(
         self,
@@ -181,8 +184,9 @@ class SharedPacer(RateLimiter):
             db = sqlite3.connect(self.path, timeout=self._lock_timeout, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("BEGIN IMMEDIATE")
-            db.executescript(_SCHEMA + ";COMMIT")
+            with write_transaction(db):
+                for statement in filter(None, (part.strip() for part in _SCHEMA.split(";"))):
+                    db.execute(statement)
         except (OSError, sqlite3.Error) as exc:
             self._fall_back(exc)
             return None
@@ -276,9 +280,17 @@ class SharedPacer(RateLimiter):
 
     def settle(self, charged: int, estimated: int, used: int | None) -> None:
         super().settle(charged, estimated, used)
+        if used is None:  # no answer, so no headers will come: let another request find the limits out
+            self._end_probe()
+
+    def update_from_headers(self, headers: Mapping[str, str]) -> None:
+        super().update_from_headers(headers)
+        self._end_probe()  # saved after what the headers taught, so the next request knows it
+
+    def _end_probe(self) -> None:
         if self._probe_until > 0:
 
             def answered() -> None:
-                self._probe_until = 0.0  # the probe's answer is in; its headers come next
+                self._probe_until = 0.0
 
             self._synced(answered)
