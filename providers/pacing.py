@@ -159,6 +159,7 @@ class SharedPacer(RateLimiter):
         self._local_queue = self._queue
         self._probe_until = 0.0
         self._probes = 0
+        self._refunds = 0  # tokens settled but not yet given back to the shared bucket
 
     @property
     def shared(self) -> bool:
@@ -229,6 +230,9 @@ class SharedPacer(RateLimiter):
         # Both buckets are saved with one stamp: bring both to now first.
         self._requests.refill(now)
         self._tokens.refill(now)
+        if self._refunds:
+            self._tokens.give_back(self._refunds, now)
+            self._refunds = 0
 
     def _save(self, db: sqlite3.Connection) -> None:
         db.execute(
@@ -278,17 +282,25 @@ class SharedPacer(RateLimiter):
         unknown = self._requests.capacity is None and self._tokens.capacity is None
         return unknown and self._db is not None and self._probes < _MAX_PROBES
 
+    def _refund(self, tokens: int) -> None:
+        # Given back in the next transaction (the headers' update follows at once): one fewer per request.
+        if self._connection() is None:
+            super()._refund(tokens)
+        else:
+            self._refunds += tokens
+
     def settle(self, charged: int, estimated: int, used: int | None) -> None:
         super().settle(charged, estimated, used)
         if used is None:  # no answer, so no headers will come: let another request find the limits out
-            self._end_probe()
+            self._flush()
 
     def update_from_headers(self, headers: Mapping[str, str]) -> None:
         super().update_from_headers(headers)
-        self._end_probe()  # saved after what the headers taught, so the next request knows it
+        self._flush()  # a probe ends after what the headers taught is saved, so the next request knows it
 
-    def _end_probe(self) -> None:
-        if self._probe_until > 0:
+    def _flush(self) -> None:
+        """End a probe, and give back what was settled if no transaction has done so yet."""
+        if self._probe_until > 0 or self._refunds:
 
             def answered() -> None:
                 self._probe_until = 0.0

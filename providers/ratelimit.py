@@ -116,6 +116,8 @@ class _Bucket:
         self.window = window
         self.learned: float | None = None
         """The limit the server last reported (None: not yet, or unlimited)."""
+        self.measured: float | None = None
+        """The server's refill rate as its `reset` header tells it (None: not measured)."""
         self.capacity = configured
         self.base_rate = configured / window if configured else 0.0
         self.rate = self.base_rate
@@ -124,15 +126,13 @@ class _Bucket:
 
     def state(self) -> tuple[float | None, float | None, float | None]:
         """What other processes need to share this bucket: the learned limit, refill rate and level."""
-        known = self.capacity is not None
-        return self.learned, self.rate if known else None, self.level if known else None
+        return self.learned, self.measured, self.level if self.capacity is not None else None
 
-    def load(self, learned: float | None, rate: float | None, level: float | None, stamp: float) -> None:
+    def load(self, learned: float | None, measured: float | None, level: float | None, stamp: float) -> None:
         """Take over a bucket `state()` saved at `stamp` (this process's configured limit still holds)."""
-        self.learned = learned
+        self.learned, self.measured = learned, measured
         self._set_capacity()
         cap = self.capacity
-        self.rate = min(rate, self.base_rate) if rate and cap else self.base_rate
         self.level = (cap if level is None else min(level, cap)) if cap is not None else 0.0
         self.stamp = stamp
 
@@ -140,6 +140,8 @@ class _Bucket:
         known = [limit for limit in (self.configured, self.learned) if limit is not None]
         self.capacity = min(known) if known else None
         self.base_rate = self.capacity / self.window if self.capacity else 0.0
+        # The rate never rises above the configured one.
+        self.rate = min(self.measured, self.base_rate) if self.measured and self.capacity else self.base_rate
 
     def refill(self, now: float) -> None:
         if self.capacity is not None:
@@ -153,7 +155,8 @@ class _Bucket:
         if self.capacity is None:
             return 0.0
         missing = min(amount, self.capacity) - self.level
-        return missing / self.rate if missing > 0 else 0.0
+        # Under a microsecond is rounding: a wall clock's seconds since 1970 cannot move by less.
+        return missing / self.rate if missing > 1e-6 * self.rate else 0.0
 
     def take(self, amount: float) -> None:
         # A request larger than the bucket goes when the bucket is full and leaves a debt.
@@ -174,17 +177,14 @@ class _Bucket:
             self._set_capacity()
             assert self.capacity is not None
             self.level = self.capacity if was_unknown else min(self.level, self.capacity)
-            self.rate = self.base_rate
         if self.capacity is None or remaining is None:
             return
         self.level = min(self.level, remaining)
         # `reset` is when the server's bucket will be full again: that gives its refill rate.
-        # Only a sizeable gap measures it well; the rate never rises above the configured one.
+        # Only a sizeable gap measures it well.
         gap = self.capacity - remaining
-        if reset is not None and reset > 0 and gap >= 0.05 * self.capacity:
-            self.rate = min(self.base_rate, gap / reset)
-        else:
-            self.rate = self.base_rate
+        self.measured = gap / reset if reset is not None and reset > 0 and gap >= 0.05 * self.capacity else None
+        self._set_capacity()
 
 
 class WaitQueue:
@@ -348,7 +348,7 @@ class RateLimiter:
         self._outstanding = max(0, self._outstanding - charged)
         if used is None:
             return  # a timeout or dropped connection: the API may have counted it, keep the charge
-        self._synced(lambda: self._tokens.give_back(charged - used, self._clock()))
+        self._refund(charged - used)
         if estimated > 0 and used > 0:
             predicted = self.token_ratio
             observed = used / estimated
@@ -356,6 +356,9 @@ class RateLimiter:
             self._spread = self._spread * _RATIO_DECAY + error * (1 - _RATIO_DECAY)
             self._estimated_sum = self._estimated_sum * _RATIO_DECAY + estimated
             self._used_sum = self._used_sum * _RATIO_DECAY + used
+
+    def _refund(self, tokens: int) -> None:
+        self._tokens.give_back(tokens, self._clock())
 
     def pause(self, seconds: float) -> None:
         """Send nothing for `seconds` (the server said to retry after that long)."""
