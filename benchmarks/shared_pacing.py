@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -183,6 +184,8 @@ def run(n: int, args: argparse.Namespace) -> dict[str, float]:
         (Path(data_dir) / "stop").touch()
         latencies = last_json(agent, timeout=60)
         tokens, requests, refused = server.tokens_served, server.request_count, server.rate_limited_count
+        if os.environ.get("DEBUG_429"):
+            print([(i, len(r.inputs)) for i, r in enumerate(server.requests) if r.status == 429], file=sys.stderr)
     seconds = max(r["ended"] for r in reports) - min(r["started"] for r in reports)
     minutes = seconds * args.time_scale / 60
     best = max((tokens - args.tpm) / args.tpm, 0.0)

@@ -49,7 +49,10 @@ CREATE TABLE IF NOT EXISTS pacer (
     tokens_limit REAL, tokens_rate REAL, tokens_level REAL,
     stamp REAL NOT NULL,
     paused_until REAL NOT NULL,
-    probe_until REAL NOT NULL
+    probe_until REAL NOT NULL,
+    estimated_sum REAL NOT NULL,
+    used_sum REAL NOT NULL,
+    spread REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS pacer_waiters (
     ticket INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -160,6 +163,7 @@ class SharedPacer(RateLimiter):
         self._probe_until = 0.0
         self._probes = 0
         self._refunds = 0  # tokens settled but not yet given back to the shared bucket
+        self._lessons: list[tuple[int, int]] = []  # (estimated, used) not yet taught to the shared ratio
 
     @property
     def shared(self) -> bool:
@@ -219,7 +223,7 @@ class SharedPacer(RateLimiter):
     def _load(self, db: sqlite3.Connection) -> None:
         row = db.execute(
             "SELECT requests_limit, requests_rate, requests_level, tokens_limit, tokens_rate, tokens_level,"
-            " stamp, paused_until, probe_until FROM pacer WHERE scope = ?",
+            " stamp, paused_until, probe_until, estimated_sum, used_sum, spread FROM pacer WHERE scope = ?",
             (self._scope,),
         ).fetchone()
         now = self._clock()
@@ -227,16 +231,20 @@ class SharedPacer(RateLimiter):
             self._requests.load(row[0], row[1], row[2], row[6])
             self._tokens.load(row[3], row[4], row[5], row[6])
             self._paused_until, self._probe_until = row[7], row[8]
+            self._estimated_sum, self._used_sum, self._spread = row[9], row[10], row[11]
         # Both buckets are saved with one stamp: bring both to now first.
         self._requests.refill(now)
         self._tokens.refill(now)
         if self._refunds:
             self._tokens.give_back(self._refunds, now)
             self._refunds = 0
+        for estimated, used in self._lessons:
+            super()._learn(estimated, used)
+        self._lessons.clear()
 
     def _save(self, db: sqlite3.Connection) -> None:
         db.execute(
-            "INSERT OR REPLACE INTO pacer VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO pacer VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 self._scope,
                 *self._requests.state(),
@@ -244,6 +252,9 @@ class SharedPacer(RateLimiter):
                 max(self._requests.stamp, self._tokens.stamp),
                 self._paused_until,
                 self._probe_until,
+                self._estimated_sum,
+                self._used_sum,
+                self._spread,
             ),
         )
 
@@ -263,20 +274,19 @@ class SharedPacer(RateLimiter):
 
     # while no limit is known
 
-    def _take_or_queue(
-        self, charge: int, headroom: float, priority: int, ticket: int | None
-    ) -> tuple[float, int | None]:
+    def _take_or_queue(self, tokens: int, priority: int, ticket: int | None) -> tuple[float, int | None, int]:
         if not self._probing():
-            return super()._take_or_queue(charge, headroom, priority, ticket)
+            return super()._take_or_queue(tokens, priority, ticket)
         now = self._clock()
         if self._probe_until > now:  # another request is finding the limits out: wait for its answer
+            charge = self.charge_for(tokens)
             ticket = self._queue.hold(ticket, priority, charge, now + self.lease)
-            return min(self._probe_until - now, _PROBE_POLL), ticket
-        waited, ticket = super()._take_or_queue(charge, headroom, priority, ticket)
+            return min(self._probe_until - now, _PROBE_POLL), ticket, charge
+        waited, ticket, charge = super()._take_or_queue(tokens, priority, ticket)
         if waited <= 0:
             self._probe_until = now + self.lease
             self._probes += 1
-        return waited, ticket
+        return waited, ticket, charge
 
     def _probing(self) -> bool:
         unknown = self._requests.capacity is None and self._tokens.capacity is None
@@ -289,6 +299,13 @@ class SharedPacer(RateLimiter):
         else:
             self._refunds += tokens
 
+    def _learn(self, estimated: int, used: int) -> None:
+        # Every process estimates alike, so what one learns of the API's count serves all.
+        if self._connection() is None:
+            super()._learn(estimated, used)
+        else:
+            self._lessons.append((estimated, used))
+
     def settle(self, charged: int, estimated: int, used: int | None) -> None:
         super().settle(charged, estimated, used)
         if used is None:  # no answer, so no headers will come: let another request find the limits out
@@ -300,7 +317,7 @@ class SharedPacer(RateLimiter):
 
     def _flush(self) -> None:
         """End a probe, and give back what was settled if no transaction has done so yet."""
-        if self._probe_until > 0 or self._refunds:
+        if self._probe_until > 0 or self._refunds or self._lessons:
 
             def answered() -> None:
                 self._probe_until = 0.0

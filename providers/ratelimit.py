@@ -291,16 +291,12 @@ class RateLimiter:
         `interactive` None: a request of at most `interactive_tokens` is. Every charge must later
         be `settle`d, whether the request succeeded or not.
         """
-        charge = self.charge_for(tokens)
         priority = 0 if (tokens <= self._interactive_tokens if interactive is None else interactive) else 1
         async with self._lanes[priority]:
             ticket: int | None = None
             try:
                 while True:
-                    # When the estimate is not exact, keep headroom for how far the API's count of
-                    # this request and of those it has not yet answered may exceed their charge.
-                    headroom = _HEADROOM_SPREADS * self._spread * (charge + self._outstanding)
-                    wait, ticket = self._synced(partial(self._take_or_queue, charge, headroom, priority, ticket))
+                    wait, ticket, charge = self._synced(partial(self._take_or_queue, tokens, priority, ticket))
                     if wait <= 0:
                         self._outstanding += charge
                         return charge
@@ -309,10 +305,15 @@ class RateLimiter:
                 if ticket is not None:  # cancelled while waiting: give the place up now
                     self._synced(partial(self._leave, ticket))
 
-    def _take_or_queue(
-        self, charge: int, headroom: float, priority: int, ticket: int | None
-    ) -> tuple[float, int | None]:
-        """Take the request's share if it fits and its turn has come (0, None), else (seconds to wait, ticket)."""
+    def _take_or_queue(self, tokens: int, priority: int, ticket: int | None) -> tuple[float, int | None, int]:
+        """Take the request's share if it fits and its turn has come, else hold its place.
+
+        Returns (seconds to wait: 0 when taken, the ticket of its place, the tokens charged).
+        """
+        charge = self.charge_for(tokens)
+        # When the estimate is not exact, keep headroom for how far the API's count of this
+        # request and of those it has not yet answered may exceed their charge.
+        headroom = _HEADROOM_SPREADS * self._spread * (charge + self._outstanding)
         now = self._clock()
         self._queue.expire(now, self.lease)
         ahead = self._queue.ahead(priority, ticket)
@@ -326,11 +327,11 @@ class RateLimiter:
             self._tokens.take(charge)
             if ticket is not None:
                 self._queue.leave(ticket)
-            return 0.0, None
+            return 0.0, None, charge
         ticket = self._queue.hold(ticket, priority, charge, now + self.lease)
         if ahead:  # they may be slow to take their turn: look again soon
             wait = max(wait, _MIN_POLL)
-        return min(wait, self._renew_every), ticket
+        return min(wait, self._renew_every), ticket, charge
 
     def _leave(self, ticket: int) -> None:
         self._queue.leave(ticket)
@@ -350,12 +351,15 @@ class RateLimiter:
             return  # a timeout or dropped connection: the API may have counted it, keep the charge
         self._refund(charged - used)
         if estimated > 0 and used > 0:
-            predicted = self.token_ratio
-            observed = used / estimated
-            error = abs(observed - predicted) / predicted if self._estimated_sum > 0 else 0.0
-            self._spread = self._spread * _RATIO_DECAY + error * (1 - _RATIO_DECAY)
-            self._estimated_sum = self._estimated_sum * _RATIO_DECAY + estimated
-            self._used_sum = self._used_sum * _RATIO_DECAY + used
+            self._learn(estimated, used)
+
+    def _learn(self, estimated: int, used: int) -> None:
+        predicted = self.token_ratio
+        observed = used / estimated
+        error = abs(observed - predicted) / predicted if self._estimated_sum > 0 else 0.0
+        self._spread = self._spread * _RATIO_DECAY + error * (1 - _RATIO_DECAY)
+        self._estimated_sum = self._estimated_sum * _RATIO_DECAY + estimated
+        self._used_sum = self._used_sum * _RATIO_DECAY + used
 
     def _refund(self, tokens: int) -> None:
         self._tokens.give_back(tokens, self._clock())

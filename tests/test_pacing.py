@@ -196,7 +196,7 @@ async def test_a_dead_waiters_turn_lapses_with_its_lease(path: Path, clock: Virt
     dead, alive = pacer(path, clock, tpm=6000), pacer(path, clock, tpm=6000)
     await clock.run(partial(dead.acquire, 6000, interactive=False))
     # It queues for another full bucket, then its process dies: it never comes back.
-    wait, ticket = dead._synced(partial(dead._take_or_queue, 6000, 0.0, 1, None))
+    wait, ticket, _ = dead._synced(partial(dead._take_or_queue, 6000, 1, None))
     assert wait > 0 and ticket is not None
     started = clock.now
     await clock.run(partial(alive.acquire, 100, interactive=False))
