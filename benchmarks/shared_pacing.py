@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -184,8 +183,6 @@ def run(n: int, args: argparse.Namespace) -> dict[str, float]:
         (Path(data_dir) / "stop").touch()
         latencies = last_json(agent, timeout=60)
         tokens, requests, refused = server.tokens_served, server.request_count, server.rate_limited_count
-        if os.environ.get("DEBUG_429"):
-            print([(i, len(r.inputs)) for i, r in enumerate(server.requests) if r.status == 429], file=sys.stderr)
     seconds = max(r["ended"] for r in reports) - min(r["started"] for r in reports)
     minutes = seconds * args.time_scale / 60
     best = max((tokens - args.tpm) / args.tpm, 0.0)
@@ -247,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{'N':>2} {'real s':>7} {'of ceiling':>10} {'requests':>8} {'429s':>5} {'429/req':>8} "
         f"{'idle p95':>8} {'run p95':>8} {'calls':>5}"
     )
-    for n in (int(part) for part in args.processes.split(",")):
+    for n in (int(part) for part in args.processes.split(",") if part):
         r = run(n, args)
         print(
             f"{n:>2} {r['seconds']:7.1f} {r['ceiling']:10.1%} {r['requests']:8.0f} {r['refused']:5.0f} "

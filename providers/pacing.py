@@ -7,9 +7,11 @@ charged = await pacer.acquire(estimated_tokens)   # the same interface as `RateL
 
 Each process that shares a data directory paces its requests against the same buckets: one row
 per endpoint and SHA-256 of the key (never the key) holds the request and token buckets, the
-limits the rate-limit headers last reported and any pause a 429 asked for. Every operation loads
+limits the rate-limit headers last reported, any pause a 429 asked for and the learned ratio of
+the API's token count to the estimate (every process estimates alike). Every operation loads
 that row, applies `RateLimiter`'s own logic and saves it back in one short IMMEDIATE transaction;
-waiting happens outside it.
+waiting happens outside it. A settled request's refund and lesson ride on the transaction of the
+headers' update that follows it, so a request costs two transactions when it need not wait.
 
 Turns are kept in a queue table: interactive requests (a few texts) first, then in the order
 they asked. A waiter holds its place by a lease it renews while it waits, so a process that dies
@@ -189,6 +191,8 @@ class SharedPacer(RateLimiter):
             db = sqlite3.connect(self.path, timeout=self._lock_timeout, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            # `_begin` waits for the lock itself; SQLite's own handler sleeps 1-100 ms at a time.
+            db.execute("PRAGMA busy_timeout=0")
             with write_transaction(db):
                 for statement in filter(None, (part.strip() for part in _SCHEMA.split(";"))):
                     db.execute(statement)
@@ -205,7 +209,7 @@ class SharedPacer(RateLimiter):
             return change()
         changed = False
         try:
-            db.execute("BEGIN IMMEDIATE")
+            self._begin(db)
             try:
                 self._load(db)
                 result, changed = change(), True
@@ -219,6 +223,20 @@ class SharedPacer(RateLimiter):
             if not changed:
                 return change()
         return result
+
+    def _begin(self, db: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, trying again every fraction of a millisecond up to `lock_timeout` seconds."""
+        deadline = time.monotonic() + self._lock_timeout
+        pause = 0.0001
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)  # blocks the loop as SQLite's busy handler would, for less
+            pause = min(2 * pause, 0.002)
 
     def _load(self, db: sqlite3.Connection) -> None:
         row = db.execute(

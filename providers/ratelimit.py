@@ -19,6 +19,10 @@ usage it reports, so an over-counting estimate does not throttle the client to a
 its allowance; when that ratio varies from request to request, the limiter keeps headroom in
 proportion, so a request the API counts higher than expected does not meet a 429.
 
+Requests take turns: those of at most `INTERACTIVE_TOKENS` estimated tokens (an agent's call
+of a few texts) before bigger ones, otherwise in the order they asked (`WaitQueue`). The state
+lives in this object here; `pacing.SharedPacer` keeps the same state in SQLite for many processes.
+
 Clock and sleep are injectable: unit tests run on a fake clock and never sleep.
 """
 

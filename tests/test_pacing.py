@@ -14,8 +14,10 @@ import anyio.lowlevel
 import pytest
 
 from providers import pacing
+from providers.openai import OpenAIProvider
 from providers.pacing import PACER_FILE, SharedPacer, build_limiter, pacer_scope
 from providers.ratelimit import RateLimiter
+from providers.settings import Settings
 
 ENDPOINT = "https://api.example.test/v1"
 KEY = "sk-secret-key-1234"
@@ -264,7 +266,6 @@ async def test_a_locked_database_falls_back_to_pacing_alone_and_says_so_once(
     try:
         second = SharedPacer(path, ENDPOINT, KEY, tpm=1000, clock=clock, sleep=clock.sleep, lock_timeout=0.01)
         first._lock_timeout = 0.01
-        first._db.execute("PRAGMA busy_timeout=10")  # type: ignore[union-attr]
         await clock.run(partial(second.acquire, 600), partial(first.acquire, 100))
         await clock.run(partial(second.acquire, 100))
         assert not second.shared and not first.shared
@@ -303,3 +304,11 @@ def _waiters(path: Path) -> int:
         return int(db.execute("SELECT count(*) FROM pacer_waiters").fetchone()[0])
     finally:
         db.close()
+
+
+def test_providers_built_from_settings_share_their_pacing_unless_turned_off(tmp_path: Path) -> None:
+    shared = OpenAIProvider.from_settings(Settings(data_dir=tmp_path, openai_api_key=KEY)).limiter
+    assert isinstance(shared, SharedPacer) and shared.path == tmp_path / PACER_FILE
+    off = Settings.from_env({"SIGNAL_HUB_DATA_DIR": str(tmp_path), "SIGNAL_HUB_SHARED_PACING": "off"})
+    assert off.shared_pacing is False and Settings.from_env({}).shared_pacing is True
+    assert type(OpenAIProvider.from_settings(off).limiter) is RateLimiter
