@@ -37,7 +37,6 @@ from typing import TypeVar
 import anyio
 
 from .ratelimit import INTERACTIVE_TOKENS, Clock, RateLimiter, Sleep, WaitQueue
-from .sqlite import write_transaction
 
 __all__ = ["PACER_FILE", "SharedPacer", "build_limiter", "pacer_scope"]
 
@@ -188,14 +187,18 @@ class SharedPacer(RateLimiter):
             return None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=self._lock_timeout, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
+            db = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
+            # We wait for locks ourselves (`_locked`): SQLite's handler sleeps 1-100 ms at a time.
+            self._locked(db, "PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            # `_begin` waits for the lock itself; SQLite's own handler sleeps 1-100 ms at a time.
-            db.execute("PRAGMA busy_timeout=0")
-            with write_transaction(db):
+            self._locked(db, "BEGIN IMMEDIATE")
+            try:
                 for statement in filter(None, (part.strip() for part in _SCHEMA.split(";"))):
                     db.execute(statement)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
         except (OSError, sqlite3.Error) as exc:
             self._fall_back(exc)
             return None
@@ -209,7 +212,7 @@ class SharedPacer(RateLimiter):
             return change()
         changed = False
         try:
-            self._begin(db)
+            self._locked(db, "BEGIN IMMEDIATE")
             try:
                 self._load(db)
                 result, changed = change(), True
@@ -224,13 +227,13 @@ class SharedPacer(RateLimiter):
                 return change()
         return result
 
-    def _begin(self, db: sqlite3.Connection) -> None:
-        """BEGIN IMMEDIATE, trying again every fraction of a millisecond up to `lock_timeout` seconds."""
+    def _locked(self, db: sqlite3.Connection, statement: str) -> None:
+        """Run `statement`, trying again every fraction of a millisecond for `lock_timeout` seconds."""
         deadline = time.monotonic() + self._lock_timeout
         pause = 0.0001
         while True:
             try:
-                db.execute("BEGIN IMMEDIATE")
+                db.execute(statement)
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() + pause > deadline:
