@@ -46,8 +46,8 @@ PACER_FILE = "pacer.sqlite3"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pacer (
     scope TEXT PRIMARY KEY,
-    requests_limit REAL, requests_rate REAL, requests_level REAL,
-    tokens_limit REAL, tokens_rate REAL, tokens_level REAL,
+    requests_limit REAL, requests_measured_rate REAL, requests_level REAL,
+    tokens_limit REAL, tokens_measured_rate REAL, tokens_level REAL,
     stamp REAL NOT NULL,
     paused_until REAL NOT NULL,
     probe_until REAL NOT NULL,
@@ -243,7 +243,8 @@ class SharedPacer(RateLimiter):
 
     def _load(self, db: sqlite3.Connection) -> None:
         row = db.execute(
-            "SELECT requests_limit, requests_rate, requests_level, tokens_limit, tokens_rate, tokens_level,"
+            "SELECT requests_limit, requests_measured_rate, requests_level,"
+            " tokens_limit, tokens_measured_rate, tokens_level,"
             " stamp, paused_until, probe_until, estimated_sum, used_sum, spread FROM pacer WHERE scope = ?",
             (self._scope,),
         ).fetchone()

@@ -312,3 +312,34 @@ def test_providers_built_from_settings_share_their_pacing_unless_turned_off(tmp_
     off = Settings.from_env({"SIGNAL_HUB_DATA_DIR": str(tmp_path), "SIGNAL_HUB_SHARED_PACING": "off"})
     assert off.shared_pacing is False and Settings.from_env({}).shared_pacing is True
     assert type(OpenAIProvider.from_settings(off).limiter) is RateLimiter
+
+
+@pytest.mark.anyio
+async def test_a_probe_that_got_no_answer_lets_the_next_request_try(path: Path, clock: VirtualTime) -> None:
+    first, second = pacer(path, clock), pacer(path, clock)
+    await clock.run(partial(first.acquire, 100))
+    first.settle(100, 100, None)  # timed out: no headers will come
+    started = clock.now
+    await clock.run(partial(second.acquire, 100))
+    assert clock.now == started
+
+
+@pytest.mark.anyio
+async def test_a_database_broken_mid_run_falls_back_and_keeps_learning_alone(
+    path: Path, clock: VirtualTime, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = pacer(path, clock, tpm=1000)
+    await clock.run(partial(client.acquire, 100))
+    vandal = sqlite3.connect(path, isolation_level=None)
+    vandal.execute("DROP TABLE pacer")
+    vandal.close()
+    charged = 0
+
+    async def use() -> None:
+        nonlocal charged
+        charged = await client.acquire(400)
+
+    await clock.run(use)
+    client.settle(charged, estimated=400, used=200)
+    assert not client.shared and client.token_ratio == pytest.approx(0.5)
+    assert capsys.readouterr().err.count("paces itself alone") == 1
