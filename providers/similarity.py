@@ -85,8 +85,9 @@ def find_duplicate_groups(vectors: npt.ArrayLike, threshold: float, *, block_row
     roots = _roots(parent)
     groups = []
     for members in _members_by_root(roots):
-        block = unit[members]
-        groups.append(DuplicateGroup(tuple(int(i) for i in members), float((block @ block.T).min())))
+        group = unit[members]
+        least = min(float((group[i : i + block_rows] @ group.T).min()) for i in range(0, len(group), block_rows))
+        groups.append(DuplicateGroup(tuple(int(i) for i in members), least))
     groups.sort(key=lambda group: (-len(group.indexes), group.indexes[0]))
     return Duplicates(tuple(groups), pairs_checked=n * (n - 1) // 2)
 
