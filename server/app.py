@@ -141,11 +141,12 @@ async def find_duplicates(
                 )
             )
             left -= len(group.indexes)
-        more = None
-        if shown_indexes < sum(sizes):
-            hidden_groups = len(groups) - len(shown)
-            more = f"and {hidden_groups} more groups" if hidden_groups else "more members"
-            more += "; groups whose size exceeds their indexes are cut. Raise threshold or pass fewer texts."
+        notes = []
+        if len(shown) < len(groups):
+            notes.append(f"and {len(groups) - len(shown)} more groups: raise threshold or pass fewer texts.")
+        if shown and len(shown[-1].indexes) < shown[-1].size:
+            notes.append(f"the group of {shown[-1].size} shows {len(shown[-1].indexes)} of its indexes.")
+        more = " ".join(notes) or None
         out = DuplicatesResult(
             groups=shown,
             texts=len(texts),
@@ -415,8 +416,8 @@ def _summary(result: EmbeddingResult, what: str) -> str:
 
 
 def _dump(out: BaseModel, *, lean: bool = False) -> dict[str, Any]:
-    """An answer as JSON values; `lean` leaves out optional fields that are unset (none is required)."""
-    return out.model_dump(mode="json", exclude_none=lean)
+    """An answer as JSON values; `lean` leaves out optional fields left at their default (none is required)."""
+    return out.model_dump(mode="json", exclude_defaults=lean)
 
 
 def _answer(structured: dict[str, Any], text: str) -> CallToolResult:
