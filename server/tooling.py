@@ -55,6 +55,9 @@ class AgentServer(MCPServer[LifespanT]):
                 logger.error("tool %s failed unexpectedly", name, exc_info=cause)
             raise ToolError(self._answer(name, explain(cause))) from cause
         except ToolError as exc:
+            known = [tool.name for tool in await self.list_tools()]
+            if name not in known:
+                raise ToolError(f"Unknown tool {name!r}: the tools are {', '.join(known)}.") from exc
             if isinstance(exc.__cause__, ValidationError):
                 raise ToolError(self._answer(name, _invalid_arguments(exc.__cause__))) from exc.__cause__
             raise ToolError(self._redact(shorten(str(exc)))) from exc.__cause__

@@ -193,6 +193,34 @@ def test_lists_the_four_tools(server_env: dict[str, str], protocol_era: str) -> 
         assert tools[name].get("outputSchema", {}).get("type") == "object", f"{name} has no object outputSchema"
 
 
+def test_tools_list_has_no_schema_portability_findings(server_env: dict[str, str]) -> None:
+    # --strict puts the Inspector's schema lint (`type` arrays, untyped or remote schemas) in the envelope.
+    run = run_inspector(server_env, "--method", "tools/list", "--strict")
+    assert run.returncode == EXIT_OK, run.describe()
+    envelope = json.loads(run.stdout)
+    assert "schemaFindings" not in envelope, envelope.get("schemaFindings")
+    assert "Schema portability" not in run.stderr
+    tools = {tool["name"]: tool for tool in envelope["result"]["tools"]}
+    for name in ("rank_texts", "find_duplicates"):
+        assert tools[name]["title"] and tools[name]["annotations"]["destructiveHint"] is False
+
+
+def test_rank_texts(server_env: dict[str, str]) -> None:
+    texts = ["SELECT id, name FROM users WHERE active = 1;", CODE_SNIPPET, "the quick brown fox"]
+    out = structured(call_tool(server_env, "rank_texts", {"query": "fibonacci numbers", "texts": texts, "top_k": 2}))
+    assert out["results"][0]["index"] == 1
+    assert len(out["results"]) == 2
+    assert out["results"][0]["preview"] == "def fibonacci(n: int) -> int:"
+    assert out["space"] == f"local:{LOCAL_MODEL}:{DIMENSIONS}:l2" and out["fallback"] is False
+
+
+def test_find_duplicates(server_env: dict[str, str]) -> None:
+    texts = [CODE_SNIPPET, "the quick brown fox", CODE_SNIPPET.replace("    ", "\t"), "SELECT 1;"]
+    out = structured(call_tool(server_env, "find_duplicates", {"texts": texts}))
+    assert out["groups"][0]["indexes"] == [0, 2]
+    assert out["pairs_checked"] == 6 and out["texts"] == 4
+
+
 def test_embed_text(server_env: dict[str, str]) -> None:
     out = structured(call_tool(server_env, "embed_text", {"text": CODE_SNIPPET}))
     assert out["dimensions"] == DIMENSIONS
