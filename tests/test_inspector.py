@@ -221,8 +221,14 @@ def test_find_duplicates(server_env: dict[str, str]) -> None:
     assert out["pairs_checked"] == 6 and out["texts"] == 4
 
 
+def test_mcp_json_leaves_vectors_out_unless_a_call_asks(server_env: dict[str, str]) -> None:
+    # .mcp.json is the agents' configuration: SIGNAL_HUB_VECTORS=on_request.
+    out = structured(call_tool(server_env, "embed_batch", {"texts": ["a", "b"]}))
+    assert "embeddings" not in out and out["count"] == 2 and out["vectors_included"] is False
+
+
 def test_embed_text(server_env: dict[str, str]) -> None:
-    out = structured(call_tool(server_env, "embed_text", {"text": CODE_SNIPPET}))
+    out = structured(call_tool(server_env, "embed_text", {"text": CODE_SNIPPET, "include_vectors": True}))
     assert out["dimensions"] == DIMENSIONS
     assert out["provider"] == "local"
     assert out["model"] == LOCAL_MODEL
@@ -235,7 +241,9 @@ def test_embed_text(server_env: dict[str, str]) -> None:
 
 def test_embed_batch_base64(server_env: dict[str, str]) -> None:
     texts = [CODE_SNIPPET, "SELECT id, name FROM users WHERE active = 1;", "the quick brown fox"]
-    out = structured(call_tool(server_env, "embed_batch", {"texts": texts, "encoding": "base64"}))
+    out = structured(
+        call_tool(server_env, "embed_batch", {"texts": texts, "encoding": "base64", "include_vectors": True})
+    )
     assert out["count"] == 3
     embeddings = out["embeddings"]
     assert isinstance(embeddings, list)
@@ -277,6 +285,6 @@ def test_empty_batch_is_a_tool_error_and_the_server_stays_usable(server_env: dic
 
     # Each Inspector CLI run is its own server process: this shows the rejected call left nothing behind
     # (data directory, cost ledger) that breaks the next session.
-    good = structured(call_tool(server_env, "embed_batch", {"texts": ["still works"]}))
+    good = structured(call_tool(server_env, "embed_batch", {"texts": ["still works"], "include_vectors": True}))
     assert good["count"] == 1
     assert len(good["embeddings"][0]) == DIMENSIONS
