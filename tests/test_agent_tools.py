@@ -350,3 +350,31 @@ async def test_estimate_cost_and_list_providers_fit_the_budget(settings: Setting
     async with Client(fake_server(settings)) as client:
         for tool, arguments in [("estimate_cost", {"texts": ["x " * 1000] * 2048}), ("list_providers", {})]:
             assert_within_budget(await client.call_tool(tool, arguments))
+
+
+class TruncatingProvider(FakeProvider):
+    """Reports every text as cut to the model's window."""
+
+    async def embed(self, texts: Sequence[str], *, progress=None) -> EmbeddingResult:  # type: ignore[no-untyped-def]
+        result = await super().embed(texts, progress=progress)
+        return replace(result, truncated={i: 40 + i for i in range(len(texts))})
+
+
+async def test_without_vectors_a_long_truncation_list_is_cut_with_a_marker(settings: Settings) -> None:
+    on_request = replace(settings, vectors="on_request")
+    async with Client(server_with(on_request, TruncatingProvider())) as client:
+        result = await client.call_tool("embed_batch", {"texts": [f"text {i}" for i in range(2048)]})
+        out = json.loads(assert_within_budget(result))
+        shown = len(out["truncated"])
+        assert 10 < shown < 2048 and out["more"] == f"and {2048 - shown} more truncated texts"
+        assert out["truncated"][:2] == [{"index": 0, "dropped_tokens": 40}, {"index": 1, "dropped_tokens": 41}]
+        inline = await client.call_tool("embed_batch", {"texts": ["a", "b"], "include_vectors": True})
+        assert len(inline.structured_content["truncated"]) == 2 and "more" not in inline.structured_content
+
+
+def test_unexpected_errors_are_explained_by_kind() -> None:
+    from server.tooling import explain
+
+    assert "writable" in explain(PermissionError(13, "Permission denied"))
+    assert explain(ValueError("odd")).startswith("unexpected ValueError: odd. The server is still running")
+    assert "ledger.sqlite3" in explain(sqlite3.OperationalError("database is locked"))
