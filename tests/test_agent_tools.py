@@ -378,3 +378,36 @@ def test_unexpected_errors_are_explained_by_kind() -> None:
     assert "writable" in explain(PermissionError(13, "Permission denied"))
     assert explain(ValueError("odd")).startswith("unexpected ValueError: odd. The server is still running")
     assert "ledger.sqlite3" in explain(sqlite3.OperationalError("database is locked"))
+
+
+async def test_tools_registered_later_share_the_error_policy_and_metadata(settings: Settings) -> None:
+    # How another module (e.g. job tools) adds tools: add_tool on the server build_server returns.
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from server.tooling import add_tool
+
+    server = build_server(settings)
+
+    async def refuse(reason: str) -> str:
+        """Refuse with the reason.
+        A test tool."""
+        raise ToolError("refused: " + reason * 5000)
+
+    async def crash() -> str:
+        """Crash.
+        A test tool."""
+        raise KeyError("job-42")
+
+    add_tool(server, refuse, title="Refuse", read_only=True)
+    add_tool(server, crash, title="Crash")
+    async with Client(server) as client:
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        assert tools["refuse"].title == "Refuse" and tools["refuse"].annotations.read_only_hint is True
+        refused = await client.call_tool("refuse", {"reason": "no "})
+        assert refused.is_error and refused.content[0].text.startswith("Error executing tool refuse: refused: no no")
+        assert_within_budget(refused)
+        crashed = await client.call_tool("crash", {})
+        assert "unexpected KeyError: 'job-42'" in crashed.content[0].text
+        unknown = await client.call_tool("rank", {})
+        assert unknown.is_error and "Unknown tool 'rank': the tools are " in unknown.content[0].text
+        assert "rank_texts" in unknown.content[0].text
