@@ -411,3 +411,12 @@ async def test_tools_registered_later_share_the_error_policy_and_metadata(settin
         unknown = await client.call_tool("rank", {})
         assert unknown.is_error and "Unknown tool 'rank': the tools are " in unknown.content[0].text
         assert "rank_texts" in unknown.content[0].text
+
+
+def test_signal_hub_vectors_is_read_and_checked() -> None:
+    from providers import ConfigurationError
+
+    assert Settings.from_env({}).vectors == "inline"
+    assert Settings.from_env({"SIGNAL_HUB_VECTORS": " On_Request "}).vectors == "on_request"
+    with pytest.raises(ConfigurationError, match="SIGNAL_HUB_VECTORS must be one of: inline, on_request"):
+        Settings.from_env({"SIGNAL_HUB_VECTORS": "never"})
