@@ -165,7 +165,8 @@ class EmbeddingService:
 
     def get_provider(self, name: str | None = None, model: str | None = None) -> EmbeddingProvider:
         """The active provider, or the named one (with `model`, or its default model)."""
-        if name is None or (name == self._active.name and model in (None, self._active.model)):
+        name = self._active.name if name is None else name
+        if name == self._active.name and model in (None, self._active.model):
             return self._active
         return self._provider(name, model)
 
@@ -393,17 +394,19 @@ class EmbeddingService:
         Vectors of the new space do not match vectors stored from the old one: compare `space`s.
         """
         previous = self._active
-        self._active = self._provider(name, model, dimensions)
-        return SwitchResult(
-            provider=self._active.name,
-            model=self._active.model,
-            dimensions=self._active.dimensions,
-            space=self._active.space,
+        chosen = self._provider(name, model, dimensions)  # built and checked: a failed switch changes nothing
+        switched = SwitchResult(
+            provider=chosen.name,
+            model=chosen.model,
+            dimensions=chosen.dimensions,
+            space=chosen.space,
             previous_provider=previous.name,
             previous_model=previous.model,
             previous_dimensions=previous.dimensions,
             previous_space=previous.space,
         )
+        self._active = chosen
+        return switched
 
     def provider_statuses(self) -> list[ProviderStatus]:
         """Each known provider (its active or default model), its space and health.
@@ -482,6 +485,7 @@ class EmbeddingService:
         instance = factory(self.settings, model, dimensions)
         if not isinstance(instance, EmbeddingProvider):  # pragma: no cover - a factory bug, not user input
             raise EmbeddingError(f"provider factory {key!r} returned {type(instance).__name__}")
+        instance.check()  # a provider that cannot work is never kept, made active or listed as usable
         # Reachable both by the name asked for (None: the default) and by the model it resolved to.
         self._instances[(key, model, dimensions)] = instance
         self._instances.setdefault((key, instance.model, dimensions), instance)
