@@ -21,6 +21,7 @@ import base64
 import os
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,6 +43,7 @@ from .errors import (
     RateLimitError,
 )
 from .openai_options import OpenAIOptions
+from .pacing import build_limiter
 from .ratelimit import Clock, RateLimiter, Sleep, parse_retry_after
 from .remote import Failure, RemoteProvider, Reply
 from .settings import DEFAULT_OPENAI_MODEL, Settings
@@ -77,6 +79,7 @@ class OpenAIProvider(RemoteProvider):
         sleep: Sleep = anyio.sleep,
         http_client: httpx2.AsyncClient | None = None,
         limiter: RateLimiter | None = None,
+        pacing_dir: Path | None = None,
     ) -> None:
         if model not in MODEL_DIMENSIONS:
             raise ConfigurationError(f"unknown OpenAI model {model!r}; choose one of: {', '.join(MODEL_DIMENSIONS)}.")
@@ -86,6 +89,17 @@ class OpenAIProvider(RemoteProvider):
             raise ConfigurationError(f"{model} makes {native}-dimension vectors only; use a text-embedding-3 model.")
         if wanted is not None and not 1 <= wanted <= native:
             raise ConfigurationError(f"dimensions must be between 1 and {native} for {model}.")
+        # With a data directory, every process using this endpoint and key paces with the others.
+        limiter = limiter or build_limiter(
+            options.rpm,
+            options.tpm,
+            window=options.rate_window,
+            clock=clock,
+            sleep=sleep,
+            shared_in=pacing_dir,
+            endpoint=base_url or _OPENAI_URL,
+            key=lambda: self._api_key,
+        )
         super().__init__(model, options=options, tokenizer=tokenizer, clock=clock, sleep=sleep, limiter=limiter)
         self.options: OpenAIOptions = options
         # Sent only to the models that take it (ada-002 refuses the parameter even at 1536).
@@ -108,6 +122,7 @@ class OpenAIProvider(RemoteProvider):
             api_key=settings.openai_api_key,
             base_url=settings.openai_base_url,
             options=options,
+            pacing_dir=settings.resolved_data_dir if settings.shared_pacing else None,
         )
 
     @property

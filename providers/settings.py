@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 # Light modules only (numpy at most): settings are read before any backend or SDK is chosen.
 from .encoders import LOCAL_BACKENDS, LocalBackend
@@ -32,6 +32,9 @@ __all__ = ["Budget", "InputLimits", "Settings"]
 
 DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_OPENAI_MODEL = "text-embedding-3-small"
+
+VectorsMode = Literal["inline", "on_request"]
+VECTORS_MODES: tuple[VectorsMode, ...] = get_args(VectorsMode)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +92,10 @@ class Settings:
     fallback: FallbackPolicy = field(default_factory=FallbackPolicy)
     cache: bool = True
     """Keep vectors in a persistent cache under the data directory, keyed by vector space and text."""
+    shared_pacing: bool = True
+    """Pace remote requests together with every process sharing the data directory, endpoint and key."""
+    vectors: VectorsMode = "inline"
+    """Whether embed tools answer with vectors ("inline") or only when a call asks ("on_request")."""
     provider_options: Mapping[str, Any] = field(default_factory=dict)
     """Options objects of registered providers that read their own `SIGNAL_HUB_<NAME>_*` variables,
     by provider name (only those with a variable set)."""
@@ -146,6 +153,8 @@ class Settings:
                 cooldown_s=number(env, "SIGNAL_HUB_CIRCUIT_COOLDOWN_S", float, positive("seconds"), 60.0),
             ),
             cache=env.get("SIGNAL_HUB_CACHE", "on").strip().lower() not in {"off", "0", "false", "no"},
+            shared_pacing=env.get("SIGNAL_HUB_SHARED_PACING", "on").strip().lower() not in {"off", "0", "false", "no"},
+            vectors=choice(env, "SIGNAL_HUB_VECTORS", VECTORS_MODES, "inline"),
             budget=Budget(
                 soft_usd=optional(env, "SIGNAL_HUB_BUDGET_SOFT_USD", float, NON_NEGATIVE_USD),
                 hard_usd=optional(env, "SIGNAL_HUB_BUDGET_HARD_USD", float, NON_NEGATIVE_USD),
