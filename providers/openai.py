@@ -11,7 +11,7 @@ translation into ours (in exactly one place, `_translate`), and the checks on ev
 (count, `index`, dimensions, finite values). The SDK never retries (`max_retries=0`): the
 engine is the one owner of retries.
 
-The API key is read at the first request (`OPENAI_API_KEY`, through `settings.read_api_key`,
+The API key is read at the first request (`OPENAI_API_KEY`, through `env.read_api_key`,
 unless one was passed) and is never put in a message or a log.
 """
 
