@@ -1,34 +1,52 @@
-"""Reading chunks for `signal-hub-embeddings embed`, and writing their vectors.
+"""Reading a job's chunks and writing their vectors (the `embed` command and the MCP job tools).
 
 Sources are JSONL (`{"id", "text"}` per line), whole text files or one chunk per line, read lazily
 and checked against the input limits record by record. Writers put vectors in `<output>.partial`
-(locked against a second run), renamed only when complete.
+(locked against a second run), renamed only when complete; each row says whether its text was cut
+to the model's window (`truncated`, `dropped_tokens`).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fnmatch
+import hashlib
+import io
 import json
 import os
-import struct
+import sqlite3
 import sys
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Literal, Protocol
 
 import numpy as np
+import numpy.lib.format as npy_format
 import numpy.typing as npt
 
-from providers import ConfigurationError, InputError
-from providers.settings import InputLimits
+from .errors import ConfigurationError, InputError
+from .settings import InputLimits
 
-from .encoding import Encoding, encode_vectors
+__all__ = [
+    "FORMATS",
+    "Chunk",
+    "DuplicateIds",
+    "Invalid",
+    "JsonlWriter",
+    "NpyWriter",
+    "Source",
+    "VectorWriter",
+    "find_sources",
+    "ids_path",
+    "read_chunks",
+    "windows",
+]
 
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
 FORMATS = ("auto", "jsonl", "text", "lines")
-_NPY_HEADER_BYTES = 128  # fixed, so the row count can be filled in once the file is complete
+VectorEncoding = Literal["float", "base64"]
 
 
 @dataclass(frozen=True)
@@ -63,8 +81,17 @@ class Source:
 # --- reading ---------------------------------------------------------------------------------------
 
 
-def find_sources(inputs: Sequence[str], fmt: str, glob: str, exclude: frozenset[Path]) -> Iterator[Source]:
-    """Each input as a source; directories are walked in sorted order, hidden entries skipped."""
+def find_sources(
+    inputs: Sequence[str],
+    fmt: str,
+    glob: str,
+    exclude: frozenset[Path],
+    check: Callable[[Path], None] | None = None,
+) -> Iterator[Source]:
+    """Each input as a source; directories are walked in sorted order, hidden entries skipped.
+
+    `check(path)` may refuse a file found in a directory (by raising), e.g. one outside the allowed roots.
+    """
     for raw in inputs:
         if raw == "-":
             yield Source(None, "jsonl" if fmt == "auto" else fmt)
@@ -76,6 +103,8 @@ def find_sources(inputs: Sequence[str], fmt: str, glob: str, exclude: frozenset[
                 for name in sorted(files):
                     file = Path(folder, name)
                     if not name.startswith(".") and fnmatch.fnmatch(name, glob) and file.resolve() not in exclude:
+                        if check is not None:
+                            check(file)
                         yield Source(file, _format_of(file, fmt))
 
 
@@ -206,11 +235,40 @@ def windows(chunks: Iterable[Chunk], size: int, max_chars: int) -> Generator[lis
         yield window
 
 
+class DuplicateIds:
+    """Ids seen so far, kept on disk (a temporary SQLite file) so memory stays flat however long the input."""
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("", check_same_thread=False)  # "": a private temporary file
+        self._db.execute("CREATE TABLE seen (digest BLOB PRIMARY KEY) WITHOUT ROWID")
+        self.count = 0
+        self.examples: list[str | int] = []
+
+    def add(self, chunk_id: str | int) -> bool:
+        """Note `chunk_id`; True when it was seen before."""
+        digest = hashlib.blake2b(json.dumps(chunk_id).encode(), digest_size=16).digest()
+        if self._db.execute("INSERT OR IGNORE INTO seen VALUES (?)", (digest,)).rowcount:
+            return False
+        self.count += 1
+        if len(self.examples) < 3:
+            self.examples.append(chunk_id)
+        return True
+
+    def describe(self) -> str:
+        shown = ", ".join(json.dumps(example) for example in self.examples)
+        return f"{self.count:,} repeated id{'' if self.count == 1 else 's'} (e.g. {shown}): rows with one id disagree"
+
+    def close(self) -> None:
+        self._db.close()
+
+
 # --- writing ---------------------------------------------------------------------------------------
 
 
 class VectorWriter(Protocol):
-    def write(self, ids: Sequence[str | int], vectors: npt.NDArray[np.float32]) -> None: ...
+    def write(self, ids: Sequence[str | int], vectors: npt.NDArray[np.float32], dropped: Sequence[int]) -> None:
+        """Rows in input order; `dropped[i]`: tokens of row i's text the model never saw (0: all of it)."""
+
     def commit(self) -> None: ...
     def discard(self) -> None: ...
 
@@ -254,22 +312,23 @@ def _lock(fd: int, path: Path) -> None:
 
 
 class JsonlWriter:
-    """A `{"id", "embedding", "space"}` line per vector, to a file (through a partial file) or stdout.
+    """A `{"id", "embedding", "space", "truncated", "dropped_tokens"}` line per vector, to a file or stdout.
 
     `encoding="base64"` writes each embedding as base64 of little-endian float32, as the MCP tools
     do: about 2.5x smaller and 20x faster to write than decimals.
     """
 
-    def __init__(self, path: Path | None, space: str, encoding: Encoding = "float") -> None:
+    def __init__(self, path: Path | None, space: str, encoding: VectorEncoding = "float") -> None:
         self._target = None if path is None else _PartialFile(path)
         self._out: IO[bytes] = sys.stdout.buffer if self._target is None else self._target.file
-        self._tail = f',"space":{json.dumps(space)}}}\n'
+        self._space = f',"space":{json.dumps(space)}'
         self._encoding = encoding
         self._numbers = ""
 
-    def write(self, ids: Sequence[str | int], vectors: npt.NDArray[np.float32]) -> None:
+    def write(self, ids: Sequence[str | int], vectors: npt.NDArray[np.float32], dropped: Sequence[int]) -> None:
         if self._encoding == "base64":
-            embeddings = [f'"{text}"' for text in encode_vectors(vectors, "base64")]
+            little = np.ascontiguousarray(vectors, dtype="<f4")
+            embeddings = [f'"{base64.b64encode(row.tobytes()).decode()}"' for row in little]
         else:
             # 9 significant digits give back every float32 exactly; one %-format a row is about 3x
             # faster than json.dumps of the floats, and the lines are 40% shorter.
@@ -277,8 +336,9 @@ class JsonlWriter:
                 self._numbers = ",".join(["%.9g"] * vectors.shape[1])
             embeddings = [f"[{self._numbers % tuple(vector)}]" for vector in vectors.tolist()]
         lines = [
-            f'{{"id":{json.dumps(chunk_id)},"embedding":{embedding}{self._tail}'
-            for chunk_id, embedding in zip(ids, embeddings, strict=True)
+            f'{{"id":{json.dumps(chunk_id)},"embedding":{embedding}{self._space},'
+            f'"truncated":{"true" if lost else "false"},"dropped_tokens":{lost}}}\n'
+            for chunk_id, embedding, lost in zip(ids, embeddings, dropped, strict=True)
         ]
         self._out.write("".join(lines).encode())
         self._out.flush()
@@ -293,7 +353,11 @@ class JsonlWriter:
 
 
 class NpyWriter:
-    """A float32 `.npy` of shape (rows, dimensions), and `<stem>.ids.jsonl` with a JSON id per row."""
+    """A float32 `.npy` of shape (rows, dimensions), and `<stem>.ids.jsonl` with a JSON id per row.
+
+    A row whose text was cut has `{"id": ..., "truncated": true, "dropped_tokens": n}` in the ids
+    file instead of the bare id, so the ids file still reads as one JSON value per row.
+    """
 
     def __init__(self, path: Path, dimensions: int) -> None:
         self.dimensions = dimensions
@@ -306,9 +370,13 @@ class NpyWriter:
             raise
         self._npy.file.write(npy_header(0, dimensions))
 
-    def write(self, ids: Sequence[str | int], vectors: npt.NDArray[np.float32]) -> None:
+    def write(self, ids: Sequence[str | int], vectors: npt.NDArray[np.float32], dropped: Sequence[int]) -> None:
         self._npy.file.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
-        self._ids.file.write("".join(f"{json.dumps(chunk_id)}\n" for chunk_id in ids).encode())
+        lines = (
+            json.dumps(chunk_id if not lost else {"id": chunk_id, "truncated": True, "dropped_tokens": lost})
+            for chunk_id, lost in zip(ids, dropped, strict=True)
+        )
+        self._ids.file.write("".join(f"{line}\n" for line in lines).encode())
         self.rows += len(ids)
 
     def commit(self) -> None:
@@ -327,7 +395,11 @@ def ids_path(npy: Path) -> Path:
 
 
 def npy_header(rows: int, dimensions: int) -> bytes:
-    """An NPY 1.0 header for float32 (rows, dimensions), always `_NPY_HEADER_BYTES` long."""
-    header = repr({"descr": "<f4", "fortran_order": False, "shape": (rows, dimensions)}).encode("latin1")
-    padded = header.ljust(_NPY_HEADER_BYTES - 11) + b"\n"
-    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(padded)) + padded
+    """numpy's own header for a float32 (rows, dimensions) array.
+
+    numpy pads the header so the first axis can grow in place: its length does not depend on
+    `rows`, so the real row count is written over the first one when the file is complete.
+    """
+    buffer = io.BytesIO()
+    npy_format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": (rows, dimensions)})
+    return buffer.getvalue()

@@ -18,6 +18,7 @@ from providers import EmbeddingError, EmbeddingResult, EmbeddingService, Setting
 from providers.base import ProgressCallback
 
 from .encoding import Encoding, check_message_size, encode_vectors
+from .job_tools import register_job_tools, run_jobs
 from .models import (
     CostEstimateResult,
     CostResult,
@@ -52,7 +53,7 @@ def build_server(settings: Settings, service_factory: ServiceFactory | None = No
     @asynccontextmanager
     async def lifespan(_: MCPServer[EmbeddingService]) -> AsyncIterator[EmbeddingService]:
         # The service is cheap to build: models and API clients load on first use.
-        async with make_service(settings) as service:
+        async with make_service(settings) as service, run_jobs(service, settings):
             yield service
 
     mcp: MCPServer[EmbeddingService] = MCPServer(
@@ -202,6 +203,7 @@ def build_server(settings: Settings, service_factory: ServiceFactory | None = No
             out, f"{estimate.texts} texts ≈ {estimate.tokens} tokens ≈ {usd} with {estimate.provider}/{estimate.model}."
         )
 
+    register_job_tools(mcp)
     return mcp
 
 

@@ -1,0 +1,445 @@
+"""Embedding jobs in the background: start, watch, cancel and resume; one at a time per provider.
+
+```python
+async with JobRunner(settings, AllowedRoots.from_env(os.environ, Path.cwd())) as runner:
+    job, estimate = await runner.start("chunks.jsonl", "vectors.npy")
+    await runner.wait(job.id)
+    print(runner.status(job.id).status)   # "done"
+```
+
+Jobs are read, checked and priced before they are queued, so a bad input is refused at once.
+A job runs through an engine (`JobEngine`): the in-process one embeds with its own
+`EmbeddingService` (fallback off, so one file holds one vector space; the local model on all
+cores but one, so interactive calls keep a core). Interrupted jobs (the process died) do not
+resume by themselves: `resume` runs them again, and the cache answers every chunk done before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from .base import EmbeddingProvider, EmbeddingResult, ProgressCallback
+from .cost import cost_usd
+from .encoders import usable_cores
+from .errors import EmbeddingError, InputError
+from .job_files import Chunk, DuplicateIds, JsonlWriter, NpyWriter, VectorWriter, find_sources, ids_path, read_chunks
+from .job_files import windows as window_chunks
+from .job_paths import AllowedRoots
+from .job_pipeline import Pipeline, Tally
+from .job_store import JobRecord, JobStore
+from .service import EmbeddingService
+from .settings import Settings
+
+__all__ = ["EngineJob", "InProcessEngine", "JobEngine", "JobRunner", "JobStart", "job_settings", "scan_chunks"]
+
+REMOTE_WINDOW, REMOTE_IN_FLIGHT = 256, 4
+"""A window of 256 chunks is one or two API requests; 4 in flight keep requests flowing (the
+`embed` command's measurements)."""
+LOCAL_WINDOW, LOCAL_IN_FLIGHT = 16, 2
+"""Small windows for the local model: a cancel lands within one, and the cache commits often."""
+OUTPUT_FORMATS = ("jsonl", "npy")
+
+
+@dataclass(frozen=True)
+class EngineJob:
+    """What an engine needs to know of a job."""
+
+    id: str
+    """Stable across resumes: an engine may keep its own state under it (e.g. a remote batch's id)."""
+    provider: str
+    space: str
+    """Every vector written must be of this space."""
+    window: int | None = None
+    """Chunks per call; None: the engine's default."""
+
+
+class JobEngine(Protocol):
+    """Runs the embedding of a job: the seam where other engines (a Batch API, a cluster) plug in.
+
+    `run` must write every chunk's vector with `writer.write` in input order and count it in
+    `tally`; it is cancelled (anyio) to stop the job, and what it finished must stay cached.
+    """
+
+    def provider(self, name: str | None) -> EmbeddingProvider:
+        """The provider (and so the vector space) a job naming `name` gets."""
+
+    async def run(
+        self,
+        job: EngineJob,
+        chunks: Iterable[Chunk],
+        writer: VectorWriter,
+        tally: Tally,
+        on_progress: Callable[[int], None],
+    ) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def job_settings(settings: Settings) -> Settings:
+    """Settings of the service that runs jobs: no fallback, and the local model leaves a core free."""
+    threads = settings.local_threads or max(1, usable_cores() - 1)
+    return dataclasses.replace(
+        settings, fallback=dataclasses.replace(settings.fallback, mode="never"), local_threads=threads
+    )
+
+
+class InProcessEngine:
+    """Embeds in this process with an `EmbeddingService`: cache, ledger and budget as for any call.
+
+    Give it a service, or settings to build one from on first use (a server that never runs a job
+    never builds it).
+    """
+
+    def __init__(self, service: EmbeddingService | Settings) -> None:
+        self._service = service if isinstance(service, EmbeddingService) else None
+        self._settings = service if isinstance(service, Settings) else service.settings
+
+    @property
+    def service(self) -> EmbeddingService:
+        if self._service is None:
+            self._service = EmbeddingService(settings=self._settings)
+        return self._service
+
+    def provider(self, name: str | None) -> EmbeddingProvider:
+        return self.service.get_provider(name)
+
+    async def run(
+        self,
+        job: EngineJob,
+        chunks: Iterable[Chunk],
+        writer: VectorWriter,
+        tally: Tally,
+        on_progress: Callable[[int], None],
+    ) -> None:
+        local = self.provider(job.provider).name == "local"
+        size, in_flight = (LOCAL_WINDOW, LOCAL_IN_FLIGHT) if local else (REMOTE_WINDOW, REMOTE_IN_FLIGHT)
+        size = job.window or size
+
+        async def embed(texts: list[str], progress: ProgressCallback) -> EmbeddingResult:
+            return await self.service.embed(texts, provider=job.provider, progress=progress)
+
+        batches = window_chunks(chunks, size, self.service.settings.limits.max_total_chars)
+        try:
+            pipeline = Pipeline(embed, writer, tally, in_flight=in_flight, space=job.space, on_progress=on_progress)
+            await pipeline.run(batches)
+        finally:
+            batches.close()
+
+    async def aclose(self) -> None:
+        if self._service is not None:
+            await self._service.aclose()
+
+
+@dataclass(frozen=True)
+class JobStart:
+    """A job as queued, and what it is expected to cost."""
+
+    job: JobRecord
+    duplicate_ids: str | None
+    """A warning when ids repeat in the input."""
+
+
+@dataclass
+class _Scan:
+    total: int = 0
+    estimated_tokens: int = 0
+    fingerprint: str = ""
+    duplicates: str | None = None
+
+
+def scan_chunks(chunks: Iterable[Chunk]) -> tuple[int, int, DuplicateIds]:
+    """Count chunks and estimated tokens (about 3 bytes a token, erring high) and find repeated ids."""
+    total = tokens = 0
+    duplicates = DuplicateIds()
+    for chunk in chunks:
+        total += 1
+        tokens += len(chunk.text.encode()) // 3 + 1
+        duplicates.add(chunk.id)
+    return total, tokens, duplicates
+
+
+class JobRunner:
+    """Queues jobs per provider and runs them in the background of this process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        roots: AllowedRoots,
+        *,
+        engine: JobEngine | None = None,
+        store: JobStore | None = None,
+        heartbeat_s: float = 0.5,
+        progress_every_s: float = 0.5,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.roots = roots
+        self.engine: JobEngine = engine or InProcessEngine(job_settings(settings))
+        self.store = store or JobStore(settings.resolved_data_dir / "jobs.sqlite3")
+        self._heartbeat_s = heartbeat_s
+        self._progress_every_s = progress_every_s
+        self._now = now
+        self._queues: dict[str, deque[str]] = {}
+        self._scopes: dict[str, anyio.CancelScope] = {}
+        self._finished: dict[str, anyio.Event] = {}
+        self._tasks: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> JobRunner:
+        self._tasks = anyio.create_task_group()
+        await self._tasks.__aenter__()
+        self._tasks.start_soon(self._heartbeat)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        assert self._tasks is not None
+        self._tasks.cancel_scope.cancel()  # running jobs end as interrupted: resume_job goes on
+        try:
+            return await self._tasks.__aexit__(exc_type, exc, tb)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.engine.aclose()
+                self.store.close()
+
+    # --- the operations ----------------------------------------------------------------------------
+
+    async def start(
+        self,
+        input: str,
+        output: str,
+        *,
+        provider: str | None = None,
+        format: str | None = None,
+        glob: str = "*",
+        roots: AllowedRoots | None = None,
+    ) -> JobStart:
+        """Check, count and price the job, then queue it; answers before any embedding."""
+        roots = roots or self.roots
+        source = roots.check_input(input)
+        target = roots.check_output(output, [source])
+        out_format = format or ("npy" if target.suffix.lower() == ".npy" else "jsonl")
+        if out_format not in OUTPUT_FORMATS:
+            raise InputError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, not {format!r}.")
+        if out_format == "npy":
+            roots.check_output(str(ids_path(target)), [source])
+        chosen = self.engine.provider(provider)
+        scan = await anyio.to_thread.run_sync(self._scan, str(source), glob, target, out_format, roots)
+        job = self.store.create(
+            input=str(source),
+            output=str(target),
+            format=out_format,
+            glob=glob,
+            provider=chosen.name,
+            model=chosen.model,
+            space=chosen.space,
+            fingerprint=scan.fingerprint,
+            total=scan.total,
+            estimated_tokens=scan.estimated_tokens,
+            estimated_usd=cost_usd(chosen.name, chosen.model, scan.estimated_tokens, self.settings.prices),
+        )
+        if scan.duplicates:
+            self.store.add_error(job.id, scan.duplicates)
+        self._enqueue(job)
+        return JobStart(self.status(job.id), scan.duplicates)
+
+    def status(self, job_id: str) -> JobRecord:
+        job = self.store.get(job_id)
+        if job is None:
+            raise InputError(f"no job {job_id!r}; list_jobs shows the known jobs.")
+        return job
+
+    def list(self, limit: int = 20) -> list[JobRecord]:
+        return self.store.list(limit)
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Stop the job: at once here; within a heartbeat when another process runs it."""
+        job = self.status(job_id)
+        if job.status in ("done", "failed", "cancelled"):
+            return job
+        self.store.request_cancel(job_id)
+        if job.status == "interrupted":
+            self.store.finish(job_id, "cancelled")
+        scope = self._scopes.get(job_id)
+        if scope is not None:
+            scope.cancel()
+            with anyio.fail_after(10):
+                await self._finished[job_id].wait()
+        return self.status(job_id)
+
+    async def resume(self, job_id: str, roots: AllowedRoots | None = None) -> JobRecord:
+        """Run a stopped job again; the cache answers every chunk done before, so only the rest is sent."""
+        job = self.status(job_id)
+        if job.status == "done":
+            return job
+        roots = roots or self.roots
+        source = roots.check_input(job.input)
+        roots.check_output(job.output, [source])
+        excluded = output_files(Path(job.output), job.format)
+        now = await anyio.to_thread.run_sync(fingerprint, job.input, job.glob, excluded)
+        if now != job.fingerprint:
+            raise InputError(f"the input of job {job_id} changed since it started; start a new job for it.")
+        if not self.store.requeue(job_id):
+            raise InputError(f"job {job_id} is {job.status} in another live process; it cannot run twice.")
+        self._enqueue(self.status(job_id))
+        return self.status(job_id)
+
+    async def wait(self, job_id: str) -> JobRecord:
+        """The job once this process has finished with it (for callers that want to block)."""
+        event = self._finished.get(job_id)
+        if event is not None:
+            await event.wait()
+        return self.status(job_id)
+
+    # --- running -----------------------------------------------------------------------------------
+
+    def _enqueue(self, job: JobRecord) -> None:
+        assert self._tasks is not None, "use JobRunner as an async context manager"
+        self._finished[job.id] = anyio.Event()
+        queue = self._queues.get(job.provider)
+        if queue is not None:
+            queue.append(job.id)
+            return
+        self._queues[job.provider] = deque([job.id])
+        self._tasks.start_soon(self._work, job.provider)
+
+    async def _work(self, provider: str) -> None:
+        queue = self._queues[provider]
+        try:
+            while queue:
+                job_id = queue.popleft()
+                try:
+                    await self._run(job_id)
+                finally:
+                    self._finished[job_id].set()
+        finally:
+            del self._queues[provider]
+
+    async def _run(self, job_id: str) -> None:
+        job = self.status(job_id)
+        if job.status == "cancelled" or not self.store.claim(job_id):
+            return
+        job = self.status(job_id)
+        tally = Tally()
+        paid_tokens, paid_usd = job.tokens, job.usd
+        last_saved = 0.0
+
+        def save(done: int | None = None, *, force: bool = False) -> None:
+            nonlocal last_saved
+            now = self._now()
+            if not force and now - last_saved < self._progress_every_s:
+                return
+            last_saved = now
+            self.store.progress(
+                job_id,
+                done=tally.written if done is None else done,
+                cached=tally.cached,
+                tokens=paid_tokens + tally.tokens,
+                usd=paid_usd + tally.usd,
+                truncated=tally.truncated,
+                dropped_tokens=tally.dropped_tokens,
+            )
+
+        scope = self._scopes[job_id] = anyio.CancelScope()
+        writer: VectorWriter | None = None
+        status, error = "done", None
+        try:
+            with scope:
+                writer = await anyio.to_thread.run_sync(self._writer, job)
+                engine_job = EngineJob(job.id, job.provider, job.space)
+                await self.engine.run(engine_job, self._chunks(job), writer, tally, lambda done: save(done))
+                await anyio.to_thread.run_sync(writer.commit)
+                writer = None
+            if scope.cancelled_caught:
+                status = "cancelled"
+        except EmbeddingError as exc:
+            status, error = "failed", str(exc)
+        except OSError as exc:
+            status, error = "failed", f"cannot write {job.output}: {exc}"
+        except BaseException:  # this process is shutting down: the job is left to resume
+            status = "interrupted"
+            raise
+        finally:
+            del self._scopes[job_id]
+            with anyio.CancelScope(shield=True):
+                if writer is not None:
+                    await anyio.to_thread.run_sync(writer.discard)
+                save(force=True)
+                if tally.truncated:
+                    self.store.add_error(
+                        job_id,
+                        f"{tally.truncated:,} chunks were longer than the model's window and were cut "
+                        f"({tally.dropped_tokens:,} tokens unseen; see truncated/dropped_tokens in the output rows)",
+                    )
+                self.store.finish(job_id, status, error)  # type: ignore[arg-type]
+
+    async def _heartbeat(self) -> None:
+        while True:
+            # On this thread, like every use of the store: its one connection is never used by two at once.
+            # An idle server does not write to it.
+            for job_id in self.store.heartbeat() if self._queues else ():
+                scope = self._scopes.get(job_id)
+                if scope is not None:
+                    scope.cancel()
+            await anyio.sleep(self._heartbeat_s)
+
+    def _writer(self, job: JobRecord) -> VectorWriter:
+        output = Path(job.output)
+        if job.format == "npy":
+            return NpyWriter(output, self.engine.provider(job.provider).dimensions)
+        return JsonlWriter(output, job.space)
+
+    def _chunks(self, job: JobRecord) -> Iterator[Chunk]:
+        # Read with the server's roots: a resumed job may not reach further than a new one.
+        for item in self._items(job.input, job.glob, Path(job.output), job.format, self.roots):
+            if not isinstance(item, Chunk):
+                raise InputError(f"{item}. Fix it and start the job again.")
+            yield item
+
+    def _items(self, source: str, glob: str, output: Path, out_format: str, roots: AllowedRoots) -> Iterator[object]:
+        excluded = output_files(output, out_format)
+        for found in find_sources([source], "auto", glob, excluded, roots.check_file):
+            yield from read_chunks(found, self.settings.limits)
+
+    def _scan(self, source: str, glob: str, output: Path, out_format: str, roots: AllowedRoots) -> _Scan:
+        def valid() -> Iterator[Chunk]:
+            for item in self._items(source, glob, output, out_format, roots):
+                if not isinstance(item, Chunk):
+                    raise InputError(f"{item}. Fix it and start the job again.")
+                yield item
+
+        total, tokens, duplicates = scan_chunks(valid())
+        try:
+            repeated = duplicates.describe() if duplicates.count else None
+        finally:
+            duplicates.close()
+        return _Scan(total, tokens, fingerprint(source, glob, output_files(output, out_format)), repeated)
+
+
+def output_files(output: Path, out_format: str) -> frozenset[Path]:
+    """The files a job writes, which it never reads even when they lie in its input directory."""
+    files = [output, ids_path(output)] if out_format == "npy" else [output]
+    return frozenset([*files, *(f.with_name(f.name + ".partial") for f in files)])
+
+
+def fingerprint(source: str, glob: str, excluded: frozenset[Path]) -> str:
+    """Each input file's path, size and modification time: a changed input is a new job."""
+    digest = hashlib.sha256()
+    for found in find_sources([source], "auto", glob, excluded):
+        if found.path is not None:
+            info = found.path.stat()
+            digest.update(json.dumps([str(found.path), info.st_size, info.st_mtime_ns]).encode())
+    return digest.hexdigest()
