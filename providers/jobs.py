@@ -266,7 +266,11 @@ class JobRunner:
         return self.store.list(limit)
 
     async def cancel(self, job_id: str) -> JobRecord:
-        """Stop the job: at once here; within a heartbeat when another process runs it."""
+        """Stop the job: at once here; within a heartbeat when another process runs it.
+
+        Nothing more is sent after this returns; the answer waits up to a second for the job to
+        wind down (a model still loading finishes loading first, and is then told to stop).
+        """
         job = self.status(job_id)
         if job.status in ("done", "failed", "cancelled"):
             return job
@@ -276,7 +280,7 @@ class JobRunner:
         scope = self._scopes.get(job_id)
         if scope is not None:
             scope.cancel()
-            with anyio.fail_after(10):
+            with anyio.move_on_after(1.0):
                 await self._finished[job_id].wait()
         return self.status(job_id)
 

@@ -18,6 +18,7 @@ from tests.fakes import FakeProvider
 pytestmark = pytest.mark.anyio
 
 TOOLS = {"embed_text", "embed_batch", "switch_provider", "get_cost", "estimate_cost", "list_providers"}
+TOOLS |= {"start_embedding_job", "job_status", "cancel_job", "list_jobs", "resume_job"}
 
 
 @pytest.fixture
