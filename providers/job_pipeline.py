@@ -21,7 +21,8 @@ import numpy as np
 
 from .base import EmbeddingResult, ProgressCallback
 from .errors import EmbeddingError, InputError
-from .job_files import Chunk, VectorWriter
+from .job_files import Chunk
+from .job_writers import VectorWriter
 
 __all__ = ["EmbedCall", "Pipeline", "Tally"]
 

@@ -8,7 +8,7 @@ async with JobRunner(settings, AllowedRoots.from_env(os.environ, Path.cwd())) as
 ```
 
 Jobs are read, checked and priced before they are queued, so a bad input is refused at once.
-A job runs through an engine (`JobEngine`): the in-process one embeds with its own
+A job runs through an engine (`job_engine.py`): the in-process one embeds with its own
 `EmbeddingService` (fallback off, so one file holds one vector space; the local model on all
 cores but one, so interactive calls keep a core). Interrupted jobs (the process died) do not
 resume by themselves: `resume` runs them again, and the cache answers every chunk done before.
@@ -16,7 +16,6 @@ resume by themselves: `resume` runs them again, and the cache answers every chun
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
@@ -25,122 +24,24 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
 
 import anyio
 import anyio.abc
 import anyio.to_thread
 
-from .base import EmbeddingProvider, EmbeddingResult, ProgressCallback
 from .cost import cost_usd
-from .encoders import usable_cores
 from .errors import EmbeddingError, InputError
-from .job_files import Chunk, DuplicateIds, JsonlWriter, NpyWriter, VectorWriter, find_sources, ids_path, read_chunks
-from .job_files import windows as window_chunks
+from .job_engine import EngineJob, InProcessEngine, JobEngine, job_settings
+from .job_files import Chunk, DuplicateIds, find_sources, read_chunks
 from .job_paths import AllowedRoots
-from .job_pipeline import Pipeline, Tally
+from .job_pipeline import Tally
 from .job_store import JobRecord, JobStore
-from .service import EmbeddingService
+from .job_writers import JsonlWriter, NpyWriter, VectorWriter, ids_path
 from .settings import Settings
 
 __all__ = ["EngineJob", "InProcessEngine", "JobEngine", "JobRunner", "JobStart", "job_settings", "scan_chunks"]
 
-REMOTE_WINDOW, REMOTE_IN_FLIGHT = 256, 4
-"""A window of 256 chunks is one or two API requests; 4 in flight keep requests flowing (the
-`embed` command's measurements)."""
-LOCAL_WINDOW, LOCAL_IN_FLIGHT = 16, 2
-"""Small windows for the local model: a cancel lands within one, and the cache commits often."""
 OUTPUT_FORMATS = ("jsonl", "npy")
-
-
-@dataclass(frozen=True)
-class EngineJob:
-    """What an engine needs to know of a job."""
-
-    id: str
-    """Stable across resumes: an engine may keep its own state under it (e.g. a remote batch's id)."""
-    provider: str
-    space: str
-    """Every vector written must be of this space."""
-    window: int | None = None
-    """Chunks per call; None: the engine's default."""
-
-
-class JobEngine(Protocol):
-    """Runs the embedding of a job: the seam where other engines (a Batch API, a cluster) plug in.
-
-    `run` must write every chunk's vector with `writer.write` in input order and count it in
-    `tally`; it is cancelled (anyio) to stop the job, and what it finished must stay cached.
-    """
-
-    def provider(self, name: str | None) -> EmbeddingProvider:
-        """The provider (and so the vector space) a job naming `name` gets."""
-
-    async def run(
-        self,
-        job: EngineJob,
-        chunks: Iterable[Chunk],
-        writer: VectorWriter,
-        tally: Tally,
-        on_progress: Callable[[int], None],
-    ) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-
-def job_settings(settings: Settings) -> Settings:
-    """Settings of the service that runs jobs: no fallback, and the local model leaves a core free."""
-    threads = settings.local_threads or max(1, usable_cores() - 1)
-    return dataclasses.replace(
-        settings, fallback=dataclasses.replace(settings.fallback, mode="never"), local_threads=threads
-    )
-
-
-class InProcessEngine:
-    """Embeds in this process with an `EmbeddingService`: cache, ledger and budget as for any call.
-
-    Give it a service, or settings to build one from on first use (a server that never runs a job
-    never builds it).
-    """
-
-    def __init__(self, service: EmbeddingService | Settings) -> None:
-        self._service = service if isinstance(service, EmbeddingService) else None
-        self._settings = service if isinstance(service, Settings) else service.settings
-
-    @property
-    def service(self) -> EmbeddingService:
-        if self._service is None:
-            self._service = EmbeddingService(settings=self._settings)
-        return self._service
-
-    def provider(self, name: str | None) -> EmbeddingProvider:
-        return self.service.get_provider(name)
-
-    async def run(
-        self,
-        job: EngineJob,
-        chunks: Iterable[Chunk],
-        writer: VectorWriter,
-        tally: Tally,
-        on_progress: Callable[[int], None],
-    ) -> None:
-        local = self.provider(job.provider).name == "local"
-        size, in_flight = (LOCAL_WINDOW, LOCAL_IN_FLIGHT) if local else (REMOTE_WINDOW, REMOTE_IN_FLIGHT)
-        size = job.window or size
-
-        async def embed(texts: list[str], progress: ProgressCallback) -> EmbeddingResult:
-            return await self.service.embed(texts, provider=job.provider, progress=progress)
-
-        batches = window_chunks(chunks, size, self.service.settings.limits.max_total_chars)
-        try:
-            pipeline = Pipeline(embed, writer, tally, in_flight=in_flight, space=job.space, on_progress=on_progress)
-            await pipeline.run(batches)
-        finally:
-            batches.close()
-
-    async def aclose(self) -> None:
-        if self._service is not None:
-            await self._service.aclose()
 
 
 @dataclass(frozen=True)
@@ -341,7 +242,7 @@ class JobRunner:
         paid_tokens, paid_usd = job.tokens, job.usd
         last_saved = 0.0
 
-        def save(done: int | None = None, *, force: bool = False) -> None:
+        def save(*, force: bool = False) -> None:
             nonlocal last_saved
             now = self._now()
             if not force and now - last_saved < self._progress_every_s:
@@ -349,7 +250,7 @@ class JobRunner:
             last_saved = now
             self.store.progress(
                 job_id,
-                done=tally.written if done is None else done,
+                done=tally.written,
                 cached=tally.cached,
                 tokens=paid_tokens + tally.tokens,
                 usd=paid_usd + tally.usd,
@@ -364,7 +265,8 @@ class JobRunner:
             with scope:
                 writer = await anyio.to_thread.run_sync(self._writer, job)
                 engine_job = EngineJob(job.id, job.provider, job.space)
-                await self.engine.run(engine_job, self._chunks(job), writer, tally, lambda done: save(done))
+                # `done` counts rows written, each already cached: after a kill it never claims more.
+                await self.engine.run(engine_job, self._chunks(job), writer, tally, lambda _: save())
                 await anyio.to_thread.run_sync(writer.commit)
                 writer = None
             if scope.cancelled_caught:

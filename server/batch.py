@@ -34,20 +34,10 @@ import anyio
 from tqdm import tqdm
 
 from providers import ConfigurationError, EmbeddingError, EmbeddingService, InputError, Settings
-from providers.job_files import (
-    FORMATS,
-    Chunk,
-    DuplicateIds,
-    JsonlWriter,
-    NpyWriter,
-    Source,
-    VectorWriter,
-    find_sources,
-    ids_path,
-    read_chunks,
-)
+from providers.job_engine import EngineJob, InProcessEngine
+from providers.job_files import FORMATS, Chunk, DuplicateIds, Source, find_sources, read_chunks
 from providers.job_pipeline import Tally
-from providers.jobs import EngineJob, InProcessEngine
+from providers.job_writers import JsonlWriter, NpyWriter, VectorWriter, ids_path
 from providers.settings import InputLimits
 
 from .encoding import Encoding

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 
 from providers import EmbeddingResult, EmbeddingService, InputError, ProgressCallback, ProviderError, Settings
+from providers.job_engine import InProcessEngine
 from providers.job_paths import AllowedRoots
 from providers.job_store import JobStore
-from providers.jobs import InProcessEngine, JobRunner
+from providers.jobs import JobRunner
 from tests.fakes import FakeProvider, fake_vector
 
 pytestmark = pytest.mark.anyio
