@@ -260,7 +260,7 @@ class JobRunner:
 
         scope = self._scopes[job_id] = anyio.CancelScope()
         writer: VectorWriter | None = None
-        status, error = "done", None
+        status, error, committed = "done", None, False
         try:
             with scope:
                 writer = await anyio.to_thread.run_sync(self._writer, job)
@@ -268,8 +268,8 @@ class JobRunner:
                 # `done` counts rows written, each already cached: after a kill it never claims more.
                 await self.engine.run(engine_job, self._chunks(job), writer, tally, lambda _: save())
                 await anyio.to_thread.run_sync(writer.commit)
-                writer = None
-            if scope.cancelled_caught:
+                writer, committed = None, True
+            if scope.cancelled_caught and not committed:  # a cancel during the commit came too late
                 status = "cancelled"
         except EmbeddingError as exc:
             status, error = "failed", str(exc)

@@ -131,6 +131,8 @@ async def _call(action: Callable[[], Awaitable[Any]]) -> Any:
         return await action()
     except EmbeddingError as exc:
         raise ToolError(str(exc)) from exc
+    except OSError as exc:  # e.g. a file that vanished while the input was read
+        raise ToolError(f"{exc.filename or 'a file'}: {exc.strerror or exc}; check the path and try again.") from exc
 
 
 _READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)

@@ -345,3 +345,20 @@ def test_a_lease_from_another_host_holds_until_it_runs_out(tmp_path: Path) -> No
     assert mine.claim(job.id)
     other.close()
     mine.close()
+
+
+async def test_a_cancel_asked_by_another_process_stops_the_job_on_the_next_heartbeat(
+    settings: Settings, service: EmbeddingService, providers: dict[str, GatedProvider], tmp_path: Path
+) -> None:
+    source = write_chunks(tmp_path / "in.jsonl", 3)
+    roots = AllowedRoots((tmp_path,))
+    async with JobRunner(settings, roots, engine=InProcessEngine(service), heartbeat_s=0.01) as runner:
+        started = await runner.start(str(source), "out.jsonl")
+        with anyio.fail_after(10):
+            await providers["fake"].entered.wait()
+        other = JobStore(settings.resolved_data_dir / "jobs.sqlite3")  # as another server process would
+        other.request_cancel(started.job.id)
+        other.close()
+        with anyio.fail_after(10):
+            job = await runner.wait(started.job.id)
+    assert job.status == "cancelled" and providers["fake"].sent == []
