@@ -15,6 +15,7 @@ uncached `embed` run over a random sample of the chunks, with the job's thread c
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -85,7 +86,9 @@ def read_output(project: Path, fmt: str) -> tuple[list[Any], np.ndarray]:
 
 async def run(chunks: int, sample: int, fmt: str, idle_calls: int) -> None:
     texts = code_chunks(chunks)
-    probes = iter(one_line_snippets(idle_calls * 20))  # a new text each call: the cache never answers
+    snippets = one_line_snippets(1000)
+    # A new text each call, so the cache never answers.
+    probes = (f"{snippets[i % len(snippets)]}  # {i}" for i in itertools.count())
     with tempfile.TemporaryDirectory() as tmp:
         data_dir, project = Path(tmp, "data"), Path(tmp, "project")
         project.mkdir()
@@ -98,6 +101,7 @@ async def run(chunks: int, sample: int, fmt: str, idle_calls: int) -> None:
             for _ in range(5):  # loads the model (and exports it once on a new data directory)
                 await embed_latency(client, next(probes))
             idle = [await embed_latency(client, next(probes)) for _ in range(idle_calls)]
+            print(f"idle: p50/p95 {[round(p * 1000, 1) for p in percentiles(idle)]} ms", file=sys.stderr, flush=True)
             started_at = time.perf_counter()
             job = await call(client, "start_embedding_job", input=str(source), output=output)
             start_answer = time.perf_counter() - started_at
@@ -108,6 +112,8 @@ async def run(chunks: int, sample: int, fmt: str, idle_calls: int) -> None:
                 during.append(await embed_latency(client, next(probes)))
                 await anyio.sleep(0.2)  # an agent's pace, not a flood
                 status = await call(client, "job_status", job_id=job_id)
+                if len(during) % 200 == 0:
+                    print(f"{status['done']:,} done; during p50/p95 so far {percentiles(during)}", file=sys.stderr)
             first_half_s = time.perf_counter() - started_at
             os.kill(server_pid(data_dir, job_id), signal.SIGKILL)
         killed_at = status["done"]
