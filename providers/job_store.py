@@ -245,14 +245,16 @@ class JobStore:
         return True
 
     def request_cancel(self, job_id: str) -> None:
-        """Ask whoever runs the job to stop; a queued job is cancelled at once."""
+        """Ask whoever runs the job to stop; a queued job, or one whose owner died, is cancelled at once."""
+        now = self._now()
         with write_transaction(self._db):
-            self._db.execute("UPDATE jobs SET cancel_requested = 1, updated = ? WHERE id = ?", (self._now(), job_id))
-            self._db.execute(
-                "UPDATE jobs SET status = 'cancelled', owner = NULL, lease_until = 0 "
-                "WHERE id = ? AND status = 'queued'",
-                (job_id,),
-            )
+            self._db.execute("UPDATE jobs SET cancel_requested = 1, updated = ? WHERE id = ?", (now, job_id))
+            row = self._db.execute("SELECT status, owner, lease_until FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            stopped = row is not None and row[0] == "running" and not self._live(row[1], row[2], now)
+            if row is not None and (row[0] == "queued" or stopped):
+                self._db.execute(
+                    "UPDATE jobs SET status = 'cancelled', owner = NULL, lease_until = 0 WHERE id = ?", (job_id,)
+                )
 
     def close(self) -> None:
         self._db.close()

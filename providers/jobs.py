@@ -176,8 +176,6 @@ class JobRunner:
         if job.status in ("done", "failed", "cancelled"):
             return job
         self.store.request_cancel(job_id)
-        if job.status == "interrupted":
-            self.store.finish(job_id, "cancelled")
         scope = self._scopes.get(job_id)
         if scope is not None:
             scope.cancel()

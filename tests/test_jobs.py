@@ -362,3 +362,21 @@ async def test_a_cancel_asked_by_another_process_stops_the_job_on_the_next_heart
         with anyio.fail_after(10):
             job = await runner.wait(started.job.id)
     assert job.status == "cancelled" and providers["fake"].sent == []
+
+
+async def test_an_interrupted_job_can_be_cancelled_and_then_resumed(
+    settings: Settings, runner: JobRunner, providers: dict[str, GatedProvider], tmp_path: Path
+) -> None:
+    providers["fake"].gate.set()
+    source = write_chunks(tmp_path / "in.jsonl", 2)
+    started = await runner.start(str(source), "out.jsonl")
+    with anyio.fail_after(10):
+        await runner.wait(started.job.id)
+    dead = JobStore(settings.resolved_data_dir / "jobs.sqlite3", owner=f"{socket.gethostname()}:999999999:x")
+    assert dead.claim(started.job.id)
+    dead.close()
+    assert runner.status(started.job.id).status == "interrupted"
+    assert (await runner.cancel(started.job.id)).status == "cancelled"
+    await runner.resume(started.job.id)
+    with anyio.fail_after(10):
+        assert (await runner.wait(started.job.id)).status == "done"
