@@ -90,6 +90,10 @@ class EmbeddingProvider(ABC):
     async def embed(self, texts: Sequence[str], *, progress: ProgressCallback | None = None) -> EmbeddingResult:
         """Embed already-validated, non-empty texts and return their vectors in input order."""
 
+    def check(self) -> None:
+        """Raise `ConfigurationError` if this provider cannot work as configured: cheap, calls nothing out."""
+        _ = self.space
+
     async def estimate_tokens(self, texts: Sequence[str]) -> int:
         """Tokens `texts` will cost, without calling anything; errs high rather than low."""
         # About 3 bytes of UTF-8 per token for code and prose; providers with a tokenizer do better.

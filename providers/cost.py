@@ -69,3 +69,17 @@ class CostReport:
     total: Usage
     by_provider: dict[str, Usage] = field(default_factory=dict)
     by_model: dict[str, Usage] = field(default_factory=dict)
+
+
+# Batch API prices (issue 16): kept apart so the price table can move without touching them.
+
+BATCH_API_DISCOUNT = 0.5
+"""The OpenAI Batch API bills half the synchronous price."""
+
+
+def batch_price_per_million(provider: str, model: str, overrides: Mapping[str, float] | None = None) -> float | None:
+    """USD per 1M tokens through the Batch API: an override named `<model>@batch`, else half the price."""
+    if overrides and f"{model}@batch" in overrides:
+        return overrides[f"{model}@batch"]
+    price = overrides[model] if overrides and model in overrides else price_per_million(provider, model)
+    return None if price is None else price * BATCH_API_DISCOUNT

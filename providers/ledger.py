@@ -2,11 +2,15 @@
 
 SQLite in WAL mode with a busy timeout, one short `BEGIN IMMEDIATE` transaction per write, so
 several processes can record at once without "database is locked". Budget reservations live in
-the same database, so a hard limit holds across concurrent calls and processes alike.
+the same database, so a hard limit holds across concurrent calls and processes alike. Each
+reservation names its owner, a ledger that holds an OS file lock while it is open: the lock goes
+when the process dies, however it dies, and the next ledger to start releases what it held.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import threading
 import time
 import uuid
@@ -15,9 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import filelock
+
 from .base import EmbeddingResult
 from .cost import CostReport, Usage
-from .errors import BudgetExceededError
+from .errors import BudgetExceededError, ConfigurationError
 from .settings import Budget
 from .sqlite import open_database, write_transaction
 
@@ -46,8 +52,10 @@ CREATE TABLE IF NOT EXISTS reservations (
 );
 """
 
-# A reservation left by a process that died is ignored after this long.
+# A reservation without an owner (written before owners were recorded) is ignored after this long.
 _RESERVATION_TTL_S = 3600.0
+# A lock file this old whose lock is free belongs to a ledger that died: its owner had time to lock it.
+_STALE_LOCK_FILE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,13 @@ class CostLedger:
         self._now = now
         self._lock = threading.Lock()
         self._db = open_database(path, _SCHEMA, "cost ledger")
+        with self._lock, write_transaction(self._db):
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(reservations)")}
+            if "owner" not in columns:
+                self._db.execute("ALTER TABLE reservations ADD COLUMN owner TEXT")
+        self._owners = path.with_name(path.name + ".owners")
+        self._owner = _LiveOwner(self._owners)
+        self.release_dead_owners()
 
     def record(self, result: EmbeddingResult, *, cached: int = 0, saved_usd: float = 0.0) -> None:
         """Record one call (one transaction)."""
@@ -74,6 +89,32 @@ class CostLedger:
 
     def reserve(self, usd: float, budget: Budget) -> Reservation:
         """Set `usd` aside against the hard limit, or raise `BudgetExceededError` before anything is spent."""
+        try:
+            return self._reserve(usd, budget)
+        except BudgetExceededError:
+            if not self.release_dead_owners():  # a process that died since we started may hold some
+                raise
+            return self._reserve(usd, budget)
+
+    def release_dead_owners(self) -> int:
+        """Release the reservations of ledgers whose process is gone; returns how many were released."""
+        with self._lock:
+            owners = [
+                owner
+                for (owner,) in self._db.execute(
+                    "SELECT DISTINCT owner FROM reservations WHERE owner IS NOT NULL AND owner != ?", (self._owner.id,)
+                )
+            ]
+        dead = [owner for owner in owners if not _LiveOwner.is_alive(self._owners, owner)]
+        released = 0
+        if dead:
+            with self._lock, write_transaction(self._db):
+                marks = ",".join("?" * len(dead))
+                released = self._db.execute(f"DELETE FROM reservations WHERE owner IN ({marks})", dead).rowcount
+        _LiveOwner.remove_stale(self._owners, keep=self._owner.id, now=time.time())
+        return released
+
+    def _reserve(self, usd: float, budget: Budget) -> Reservation:
         reservation_id = uuid.uuid4().hex
         with self._lock, write_transaction(self._db):
             spent = self._spent(budget.period)
@@ -87,7 +128,8 @@ class CostLedger:
                     "or use the local provider (free)."
                 )
             self._db.execute(
-                "INSERT INTO reservations (id, at, usd) VALUES (?, ?, ?)", (reservation_id, self._now(), usd)
+                "INSERT INTO reservations (id, at, usd, owner) VALUES (?, ?, ?, ?)",
+                (reservation_id, self._now(), usd, self._owner.id),
             )
         warning = None
         if budget.soft_usd is not None and projected > budget.soft_usd:
@@ -142,7 +184,10 @@ class CostLedger:
 
     def close(self) -> None:
         with self._lock:
+            with contextlib.suppress(sqlite3.Error), write_transaction(self._db):
+                self._db.execute("DELETE FROM reservations WHERE owner = ?", (self._owner.id,))
             self._db.close()
+            self._owner.release()
 
     def _insert(self, result: EmbeddingResult, cached: int, saved_usd: float) -> None:
         self._db.execute(
@@ -172,8 +217,52 @@ class CostLedger:
         return float(row.fetchone()[0] or 0.0)
 
     def _held(self) -> float:
-        row = self._db.execute("SELECT SUM(usd) FROM reservations WHERE at >= ?", (self._now() - _RESERVATION_TTL_S,))
+        row = self._db.execute(
+            "SELECT SUM(usd) FROM reservations WHERE owner IS NOT NULL OR at >= ?", (self._now() - _RESERVATION_TTL_S,)
+        )
         return float(row.fetchone()[0] or 0.0)
+
+
+class _LiveOwner:
+    """One open ledger, alive exactly while it holds the OS lock on `<id>.lock` (released by the OS at death)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.id = uuid.uuid4().hex
+        self._path = directory / f"{self.id}.lock"
+        self._lock = filelock.FileLock(self._path, thread_local=False)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire(timeout=10)  # a fresh name: only a sweeper's brief probe can be in the way
+        except (OSError, filelock.Timeout) as exc:
+            raise ConfigurationError(
+                f"cannot lock {self._path} for the cost ledger: {exc}; set SIGNAL_HUB_DATA_DIR to a writable directory."
+            ) from exc
+
+    def release(self) -> None:
+        self._lock.release()
+        self._path.unlink(missing_ok=True)
+
+    @staticmethod
+    def is_alive(directory: Path, owner: str) -> bool:
+        path = directory / f"{owner}.lock"
+        if not path.exists():
+            return False
+        probe = filelock.FileLock(path, thread_local=False)
+        try:
+            probe.acquire(timeout=0)
+        except filelock.Timeout:
+            return True
+        probe.release()
+        path.unlink(missing_ok=True)
+        return False
+
+    @staticmethod
+    def remove_stale(directory: Path, *, keep: str, now: float) -> None:
+        """Lock files of ledgers that died holding no reservation."""
+        for path in directory.glob("*.lock"):
+            with contextlib.suppress(OSError):
+                if path.stem != keep and now - path.stat().st_mtime > _STALE_LOCK_FILE_S:
+                    _LiveOwner.is_alive(directory, path.stem)
 
 
 def _period_start(period: str, now: float) -> float:

@@ -179,6 +179,20 @@ class LocalProvider(EmbeddingProvider):
             self._dimensions = _dimensions_from_config(self._path)
         return self._dimensions
 
+    def check(self) -> None:
+        """A look at the model directory, without loading it: a sentence-transformers model with weights."""
+        if not (self._path / "modules.json").is_file():
+            raise ConfigurationError(
+                f"local model {self.model!r}: no sentence-transformers model at {self._path} (no modules.json); "
+                "fix its path in SIGNAL_HUB_LOCAL_MODELS."
+            )
+        if not any((self._path / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
+            raise ConfigurationError(
+                f"local model {self.model!r}: no model.safetensors or pytorch_model.bin at {self._path}."
+            )
+        _max_seq_length(self._path)
+        super().check()
+
     @property
     def runtime(self) -> LocalRuntime | None:
         """How the model runs, once it is loaded (None before the first call)."""

@@ -45,6 +45,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -69,7 +70,8 @@ from .errors import (
     RateLimitError,
 )
 from .openai_options import OpenAIOptions
-from .ratelimit import Clock, RateLimiter, Sleep, parse_retry_after
+from .pacing import build_limiter
+from .ratelimit import Clock, Sleep, parse_retry_after
 from .settings import DEFAULT_OPENAI_MODEL, Settings
 from .tokens import Tokenizer, default_tokenizer
 
@@ -120,6 +122,7 @@ class OpenAIProvider(EmbeddingProvider):
         clock: Clock = time.monotonic,
         sleep: Sleep = anyio.sleep,
         http_client: httpx2.AsyncClient | None = None,
+        pacing_dir: Path | None = None,
     ) -> None:
         if model not in MODEL_DIMENSIONS:
             raise ConfigurationError(f"unknown OpenAI model {model!r}; choose one of: {', '.join(MODEL_DIMENSIONS)}.")
@@ -139,8 +142,16 @@ class OpenAIProvider(EmbeddingProvider):
         self._sleep = sleep
         self._http_client = http_client
         self._sdk: openai.AsyncOpenAI | None = None
-        self.limiter = RateLimiter(
-            self.options.rpm, self.options.tpm, window=self.options.rate_window, clock=clock, sleep=sleep
+        # With a data directory, every process using this endpoint and key paces with the others.
+        self.limiter = build_limiter(
+            self.options.rpm,
+            self.options.tpm,
+            window=self.options.rate_window,
+            clock=clock,
+            sleep=sleep,
+            shared_in=pacing_dir,
+            endpoint=base_url or "https://api.openai.com/v1",
+            key=lambda: self._api_key,
         )
 
     def __repr__(self) -> str:
@@ -156,6 +167,7 @@ class OpenAIProvider(EmbeddingProvider):
             api_key=settings.openai_api_key,
             base_url=settings.openai_base_url,
             options=options,
+            pacing_dir=settings.resolved_data_dir if settings.shared_pacing else None,
         )
 
     @property

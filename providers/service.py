@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import anyio
 import anyio.to_thread
@@ -17,13 +17,30 @@ import numpy as np
 from .base import EmbeddingProvider, EmbeddingResult, ProgressCallback
 from .cache import CachedVector, EmbeddingCache
 from .cost import CostEstimate, CostReport, cost_usd, price_per_million
-from .errors import BudgetExceededError, ConfigurationError, EmbeddingError, ProviderError, ProviderUnavailableError
+from .errors import (
+    BudgetExceededError,
+    ConfigurationError,
+    EmbeddingError,
+    InputError,
+    ProviderError,
+    ProviderUnavailableError,
+)
 from .fallback import OUTAGES, CircuitBreaker
-from .ledger import CostLedger, Reservation
-from .settings import Settings
+from .ledger import CostLedger, Reservation, _period_start
+from .settings import InputLimits, Settings
+from .similarity import Duplicates, Ranked, find_duplicate_groups, rank
 from .validation import validate_texts
 
-__all__ = ["PROVIDER_FACTORIES", "EmbeddingService", "ProviderFactory", "ProviderStatus", "SwitchResult"]
+__all__ = [
+    "PROVIDER_FACTORIES",
+    "DuplicateTexts",
+    "EmbeddingService",
+    "ProviderFactory",
+    "ProviderStatus",
+    "RankedTexts",
+    "SpendTotals",
+    "SwitchResult",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +98,33 @@ class ProviderStatus:
     retry_in_s: float
 
 
+@dataclass(frozen=True)
+class RankedTexts:
+    """`rank_texts`' answer: the best candidates first, and the embedding call that scored them."""
+
+    results: list[Ranked]
+    embedding: EmbeddingResult
+    """Accounting of the one call that embedded the query (row 0) and the candidates: space, cost, cache, fallback."""
+
+
+@dataclass(frozen=True)
+class DuplicateTexts:
+    """`find_duplicates`' answer: groups of near-copies, and the embedding call behind them."""
+
+    duplicates: Duplicates
+    embedding: EmbeddingResult
+
+
+@dataclass(frozen=True)
+class SpendTotals:
+    """USD spent in this session, in the budget period (named), and of all time."""
+
+    session_usd: float
+    period: str
+    period_usd: float
+    all_time_usd: float
+
+
 class EmbeddingService:
     """Embeds texts with the active provider, records what each call cost, and enforces the budget.
 
@@ -121,7 +165,8 @@ class EmbeddingService:
 
     def get_provider(self, name: str | None = None, model: str | None = None) -> EmbeddingProvider:
         """The active provider, or the named one (with `model`, or its default model)."""
-        if name is None or (name == self._active.name and model in (None, self._active.model)):
+        name = self._active.name if name is None else name
+        if name == self._active.name and model in (None, self._active.model):
             return self._active
         return self._provider(name, model)
 
@@ -141,6 +186,16 @@ class EmbeddingService:
         delivered.
         """
         valid = validate_texts(texts, self.settings.limits)
+        return await self._embed_valid(valid, provider=provider, progress=progress, check_capacity=check_capacity)
+
+    async def _embed_valid(
+        self,
+        valid: list[str],
+        *,
+        provider: str | None,
+        progress: ProgressCallback | None,
+        check_capacity: Callable[[int, int], None] | None,
+    ) -> EmbeddingResult:
         primary = self.get_provider(provider)
         progress = _never_backwards(progress)
         if check_capacity is not None:
@@ -339,34 +394,44 @@ class EmbeddingService:
         Vectors of the new space do not match vectors stored from the old one: compare `space`s.
         """
         previous = self._active
-        self._active = self._provider(name, model, dimensions)
-        return SwitchResult(
-            provider=self._active.name,
-            model=self._active.model,
-            dimensions=self._active.dimensions,
-            space=self._active.space,
+        chosen = self._provider(name, model, dimensions)  # built and checked: a failed switch changes nothing
+        switched = SwitchResult(
+            provider=chosen.name,
+            model=chosen.model,
+            dimensions=chosen.dimensions,
+            space=chosen.space,
             previous_provider=previous.name,
             previous_model=previous.model,
             previous_dimensions=previous.dimensions,
             previous_space=previous.space,
         )
+        self._active = chosen
+        return switched
 
     def provider_statuses(self) -> list[ProviderStatus]:
-        """Each known provider (its active or default model), its space and health."""
+        """Each known provider (its active or default model), its space and health.
+
+        A provider that cannot be built or read (a bad model directory, say) is listed with its own
+        error: one broken provider never hides the others.
+        """
         statuses = []
         for name in self._factories:
             try:
                 provider = self.get_provider(name)
-            except EmbeddingError as exc:
-                statuses.append(ProviderStatus(name, None, None, None, False, "unavailable", str(exc), 0.0))
+                dimensions, space = provider.dimensions, provider.space
+            except Exception as exc:
+                active = name == self._active.name
+                error = str(exc) if isinstance(exc, EmbeddingError) else f"{type(exc).__name__}: {exc}"
+                model = self._active.model if active else None
+                statuses.append(ProviderStatus(name, model, None, None, active, "unavailable", error, 0.0))
                 continue
             breaker = self._breaker(provider)
             statuses.append(
                 ProviderStatus(
                     name=name,
                     model=provider.model,
-                    dimensions=provider.dimensions,
-                    space=provider.space,
+                    dimensions=dimensions,
+                    space=space,
                     active=provider is self._active,
                     circuit=breaker.state.value,
                     last_error=breaker.last_error,
@@ -420,10 +485,77 @@ class EmbeddingService:
         instance = factory(self.settings, model, dimensions)
         if not isinstance(instance, EmbeddingProvider):  # pragma: no cover - a factory bug, not user input
             raise EmbeddingError(f"provider factory {key!r} returned {type(instance).__name__}")
+        instance.check()  # a provider that cannot work is never kept, made active or listed as usable
         # Reachable both by the name asked for (None: the default) and by the model it resolved to.
         self._instances[(key, model, dimensions)] = instance
         self._instances.setdefault((key, instance.model, dimensions), instance)
         return instance
+
+    async def rank_texts(
+        self,
+        query: str,
+        texts: Sequence[str],
+        top_k: int = 10,
+        *,
+        provider: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> RankedTexts:
+        """The `top_k` of `texts` most similar to `query` (cosine), best first.
+
+        The query and the candidates are embedded in one call, so they are always in one space,
+        fallback included; the cache and the ledger see that call as any other.
+        """
+        limits = self.settings.limits
+        _check_query(query, limits)
+        valid = validate_texts(texts, limits)
+        if top_k < 1:
+            raise InputError(f"top_k must be at least 1, got {top_k}.")
+        result = await self._embed_valid([query, *valid], provider=provider, progress=progress, check_capacity=None)
+        return RankedTexts(rank(result.vectors[0], result.vectors[1:], top_k), result)
+
+    async def find_duplicates(
+        self,
+        texts: Sequence[str],
+        threshold: float = 0.95,
+        *,
+        provider: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> DuplicateTexts:
+        """Groups of `texts` whose vectors score at least `threshold` (cosine) against another member."""
+        valid = validate_texts(texts, self.settings.limits)
+        if not -1.0 <= threshold <= 1.0:
+            raise InputError(f"threshold is a cosine similarity between -1 and 1, got {threshold}; try 0.95.")
+        result = await self._embed_valid(valid, provider=provider, progress=progress, check_capacity=None)
+        found = await anyio.to_thread.run_sync(find_duplicate_groups, result.vectors, threshold)
+        return DuplicateTexts(found, result)
+
+    def spend_totals(self) -> SpendTotals:
+        """This session's spend beside the budget period's and all time's, from the ledger every process shares."""
+        period = self.settings.budget.period
+        session = self.ledger.report(session=self.ledger.session).total_usd
+        all_time = self.ledger.report().total_usd
+        if period in ("session", "all"):
+            in_period = session if period == "session" else all_time
+        else:
+            start = datetime.fromtimestamp(_period_start(period, time.time()), UTC)
+            in_period = self.ledger.report(since=start).total_usd
+        return SpendTotals(session, period, in_period, all_time)
+
+    def key_warning(self, name: str) -> str | None:
+        """Why calls to provider `name` will fail for want of an API key, or None (never shows a key)."""
+        if name.strip().lower() == "openai" and not self.settings.openai_api_key:
+            return (
+                "no OpenAI API key is set (OPENAI_API_KEY): calls will fail, or fall back to another provider, "
+                "until the server is restarted with the key in its environment."
+            )
+        return None
+
+
+def _check_query(query: object, limits: InputLimits) -> None:
+    if not isinstance(query, str) or not query.strip():
+        raise InputError("query is empty or not a string: give the text to look for.")
+    if len(query) > limits.max_text_chars:
+        raise InputError(f"query is longer than {limits.max_text_chars:,} characters: shorten it.")
 
 
 def _never_backwards(progress: ProgressCallback | None) -> ProgressCallback | None:

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 # Light modules only (numpy at most): settings are read before any backend or SDK is chosen.
 from .batching import OverlongPolicy, RequestLimits
@@ -23,6 +23,9 @@ DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_OPENAI_MODEL = "text-embedding-3-small"
 
 _Choice = TypeVar("_Choice", bound=str)
+
+VectorsMode = Literal["inline", "on_request"]
+VECTORS_MODES: tuple[VectorsMode, ...] = get_args(VectorsMode)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +83,10 @@ class Settings:
     fallback: FallbackPolicy = field(default_factory=FallbackPolicy)
     cache: bool = True
     """Keep vectors in a persistent cache under the data directory, keyed by vector space and text."""
+    shared_pacing: bool = True
+    """Pace remote requests together with every process sharing the data directory, endpoint and key."""
+    vectors: VectorsMode = "inline"
+    """Whether embed tools answer with vectors ("inline") or only when a call asks ("on_request")."""
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -125,6 +132,8 @@ class Settings:
                 cooldown_s=_number(env, "SIGNAL_HUB_CIRCUIT_COOLDOWN_S", float, _positive("seconds"), 60.0),
             ),
             cache=env.get("SIGNAL_HUB_CACHE", "on").strip().lower() not in {"off", "0", "false", "no"},
+            shared_pacing=env.get("SIGNAL_HUB_SHARED_PACING", "on").strip().lower() not in {"off", "0", "false", "no"},
+            vectors=_choice(env, "SIGNAL_HUB_VECTORS", VECTORS_MODES, "inline"),
             budget=Budget(
                 soft_usd=_optional(env, "SIGNAL_HUB_BUDGET_SOFT_USD", float, _NON_NEGATIVE_USD),
                 hard_usd=_optional(env, "SIGNAL_HUB_BUDGET_HARD_USD", float, _NON_NEGATIVE_USD),

@@ -38,15 +38,39 @@ def main(argv: list[str] | None = None) -> int:
                 f"use one of: {', '.join(PROVIDER_FACTORIES)}."
             )
     except EmbeddingError as exc:
-        print(f"signal-hub-embeddings: {exc}", file=sys.stderr)
-        return 2
+        return refuse(exc)
     if args.command == "prepare":
         return prepare(settings)
     if args.command not in (None, "serve"):
         return int(args.run(args, settings))
-    from .app import build_server
+    return serve(settings)
 
-    build_server(settings).run("stdio")
+
+def refuse(problem: Exception) -> int:
+    """One line on stderr saying what is wrong and what to do, and exit status 2: no traceback."""
+    print(f"signal-hub-embeddings: {' '.join(str(problem).split())}", file=sys.stderr)
+    return 2
+
+
+def serve(settings: Settings) -> int:
+    """Build the service first (provider, ledger and cache checked), then serve MCP on stdio."""
+    import anyio
+
+    from providers import EmbeddingService
+
+    from .app import build_server
+    from .stdio import serve_stdio
+
+    try:
+        service = EmbeddingService(settings=settings)
+    except (EmbeddingError, OSError) as exc:
+        return refuse(exc)
+    active = service.provider
+    ready = (
+        f"signal-hub-embeddings: ready on stdio (provider {active.name}, model {active.model}, "
+        f"data in {settings.resolved_data_dir})"
+    )
+    anyio.run(serve_stdio, build_server(settings, lambda _: service), ready)
     return 0
 
 

@@ -1,59 +1,98 @@
-"""Typed results of the MCP tools (their `outputSchema`)."""
+"""Typed results of the MCP tools (their `outputSchema`).
+
+Agents pay for every byte of `tools/list` on every turn, so the schemas carry types only; the
+README's tools table says what each field means.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, WithJsonSchema
+from pydantic import BaseModel, WithJsonSchema
 
 from .encoding import Encoding
 
+Omitted = Annotated[str | None, WithJsonSchema({"type": "string"})]
+"""A text field left out of the answer when it has nothing to say (never sent as null)."""
+
 
 class TruncatedText(BaseModel):
-    index: int = Field(description="Position of the text in the call.")
-    dropped_tokens: int = Field(description="Tokens past the model's window, not seen by the model.")
+    index: int
+    dropped_tokens: int
 
 
 class _EmbeddingMeta(BaseModel):
     dimensions: int
     provider: str
     model: str
-    space: str = Field(description="Vector space id (provider:model:dimensions:normalisation); never mix spaces.")
-    tokens: int = Field(description="Input tokens as the provider counted them.")
-    cost_usd: float | None = Field(description="Cost of this call in USD; null when the model's price is unknown.")
+    space: str
+    tokens: int
+    cost_usd: float | None
     encoding: Encoding
-    cached: int = Field(description="Texts answered from the cache (no provider call, no cost).")
-    fallback: bool = Field(description="True when another provider than the one asked for answered.")
-    fallback_reason: str | None = Field(description="Why the fallback happened.")
-    requested_space: str | None = Field(description="With a fallback: the space that was asked for.")
-    warning: str | None = Field(default=None, description="Set when the soft spending limit was passed.")
+    cached: int
+    fallback: bool
+    fallback_reason: str | None
+    requested_space: str | None
+    warning: str | None = None
+    vectors_included: bool = True
+
+
+# A vector is an array of numbers or a base64 string. Typing each number made clients' schema
+# checks cost more than embedding; `anyOf` (not a `type` array) is what every host can read.
+_VECTOR_SCHEMA = {"anyOf": [{"type": "array"}, {"type": "string"}]}
 
 
 class EmbedTextResult(_EmbeddingMeta):
-    embedding: list[float] | str = Field(description="The vector: floats, or base64 of little-endian float32.")
+    embedding: Annotated[list[float] | str | None, WithJsonSchema(_VECTOR_SCHEMA)] = None
     truncated: bool
     dropped_tokens: int
 
 
-# Clients re-validate structured content against the output schema. A schema typing every
-# number made the Python SDK's jsonschema check cost ~0.23 s per 100 x 384 floats (more than
-# embedding them); typing each vector as an array or a string costs ~0.6 ms and says the same.
-_VECTORS_SCHEMA = {
-    "type": "array",
-    "items": {
-        "type": ["array", "string"],
-        "description": "A vector: an array of numbers, or base64 of little-endian float32.",
-    },
-}
-
-
 class EmbedBatchResult(_EmbeddingMeta):
-    embeddings: Annotated[list[list[float]] | list[str], WithJsonSchema(_VECTORS_SCHEMA)] = Field(
-        description="One vector per text, in the order given."
-    )
+    embeddings: Annotated[
+        list[list[float]] | list[str] | None, WithJsonSchema({"type": "array", "items": _VECTOR_SCHEMA})
+    ] = None
     count: int
-    truncated: list[TruncatedText] = Field(description="Texts cut to fit the model's window.")
+    truncated: list[TruncatedText]
+    more: Omitted = None
+
+
+class _CallMeta(BaseModel):
+    """What an answer computed from embeddings cost, and the space it was computed in."""
+
+    space: str
+    tokens: int
+    cost_usd: float | None
+    cached: int
+    fallback: bool
+    fallback_reason: Omitted = None
+    warning: Omitted = None
+    more: Omitted = None
+
+
+class RankedText(BaseModel):
+    index: int
+    score: float
+    preview: str
+
+
+class RankResult(_CallMeta):
+    results: list[RankedText]
+    candidates: int
+
+
+class DuplicateGroup(BaseModel):
+    indexes: list[int]
+    size: int
+    min_score: float
+
+
+class DuplicatesResult(_CallMeta):
+    groups: list[DuplicateGroup]
+    texts: int
+    pairs_checked: int
+    threshold: float
 
 
 class ProviderRef(BaseModel):
@@ -65,7 +104,8 @@ class ProviderRef(BaseModel):
 
 class SwitchProviderResult(ProviderRef):
     previous: ProviderRef
-    space_changed: bool = Field(description="True when stored vectors no longer match new ones: re-embed them.")
+    space_changed: bool
+    warning: Omitted = None
 
 
 class ProviderInfo(BaseModel):
@@ -76,7 +116,7 @@ class ProviderInfo(BaseModel):
     active: bool
     circuit: Literal["closed", "open", "half_open", "unavailable"]
     last_error: str | None
-    retry_in_s: float = Field(description="Seconds until a provider with an open circuit is tried again.")
+    retry_in_s: float
 
 
 class ProvidersResult(BaseModel):
@@ -88,15 +128,19 @@ class UsageOut(BaseModel):
     requests: int
     embeddings: int
     usd: float
-    unpriced_tokens: int = Field(description="Tokens of models with no known price, not included in usd.")
-    cached: int = Field(description="Embeddings served from the cache.")
-    saved_usd: float = Field(description="What the cached embeddings would have cost.")
+    unpriced_tokens: int
+    cached: int
+    saved_usd: float
 
 
 class CostResult(UsageOut):
     scope: Literal["session", "all"]
     since: datetime | None
     total_usd: float
+    session_usd: float
+    period: str
+    period_usd: float
+    all_time_usd: float
     by_provider: dict[str, UsageOut]
     by_model: dict[str, UsageOut]
 
@@ -105,5 +149,5 @@ class CostEstimateResult(BaseModel):
     provider: str
     model: str
     texts: int
-    tokens: int = Field(description="Estimated input tokens (errs high).")
-    usd: float | None = Field(description="Estimated cost in USD; null when the model's price is unknown.")
+    tokens: int
+    usd: float | None

@@ -310,6 +310,9 @@ class LoopbackOpenAI:
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.reset_counters()
+        from .loopback_batches import LoopbackBatches  # the Files and Batches APIs (issue 16)
+
+        self.batches = LoopbackBatches(self)
 
     # lifecycle
 
@@ -741,6 +744,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.server.app.batches.route(self, "POST", body):
+            return
         reply = self.server.app.handle(self.path, self.headers.get("Authorization"), body)
         if reply is None:
             self.close_connection = True
@@ -748,6 +753,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(reply)
 
     def do_GET(self) -> None:
+        if self.server.app.batches.route(self, "GET", b""):
+            return
         self._send(_error(404, f"Invalid URL (GET {self.path})"))
 
     def _send(self, reply: _Reply) -> None:

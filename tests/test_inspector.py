@@ -193,8 +193,42 @@ def test_lists_the_four_tools(server_env: dict[str, str], protocol_era: str) -> 
         assert tools[name].get("outputSchema", {}).get("type") == "object", f"{name} has no object outputSchema"
 
 
+def test_tools_list_has_no_schema_portability_findings(server_env: dict[str, str]) -> None:
+    # --strict puts the Inspector's schema lint (`type` arrays, untyped or remote schemas) in the envelope.
+    run = run_inspector(server_env, "--method", "tools/list", "--strict")
+    assert run.returncode == EXIT_OK, run.describe()
+    envelope = json.loads(run.stdout)
+    assert "schemaFindings" not in envelope, envelope.get("schemaFindings")
+    assert "Schema portability" not in run.stderr
+    tools = {tool["name"]: tool for tool in envelope["result"]["tools"]}
+    for name in ("rank_texts", "find_duplicates"):
+        assert tools[name]["title"] and tools[name]["annotations"]["destructiveHint"] is False
+
+
+def test_rank_texts(server_env: dict[str, str]) -> None:
+    texts = ["SELECT id, name FROM users WHERE active = 1;", CODE_SNIPPET, "the quick brown fox"]
+    out = structured(call_tool(server_env, "rank_texts", {"query": "fibonacci numbers", "texts": texts, "top_k": 2}))
+    assert out["results"][0]["index"] == 1
+    assert len(out["results"]) == 2
+    assert out["results"][0]["preview"] == "def fibonacci(n: int) -> int:"
+    assert out["space"] == f"local:{LOCAL_MODEL}:{DIMENSIONS}:l2" and out["fallback"] is False
+
+
+def test_find_duplicates(server_env: dict[str, str]) -> None:
+    texts = [CODE_SNIPPET, "the quick brown fox", CODE_SNIPPET.replace("    ", "\t"), "SELECT 1;"]
+    out = structured(call_tool(server_env, "find_duplicates", {"texts": texts}))
+    assert out["groups"][0]["indexes"] == [0, 2]
+    assert out["pairs_checked"] == 6 and out["texts"] == 4
+
+
+def test_mcp_json_leaves_vectors_out_unless_a_call_asks(server_env: dict[str, str]) -> None:
+    # .mcp.json is the agents' configuration: SIGNAL_HUB_VECTORS=on_request.
+    out = structured(call_tool(server_env, "embed_batch", {"texts": ["a", "b"]}))
+    assert "embeddings" not in out and out["count"] == 2 and out["vectors_included"] is False
+
+
 def test_embed_text(server_env: dict[str, str]) -> None:
-    out = structured(call_tool(server_env, "embed_text", {"text": CODE_SNIPPET}))
+    out = structured(call_tool(server_env, "embed_text", {"text": CODE_SNIPPET, "include_vectors": True}))
     assert out["dimensions"] == DIMENSIONS
     assert out["provider"] == "local"
     assert out["model"] == LOCAL_MODEL
@@ -207,7 +241,9 @@ def test_embed_text(server_env: dict[str, str]) -> None:
 
 def test_embed_batch_base64(server_env: dict[str, str]) -> None:
     texts = [CODE_SNIPPET, "SELECT id, name FROM users WHERE active = 1;", "the quick brown fox"]
-    out = structured(call_tool(server_env, "embed_batch", {"texts": texts, "encoding": "base64"}))
+    out = structured(
+        call_tool(server_env, "embed_batch", {"texts": texts, "encoding": "base64", "include_vectors": True})
+    )
     assert out["count"] == 3
     embeddings = out["embeddings"]
     assert isinstance(embeddings, list)
@@ -249,6 +285,6 @@ def test_empty_batch_is_a_tool_error_and_the_server_stays_usable(server_env: dic
 
     # Each Inspector CLI run is its own server process: this shows the rejected call left nothing behind
     # (data directory, cost ledger) that breaks the next session.
-    good = structured(call_tool(server_env, "embed_batch", {"texts": ["still works"]}))
+    good = structured(call_tool(server_env, "embed_batch", {"texts": ["still works"], "include_vectors": True}))
     assert good["count"] == 1
     assert len(good["embeddings"][0]) == DIMENSIONS

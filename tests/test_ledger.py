@@ -141,5 +141,8 @@ def test_eight_processes_writing_at_once_sum_exactly(tmp_path: Path) -> None:
 
 def test_an_unusable_data_directory_is_a_clear_configuration_error(tmp_path: Path) -> None:
     (tmp_path / "not-a-dir").write_text("a file where the data directory should be")
-    with pytest.raises(ConfigurationError, match=r"cannot open the cost ledger at .*check SIGNAL_HUB_DATA_DIR"):
+    with pytest.raises(
+        ConfigurationError,
+        match=r"cannot open the cost ledger at .*not-a-dir is a file, not a directory; set SIGNAL_HUB_DATA_DIR",
+    ):
         CostLedger(tmp_path / "not-a-dir" / "ledger.sqlite3")

@@ -38,7 +38,15 @@ def limiter(clock: FakeClock, **kwargs: float | None) -> RateLimiter:
 
 
 def test_public_api_is_pinned() -> None:
-    assert ratelimit.__all__ == ["Clock", "RateLimiter", "Sleep", "parse_duration", "parse_retry_after"]
+    assert ratelimit.__all__ == [
+        "INTERACTIVE_TOKENS",
+        "Clock",
+        "RateLimiter",
+        "Sleep",
+        "WaitQueue",
+        "parse_duration",
+        "parse_retry_after",
+    ]
 
 
 @pytest.mark.parametrize(

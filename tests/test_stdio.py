@@ -35,7 +35,16 @@ async def stdio_client(data_dir: Path) -> AsyncIterator[Client]:
 async def test_every_tool_works_over_stdio(stdio_client: Client) -> None:
     client = stdio_client
     tools = {tool.name for tool in (await client.list_tools()).tools}
-    assert tools >= {"embed_text", "embed_batch", "switch_provider", "get_cost", "estimate_cost", "list_providers"}
+    assert tools >= {
+        "embed_text",
+        "embed_batch",
+        "rank_texts",
+        "find_duplicates",
+        "switch_provider",
+        "get_cost",
+        "estimate_cost",
+        "list_providers",
+    }
 
     one = await client.call_tool("embed_text", {"text": "def calculate_total(items):"})
     assert not one.is_error and one.structured_content["dimensions"] == 384
@@ -91,7 +100,7 @@ anyio.run(main)
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
     )
     report = json.loads(out.stdout)
-    assert len(report["tools"]) >= 6
+    assert {"embed_text", "rank_texts", "find_duplicates"} <= set(report["tools"])
     assert report["heavy"] == []
 
 

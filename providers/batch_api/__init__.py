@@ -1,0 +1,25 @@
+"""The OpenAI Batch API as an engine for embedding jobs: half price, run on OpenAI's fleet within 24 h."""
+
+from .engine import BatchApiEngine
+from .entry import batch_engine, embed_with_batch_api
+from .options import BatchApiOptions
+from .packing import BATCH_API_LIMITS, BatchLimits, custom_id, parse_custom_id, plan_files
+from .state import BatchState
+from .status import BatchCostEstimate, BatchJobResult, BatchJobStatus, BatchProgress
+
+__all__ = [
+    "BATCH_API_LIMITS",
+    "BatchApiEngine",
+    "BatchApiOptions",
+    "BatchCostEstimate",
+    "BatchJobResult",
+    "BatchJobStatus",
+    "BatchLimits",
+    "BatchProgress",
+    "BatchState",
+    "batch_engine",
+    "custom_id",
+    "embed_with_batch_api",
+    "parse_custom_id",
+    "plan_files",
+]

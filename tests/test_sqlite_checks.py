@@ -1,0 +1,49 @@
+"""Ledger and cache files are checked when opened: a damaged one is refused, by name, with what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from providers import ConfigurationError, CostLedger, EmbeddingResult
+from providers.cache import EmbeddingCache
+
+ONE = EmbeddingResult(vectors=np.zeros((1, 4), np.float32), provider="openai", model="m", tokens=5)
+
+
+def damage_after_first_page(path: Path) -> None:
+    size = path.stat().st_size
+    with path.open("r+b") as file:
+        file.seek(4096)
+        file.write(np.random.default_rng(1).bytes(size - 4096))
+
+
+def test_a_ledger_with_damaged_pages_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    ledger = CostLedger(path)
+    for _ in range(500):
+        ledger.record(ONE)
+    ledger.close()
+    damage_after_first_page(path)
+    with pytest.raises(ConfigurationError) as refused:
+        CostLedger(path)
+    message = str(refused.value)
+    assert f"the cost ledger at {path} is damaged (" in message
+    assert f"mv {path} {path}.damaged" in message and "\n" not in message
+
+
+def test_a_file_that_is_not_a_database_is_refused_as_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "cache.sqlite3"
+    path.write_bytes(np.random.default_rng(2).bytes(20_000))
+    with pytest.raises(ConfigurationError, match=r"the embedding cache at .* is damaged \(file is not a database\)"):
+        EmbeddingCache(path)
+
+
+def test_an_intact_ledger_opens_and_keeps_its_records(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    ledger = CostLedger(path)
+    ledger.record(ONE)
+    ledger.close()
+    assert CostLedger(path).report().total.tokens == 5
