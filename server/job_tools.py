@@ -22,7 +22,7 @@ import anyio
 from mcp import MCPDeprecationWarning
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, ClientCapabilities, RootsCapability, TextContent, ToolAnnotations
+from mcp.types import CallToolResult, ClientCapabilities, RootsCapability, TextContent
 from pydantic import BaseModel, Field
 
 from providers import EmbeddingError, EmbeddingService, Settings
@@ -30,7 +30,9 @@ from providers.job_paths import AllowedRoots
 from providers.job_store import JobRecord, JobStatus
 from providers.jobs import JobRunner
 
-__all__ = ["JobListResult", "JobStatusResult", "register_job_tools", "run_jobs"]
+from .tooling import add_tool
+
+__all__ = ["JobListResult", "JobStarted", "JobStatusResult", "register_job_tools", "run_jobs"]
 
 _RUNNERS: weakref.WeakKeyDictionary[EmbeddingService, JobRunner] = weakref.WeakKeyDictionary()
 _ROOTS_TIMEOUT_S = 2.0
@@ -53,24 +55,29 @@ class JobStatusResult(BaseModel):
     status: JobStatus
     done: int
     total: int
-    cached: int = Field(description="Chunks answered from the cache: no provider call, no cost.")
+    cached: int
     tokens: int
     usd: float
     rate_per_min: float
     eta_s: float | None
     errors: list[str]
-    truncated: int = Field(description="Chunks cut to the model's window; their rows say dropped_tokens.")
+    truncated: int
+
+
+class JobStarted(JobStatusResult):
+    """What start_embedding_job answers: the status, where the vectors go, and the estimate."""
+
     output: str
     space: str
-    estimated_tokens: int | None = None
-    estimated_usd: float | None = None
+    estimated_tokens: int
+    estimated_usd: float | None
 
 
 class JobListResult(BaseModel):
     jobs: list[JobStatusResult]
 
 
-def _status(job: JobRecord, *, estimate: bool = False) -> JobStatusResult:
+def _status(job: JobRecord) -> JobStatusResult:
     now = time.time()
     eta = job.eta_s(now)
     return JobStatusResult(
@@ -85,10 +92,6 @@ def _status(job: JobRecord, *, estimate: bool = False) -> JobStatusResult:
         eta_s=None if eta is None else round(eta, 1),
         errors=[error[:300] for error in job.error_list],
         truncated=job.truncated,
-        output=job.output,
-        space=job.space,
-        estimated_tokens=job.estimated_tokens if estimate else None,
-        estimated_usd=job.estimated_usd if estimate else None,
     )
 
 
@@ -135,74 +138,70 @@ async def _call(action: Callable[[], Awaitable[Any]]) -> Any:
         raise ToolError(f"{exc.filename or 'a file'}: {exc.strerror or exc}; check the path and try again.") from exc
 
 
-_READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
-
-
 def register_job_tools(mcp: MCPServer[Any]) -> None:
-    """Add the five job tools to `mcp`."""
+    """Add the five job tools to `mcp`. Only job_status declares an output schema: tools/list stays small."""
+    add_tool(mcp, start_embedding_job, title="Start an embedding job", idempotent=False, open_world=True)
+    add_tool(mcp, job_status, title="Job status", read_only=True)
+    add_tool(mcp, cancel_job, title="Cancel a job")
+    add_tool(mcp, list_jobs, title="List jobs", read_only=True)
+    add_tool(mcp, resume_job, title="Resume a job", open_world=True)
 
-    @mcp.tool(
-        title="Start an embedding job",
-        annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=False, open_world_hint=True),
-    )
-    async def start_embedding_job(
-        input: Annotated[str, Field(description="A .jsonl file of {id, text}, a text file, or a directory.")],
-        output: Annotated[str, Field(description="out.jsonl, or out.npy (ids in out.ids.jsonl).")],
-        ctx: Context,
-        provider: Annotated[Literal["local", "openai"] | None, Field(description="Default: as configured.")] = None,
-        format: Annotated[Literal["jsonl", "npy"] | None, Field(description="Default: from the suffix.")] = None,
-    ) -> Annotated[CallToolResult, JobStatusResult]:
-        """Embed a file or directory into a file in the background; answers at once with job_id and estimate.
-        Poll job_status."""
-        runner = _runner(ctx)
-        roots = await _roots(ctx, runner)
-        started = await _call(lambda: runner.start(input, output, provider=provider, format=format, roots=roots))
-        out = _status(started.job, estimate=True)
-        usd = "price unknown" if out.estimated_usd is None else f"${out.estimated_usd:.6f}"
-        text = f"Started job {out.job_id}: {out.total} chunks, about {out.estimated_tokens} tokens, {usd}."
-        if started.duplicate_ids:
-            text += f" Warning: {started.duplicate_ids}."
-        return _answer(out, text)
 
-    @mcp.tool(title="Job status", annotations=_READ_ONLY)
-    async def job_status(
-        job_id: Annotated[str, Field(description="From start_embedding_job or list_jobs.")], ctx: Context
-    ) -> Annotated[CallToolResult, JobStatusResult]:
-        """Progress of a job: status, done/total, cached, tokens, usd, rate, ETA, errors."""
-        job = await _call(lambda: _async(_runner(ctx).status, job_id))
-        out = _status(job)
-        return _answer(out, _line(out))
+JobId = Annotated[str, Field(description="From start_embedding_job or list_jobs.")]
 
-    @mcp.tool(
-        title="Cancel a job",
-        annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=True, open_world_hint=False),
-    )
-    async def cancel_job(
-        job_id: Annotated[str, Field(description="The job to stop.")], ctx: Context
-    ) -> Annotated[CallToolResult, JobStatusResult]:
-        """Stop a job within a second. Work done stays cached; resume_job goes on from there."""
-        out = _status(await _call(lambda: _runner(ctx).cancel(job_id)))
-        return _answer(out, _line(out))
 
-    @mcp.tool(title="List jobs", annotations=_READ_ONLY)
-    async def list_jobs(ctx: Context) -> Annotated[CallToolResult, JobListResult]:
-        """The 10 most recent jobs, newest first, with their progress."""
-        jobs = [_status(job) for job in _runner(ctx).list(10)]
-        out = JobListResult(jobs=jobs)
-        return _answer(out, "; ".join(_line(job) for job in jobs) or "No jobs yet.")
+async def start_embedding_job(
+    input: Annotated[str, Field(description="{id, text} .jsonl, text file, or directory")],
+    output: Annotated[str, Field(description=".jsonl or .npy")],
+    ctx: Context,
+    provider: Literal["local", "openai"] | None = None,
+    format: Literal["jsonl", "npy"] | None = None,
+) -> CallToolResult:
+    """Embed a file or directory into a file in the background, for more than a call can carry.
+    Answers at once with job_id and estimated tokens/USD; poll job_status."""
+    runner = _runner(ctx)
+    roots = await _roots(ctx, runner)
+    started = await _call(lambda: runner.start(input, output, provider=provider, format=format, roots=roots))
+    job = started.job
+    fields = {"output": job.output, "space": job.space, "estimated_usd": job.estimated_usd}
+    out = JobStarted(**vars(_status(job)), estimated_tokens=job.estimated_tokens, **fields)
+    usd = "price unknown" if out.estimated_usd is None else f"${out.estimated_usd:.6f}"
+    text = f"Started job {out.job_id}: {out.total} chunks, about {out.estimated_tokens} tokens, {usd}."
+    if started.duplicate_ids:
+        text += f" Warning: {started.duplicate_ids}."
+    return _answer(out, text)
 
-    @mcp.tool(
-        title="Resume a job",
-        annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=True, open_world_hint=True),
-    )
-    async def resume_job(
-        job_id: Annotated[str, Field(description="An interrupted, failed or cancelled job.")], ctx: Context
-    ) -> Annotated[CallToolResult, JobStatusResult]:
-        """Run a stopped job again; chunks done before come from the cache, only the rest is embedded."""
-        runner = _runner(ctx)
-        roots = await _roots(ctx, runner)
-        out = _status(await _call(lambda: runner.resume(job_id, roots)))
-        return _answer(out, _line(out))
+
+async def job_status(job_id: JobId, ctx: Context) -> Annotated[CallToolResult, JobStatusResult]:
+    """Progress of an embedding job: status, done/total, cached, tokens, usd, rate, ETA, errors.
+    Poll it after start_embedding_job or resume_job."""
+    job = await _call(lambda: _async(_runner(ctx).status, job_id))
+    out = _status(job)
+    return _answer(out, _line(out))
+
+
+async def cancel_job(job_id: JobId, ctx: Context) -> CallToolResult:
+    """Stop a job within a second. Work done stays cached and paid for;
+    resume_job goes on from there."""
+    out = _status(await _call(lambda: _runner(ctx).cancel(job_id)))
+    return _answer(out, _line(out))
+
+
+async def list_jobs(ctx: Context) -> CallToolResult:
+    """The 10 newest embedding jobs with their progress, as job_status shows each.
+    Use it to find a job_id."""
+    jobs = [_status(job) for job in _runner(ctx).list(10)]
+    out = JobListResult(jobs=jobs)
+    return _answer(out, "; ".join(_line(job) for job in jobs) or "No jobs yet.")
+
+
+async def resume_job(job_id: JobId, ctx: Context) -> CallToolResult:
+    """Run an interrupted, failed or cancelled job again, e.g. after a server restart.
+    Chunks done before come from the cache: only the rest is embedded."""
+    runner = _runner(ctx)
+    roots = await _roots(ctx, runner)
+    out = _status(await _call(lambda: runner.resume(job_id, roots)))
+    return _answer(out, _line(out))
 
 
 async def _async(function: Callable[..., Any], *args: Any) -> Any:
