@@ -27,6 +27,7 @@ from providers.similarity import preview
 
 from .budget import fit_items
 from .encoding import Encoding, check_message_size, encode_vectors
+from .job_tools import register_job_tools, run_jobs
 from .models import (
     CostEstimateResult,
     CostResult,
@@ -75,7 +76,7 @@ def build_server(settings: Settings, service_factory: ServiceFactory | None = No
     @asynccontextmanager
     async def lifespan(_: MCPServer[EmbeddingService]) -> AsyncIterator[EmbeddingService]:
         # The service is cheap to build: models and API clients load on first use.
-        async with make_service(settings) as service:
+        async with make_service(settings) as service, run_jobs(service, settings):
             yield service
 
     mcp: MCPServer[EmbeddingService] = AgentServer(
@@ -93,6 +94,7 @@ def build_server(settings: Settings, service_factory: ServiceFactory | None = No
     add_tool(mcp, get_cost, title="Show spend", read_only=True)
     add_tool(mcp, list_providers, title="List providers", read_only=True)
     add_tool(mcp, switch_provider, title="Switch provider")
+    register_job_tools(mcp)
     return mcp
 
 

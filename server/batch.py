@@ -6,11 +6,11 @@
     signal-hub-embeddings cache stats
     signal-hub-embeddings cache prune --older-than-days 30
 
-Input is read lazily and embedded in windows of `--window` texts, one `EmbeddingService.embed`
-call each, so memory does not grow with the input and every finished window is in the cache: a
-run that is killed and started again gets those windows from the cache and sends only the rest.
-Output goes to `<output>.partial`, renamed only when complete, so a killed run never leaves a
-truncated file that looks finished.
+The work is the core's job pipeline (`providers/jobs.py`, shared with the MCP job tools): input
+is read lazily and embedded in windows of `--window` texts, so memory does not grow with the input
+and every finished window is in the cache: a run that is killed and started again gets those
+windows from the cache and sends only the rest. Output goes to `<output>.partial`, renamed only
+when complete. Texts cut to the model's window are counted in the summary and marked on their rows.
 
 Exit codes: 0 done, 1 the provider, the budget or writing failed, 2 bad usage or bad input (named
 by file and line; input files are checked before anything is sent), 130 interrupted.
@@ -25,32 +25,22 @@ import json
 import os
 import sys
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import anyio
-import anyio.to_thread
-import numpy as np
+from tqdm import tqdm
 
-from providers import ConfigurationError, EmbeddingError, EmbeddingResult, EmbeddingService, InputError, Settings
+from providers import ConfigurationError, EmbeddingError, EmbeddingService, InputError, Settings
+from providers.job_engine import EngineJob, InProcessEngine
+from providers.job_files import FORMATS, Chunk, DuplicateIds, Source, find_sources, read_chunks
+from providers.job_pipeline import Tally
+from providers.job_writers import JsonlWriter, NpyWriter, VectorWriter, ids_path
 from providers.registry import provider_names
 from providers.settings import InputLimits
 
-from .batch_io import (
-    FORMATS,
-    Chunk,
-    JsonlWriter,
-    NpyWriter,
-    Source,
-    VectorWriter,
-    find_sources,
-    ids_path,
-    read_chunks,
-    windows,
-)
 from .encoding import Encoding
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "add_commands", "run_cache", "run_embed"]
@@ -61,93 +51,38 @@ PROG = "signal-hub-embeddings"
 # Measured on 10k stdlib chunks against the loopback OpenAI server at 0.2 s a request: the provider
 # packs a window of 256 code chunks into one or two requests, so one window at a time took 21 s,
 # 4 in flight 14 s, 8 in flight 13.5 s (and slower warm runs). Windows of 512-2048 were no faster
-# one at a time than 256 with 4 in flight, and make a killed run redo more. The local model is
-# compute-bound either way.
+# one at a time than 256 with 4 in flight, and make a killed run redo more.
 DEFAULT_WINDOW = 256
-IN_FLIGHT = 4
 _MAX_REPORTED_SKIPS = 20
 
 
 # --- progress and summary --------------------------------------------------------------------------
 
 
-@dataclass
-class Tally:
-    """What a job has done so far: every count the summary reports."""
-
-    embedded: int = 0
-    """Texts the provider embedded in this run."""
-    cached: int = 0
-    """Chunks answered without the provider: from the cache, or repeating a text embedded earlier in the run."""
-    failed: int = 0
-    """Bad records skipped (--skip-invalid)."""
-    tokens: int = 0
-    usd: float = 0.0
-    unpriced: bool = False
-
-    @property
-    def written(self) -> int:
-        return self.embedded + self.cached
-
-    def add(self, result: EmbeddingResult | None, *, rows: int, sent: int) -> None:
-        """Count a window of `rows` chunks that sent `sent` distinct texts (none: `result` is None)."""
-        embedded = 0 if result is None else sent - result.cached
-        self.embedded += embedded
-        self.cached += rows - embedded
-        if result is not None:
-            self.tokens += result.tokens
-            self.unpriced = self.unpriced or result.cost_usd is None
-            self.usd += result.cost_usd or 0.0
-
-    def cost(self) -> str:
-        return format_usd(self.usd) + (" + unpriced tokens" if self.unpriced else "")
-
-    def summary(self, seconds: float) -> str:
-        return (
-            f"embedded {self.embedded:,}, cached {self.cached:,}, failed {self.failed:,}; "
-            f"{self.tokens:,} tokens, {self.cost()}; {format_seconds(seconds)}"
-        )
+def summary(tally: Tally, seconds: float) -> str:
+    return (
+        f"embedded {tally.embedded:,}, cached {tally.cached:,}, failed {tally.failed:,}; "
+        f"{tally.tokens:,} tokens, {cost_text(tally)}; {format_seconds(seconds)}"
+    )
 
 
-class ProgressBar:
-    """Items, rate, ETA and cost so far, on stderr: redrawn in place on a terminal, else a line every 10 s."""
+def cost_text(tally: Tally) -> str:
+    return format_usd(tally.usd) + (" + unpriced tokens" if tally.unpriced else "")
 
-    def __init__(
-        self, stream: IO[str], total: int | None, *, enabled: bool = True, now: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.stream = stream
-        self.total = total
-        self.enabled = enabled
-        self.tty = enabled and stream.isatty()
-        self._now = now
-        self._samples: deque[tuple[float, int]] = deque([(now(), 0)])
-        self._shown_at = -1e9
 
-    def update(self, done: int, tally: Tally, *, final: bool = False) -> None:
-        now = self._now()
-        if now - self._samples[-1][0] >= 0.5:
-            self._samples.append((now, done))
-            while now - self._samples[0][0] > 30:  # the rate is over the last 30 s: resumed runs start fast
-                self._samples.popleft()
-        if not self.enabled or (not final and now - self._shown_at < (0.1 if self.tty else 10.0)):
-            return
-        self._shown_at = now
-        line = self.render(done, tally, now)
-        self.stream.write(f"\r{line}\x1b[K{chr(10) if final else ''}" if self.tty else f"{line}\n")
-        self.stream.flush()
-
-    def render(self, done: int, tally: Tally, now: float) -> str:
-        then, before = self._samples[0]
-        rate = (done - before) / (now - then) if now > then else 0.0
-        parts = [f"{done:,}" if self.total is None else f"{done:,}/{self.total:,}"]
-        if self.total:
-            filled = round(20 * done / self.total)
-            parts.append(f"{done / self.total:4.0%} [{'#' * filled}{'.' * (20 - filled)}]")
-        parts.append(f"{rate:,.1f} items/s")
-        if self.total is not None and rate > 0:
-            parts.append(f"ETA {format_seconds((self.total - done) / rate)}")
-        parts.append(tally.cost())
-        return "embedding " + "  ".join(parts)
+def progress_bar(total: int | None, *, enabled: bool) -> tqdm[None]:
+    """Items, rate, ETA and cost so far on stderr: redrawn in place on a terminal, else a line every 10 s."""
+    tty = sys.stderr.isatty()
+    return tqdm(
+        total=total,
+        desc="embedding",
+        unit="chunk",
+        file=sys.stderr,
+        disable=not enabled,
+        mininterval=0.1 if tty else 10.0,
+        dynamic_ncols=tty,
+        ascii=not tty,
+    )
 
 
 def format_seconds(seconds: float) -> str:
@@ -160,120 +95,6 @@ def format_seconds(seconds: float) -> str:
 
 def format_usd(usd: float) -> str:
     return "$0.00" if usd == 0 else f"${usd:,.4f}" if usd >= 0.01 else f"${usd:.6f}"
-
-
-# --- the pipeline ----------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class _Slot:
-    """One window on its way through the pipeline."""
-
-    window: list[Chunk]
-    texts: list[str] = field(default_factory=list)
-    """What this window sends: each text once, without texts an earlier window in flight sends."""
-    rows: list[tuple[_Slot, int]] = field(default_factory=list)
-    """For each chunk, the window whose result holds its vector, and the row there."""
-    done: anyio.Event = field(default_factory=anyio.Event)
-    progress: int = 0
-    result: EmbeddingResult | None = None
-    error: Exception | None = None
-
-
-class Pipeline:
-    """Keeps `in_flight` windows with the provider and writes them in input order as they complete.
-
-    Windows in flight together keep the OpenAI provider's requests flowing across window boundaries
-    and let writing overlap embedding. A text that an earlier window in flight already sends is not
-    sent again but takes that window's vector: a repeated chunk is embedded once, as it would be
-    with one call at a time (the second call finding it in the cache).
-    """
-
-    def __init__(
-        self, service: EmbeddingService, writer: VectorWriter, bar: ProgressBar, tally: Tally, in_flight: int
-    ) -> None:
-        self.service = service
-        self.writer = writer
-        self.bar = bar
-        self.tally = tally
-        self.in_flight = in_flight
-        self.space = service.provider.space
-        self._pending: deque[_Slot] = deque()
-        self._sending: dict[str, tuple[_Slot, int]] = {}
-        self._bad_input: InputError | None = None
-
-    async def run(self, batches: Iterable[list[Chunk]]) -> None:
-        failure: Exception | None = None
-        async with anyio.create_task_group() as tasks:
-            try:
-                for window in self._until_bad_input(batches):
-                    slot = self._plan(window)
-                    self._pending.append(slot)
-                    tasks.start_soon(self._embed, slot)
-                    if len(self._pending) >= self.in_flight:
-                        await self._write_next()
-                # After bad input too: the windows in flight are good work, and get into the cache.
-                while self._pending:
-                    await self._write_next()
-            except Exception as exc:  # a failed call or write: stop the windows in flight
-                failure = exc
-                tasks.cancel_scope.cancel()
-        if failure is not None:
-            raise failure
-        if self._bad_input is not None:
-            raise self._bad_input
-
-    def _until_bad_input(self, batches: Iterable[list[Chunk]]) -> Iterator[list[Chunk]]:
-        try:
-            yield from batches
-        except InputError as exc:  # a bad line of stdin, found as it is read
-            self._bad_input = exc
-
-    def _plan(self, window: list[Chunk]) -> _Slot:
-        slot = _Slot(window)
-        for chunk in window:
-            source = self._sending.get(chunk.text)
-            if source is None:
-                source = self._sending[chunk.text] = (slot, len(slot.texts))
-                slot.texts.append(chunk.text)
-            slot.rows.append(source)
-        return slot
-
-    async def _embed(self, slot: _Slot) -> None:
-        async def progress(done: int, total: int) -> None:
-            slot.progress = len(slot.window) * done // max(total, 1)
-            self._show()
-
-        try:
-            if slot.texts:
-                slot.result = await self.service.embed(slot.texts, progress=progress)
-                if slot.result.space != self.space:  # pragma: no cover - fallback is off; a guard
-                    raise EmbeddingError(f"{slot.result.space} answered, not {self.space}: two spaces in one file.")
-        except Exception as exc:
-            slot.error = exc
-        finally:
-            slot.done.set()
-
-    async def _write_next(self) -> None:
-        slot = self._pending[0]
-        await slot.done.wait()
-        if slot.error is not None:
-            raise slot.error
-        rows = []
-        for source, row in slot.rows:
-            assert source.result is not None  # it sends this text and is written first
-            rows.append(source.result.vectors[row])
-        vectors = np.stack(rows)
-        await anyio.to_thread.run_sync(self.writer.write, [chunk.id for chunk in slot.window], vectors)
-        self._pending.popleft()
-        for text in slot.texts:
-            del self._sending[text]
-        self.tally.add(slot.result, rows=len(slot.window), sent=len(slot.texts))
-        slot.rows.clear()  # later windows may still read this one's result, but nothing older stays alive
-        self._show()
-
-    def _show(self) -> None:
-        self.bar.update(self.tally.written + sum(slot.progress for slot in self._pending), self.tally)
 
 
 # --- the commands ----------------------------------------------------------------------------------
@@ -361,40 +182,77 @@ def add_commands(subparsers: Any) -> None:
     cache.set_defaults(run=run_cache)
 
 
+@dataclass
+class _Run:
+    """A run of `embed`: the tally, and what the input held so far."""
+
+    tally: Tally = dataclasses.field(default_factory=Tally)
+    total: int | None = None
+    """Valid chunks in the input (None: stdin, not counted ahead)."""
+    read: int = 0
+    """Valid chunks read so far."""
+    duplicates: DuplicateIds = dataclasses.field(default_factory=DuplicateIds)
+
+    def undone(self) -> int:
+        """Valid chunks with no vector written: what a failure left."""
+        return (self.read if self.total is None else self.total) - self.tally.written
+
+
 def run_embed(args: argparse.Namespace, settings: Settings) -> int:
     """The `embed` command. Progress, errors and the summary go to stderr; returns the exit code."""
     started = time.monotonic()
-    tally = Tally()
+    run = _Run()
     try:
-        job = _job_from(args, settings.limits)
-        total = _preflight(job, settings.limits)
-    except EmbeddingError as exc:
-        return _fail(f"error: {exc}", tally, started, EXIT_USAGE)
+        try:
+            job = _job_from(args, settings.limits)
+            run.total = _preflight(job, settings.limits)
+        except EmbeddingError as exc:
+            return _fail(f"error: {exc}", run, started, EXIT_USAGE)
+        return _embed_and_report(job, settings, run, started, no_cache=args.no_cache)
+    finally:
+        run.duplicates.close()
+
+
+def _embed_and_report(job: EmbedJob, settings: Settings, run: _Run, started: float, *, no_cache: bool) -> int:
     settings = dataclasses.replace(
         settings,
-        cache=settings.cache and not args.no_cache,
+        cache=settings.cache and not no_cache,
         # One output file holds one vector space: no part of it may come from another provider.
         fallback=dataclasses.replace(settings.fallback, mode="never"),
     )
     target = "stdout" if job.output is None else str(job.output)
     resumable = settings.cache
     try:
-        space = anyio.run(_embed_all, job, settings, total, tally)
+        space = anyio.run(_embed_all, job, settings, run)
     except (ConfigurationError, InputError) as exc:
-        return _fail(f"error: {exc}", tally, started, EXIT_USAGE, resumable=resumable)
+        return _fail(f"error: {exc}", run, started, EXIT_USAGE, resumable=resumable)
     except EmbeddingError as exc:
-        return _fail(f"error: {exc}", tally, started, EXIT_FAILED, resumable=resumable)
+        return _fail(f"error: {exc}", run, started, EXIT_FAILED, resumable=resumable)
     except BrokenPipeError:
         with contextlib.suppress(OSError):  # so the exit's flush of stdout does not fail again
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return _fail("error: the reader of stdout went away", tally, started, EXIT_FAILED, resumable=resumable)
+        return _fail("error: the reader of stdout went away", run, started, EXIT_FAILED, resumable=resumable)
     except OSError as exc:
-        return _fail(f"error: cannot write {target}: {exc}", tally, started, EXIT_FAILED, resumable=resumable)
+        return _fail(f"error: cannot write {target}: {exc}", run, started, EXIT_FAILED, resumable=resumable)
     except KeyboardInterrupt:
-        return _fail("interrupted", tally, started, EXIT_INTERRUPTED, resumable=resumable)
-    _say(f"wrote {tally.written:,} vector{'' if tally.written == 1 else 's'} to {target} ({space})")
-    _say(tally.summary(time.monotonic() - started), prefix="  ")
+        return _fail("interrupted", run, started, EXIT_INTERRUPTED, resumable=resumable)
+    written = run.tally.written
+    _say(f"wrote {written:,} vector{'' if written == 1 else 's'} to {target} ({space})")
+    _report(run, started)
     return EXIT_OK
+
+
+def _report(run: _Run, started: float) -> None:
+    tally = run.tally
+    _say(summary(tally, time.monotonic() - started), prefix="  ")
+    if tally.truncated:
+        _say(
+            f"warning: {tally.truncated:,} chunk{'' if tally.truncated == 1 else 's'} longer than the model's "
+            f"window {'was' if tally.truncated == 1 else 'were'} cut ({tally.dropped_tokens:,} tokens unseen; rows "
+            'say "truncated": true). Chunk the input smaller, or set SIGNAL_HUB_LOCAL_LONG_TEXTS=split.'
+        )
+    if run.duplicates.count:
+        _say(f"warning: {run.duplicates.describe()}; give each chunk its own id.")
 
 
 def _job_from(args: argparse.Namespace, limits: InputLimits) -> EmbedJob:
@@ -431,13 +289,17 @@ def _preflight(job: EmbedJob, limits: InputLimits) -> int | None:
     """Check every input file before anything is sent, and count the chunks (None: stdin is not countable)."""
     if "-" in job.inputs:
         return None
-    return sum(1 for _ in _valid(job, limits, Tally(), report=False))
+    return sum(1 for _ in _valid(job, limits, _Run(), report=False))
 
 
-def _valid(job: EmbedJob, limits: InputLimits, tally: Tally, *, report: bool = True) -> Iterator[Chunk]:
+def _valid(job: EmbedJob, limits: InputLimits, run: _Run, *, report: bool = True) -> Iterator[Chunk]:
+    tally = run.tally
     for source in job.sources():
         for item in read_chunks(source, limits):
             if isinstance(item, Chunk):
+                run.read += 1
+                if report:
+                    run.duplicates.add(item.id)
                 yield item
             elif not job.skip_invalid:
                 raise InputError(f"{item}. Fix it, or pass --skip-invalid to skip bad records.")
@@ -449,7 +311,7 @@ def _valid(job: EmbedJob, limits: InputLimits, tally: Tally, *, report: bool = T
                     _say("skipping more bad records without naming them")
 
 
-async def _embed_all(job: EmbedJob, settings: Settings, total: int | None, tally: Tally) -> str:
+async def _embed_all(job: EmbedJob, settings: Settings, run: _Run) -> str:
     async with EmbeddingService(job.provider, job.model, settings=settings) as service:
         provider = service.provider
         writer: VectorWriter = (
@@ -457,25 +319,31 @@ async def _embed_all(job: EmbedJob, settings: Settings, total: int | None, tally
             if job.npy and job.output is not None
             else JsonlWriter(job.output, provider.space, job.encoding)
         )
-        bar = ProgressBar(sys.stderr, total, enabled=job.progress)
-        chunks = windows(_valid(job, settings.limits, tally), job.window, settings.limits.max_total_chars)
-        try:
-            await Pipeline(service, writer, bar, tally, IN_FLIGHT).run(chunks)
-            writer.commit()
-        except BaseException:
-            writer.discard()
-            raise
-        finally:
-            chunks.close()  # a failure leaves the input half read: close its file now, not when collected
-            bar.update(tally.written, tally, final=True)
+        tally = run.tally
+        engine_job = EngineJob("embed", provider.name, provider.space, window=job.window)
+        with progress_bar(run.total, enabled=job.progress) as bar:
+
+            def show(done: int) -> None:
+                bar.set_postfix_str(cost_text(tally), refresh=False)
+                bar.update(done - bar.n)
+
+            try:
+                await InProcessEngine(service).run(engine_job, _valid(job, settings.limits, run), writer, tally, show)
+                writer.commit()
+            except BaseException:
+                writer.discard()
+                raise
+            finally:
+                show(tally.written)
         return provider.space
 
 
-def _fail(message: str, tally: Tally, started: float, code: int, *, resumable: bool = False) -> int:
+def _fail(message: str, run: _Run, started: float, code: int, *, resumable: bool = False) -> int:
     _say(message)
-    _say(tally.summary(time.monotonic() - started), prefix="  ")
-    if resumable and tally.written:
-        _say(f"the {tally.written:,} vectors done are cached: the same command again goes on from there.")
+    run.tally.failed += max(run.undone(), 0)
+    _report(run, started)
+    if resumable and run.tally.written:
+        _say(f"the {run.tally.written:,} vectors done are cached: the same command again goes on from there.")
     return code
 
 

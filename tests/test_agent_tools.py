@@ -20,6 +20,8 @@ from tests.test_server import TOOLS, fake_server
 pytestmark = pytest.mark.anyio
 
 TOOLS_LIST_BYTES_BEFORE = 11_789
+JOB_TOOLS_BYTES = 3_000
+"""The five job tools of issue 15 (measured at 2,898 bytes): only job_status declares an output schema."""
 """Compact JSON of the tools/list result with the six tools of commit 9d15b57, measured as below."""
 
 
@@ -68,7 +70,7 @@ async def test_every_tool_has_a_title_annotations_and_a_short_description_that_s
     async with Client(build_server(settings)) as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
     assert set(tools) == TOOLS
-    remote = {"embed_text", "embed_batch", "rank_texts", "find_duplicates"}
+    remote = {"embed_text", "embed_batch", "rank_texts", "find_duplicates", "start_embedding_job", "resume_job"}
     for name, tool in tools.items():
         assert tool.title, name
         hints = tool.annotations
@@ -89,7 +91,8 @@ async def test_tools_list_with_every_registered_tool_is_no_larger_than_before(se
     async with Client(build_server(settings)) as client:
         listed = await client.list_tools()
     size = len(json.dumps(listed.model_dump(by_alias=True, exclude_none=True, mode="json"), separators=(",", ":")))
-    assert size <= TOOLS_LIST_BYTES_BEFORE, f"tools/list is {size} bytes for {len(listed.tools)} tools"
+    budget = TOOLS_LIST_BYTES_BEFORE + JOB_TOOLS_BYTES
+    assert size <= budget, f"tools/list is {size} bytes for {len(listed.tools)} tools"
 
 
 async def test_schemas_carry_no_generated_titles_but_keep_a_property_named_title() -> None:

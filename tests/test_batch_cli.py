@@ -29,7 +29,7 @@ import pytest
 from providers import InputLimits, Settings
 from providers.cache import EmbeddingCache
 from server import batch
-from server.batch import ProgressBar, Tally, add_commands, run_cache, run_embed
+from server.batch import add_commands, run_cache, run_embed
 from server.cli import main
 from tests.loopback_openai import LoopbackOpenAI, count_tokens, embedding_for
 
@@ -311,8 +311,44 @@ def test_a_provider_failure_exits_1_and_leaves_no_output(
 ) -> None:
     server.inject("insufficient_quota")
     assert embed(openai, str(chunks), "-o", str(tmp_path / "out.npy")) == 1
-    assert "error: " in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: " in err
+    assert "embedded 0, cached 0, failed 3;" in err  # not "failed 0": no chunk got a vector
     assert list(tmp_path.glob("out*")) == []
+
+
+def test_repeated_ids_are_embedded_but_warned_about(
+    openai: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": "x = 1"}, {"id": "a", "text": "y = 2"}])
+    assert embed(openai, str(source), "-o", str(tmp_path / "out.jsonl")) == 0
+    assert '1 repeated id (e.g. "a"): rows with one id disagree; give each chunk its own id.' in capsys.readouterr().err
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_texts_cut_to_the_window_are_reported_in_the_summary_and_on_each_row(
+    shared_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    local = Settings(data_dir=shared_data_dir, cache=False)
+    long_text = " ".join(f"word{i}" for i in range(600))  # far over the 256-token window
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": "short", "text": "x = 1"}, {"id": "long", "text": long_text}])
+    assert embed(local, str(source), "-o", str(tmp_path / "out.jsonl")) == 0
+    rows = {row["id"]: row for row in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
+    assert rows["short"]["truncated"] is False and rows["short"]["dropped_tokens"] == 0
+    assert rows["long"]["truncated"] is True and rows["long"]["dropped_tokens"] > 500
+    err = capsys.readouterr().err
+    assert f"warning: 1 chunk longer than the model's window was cut ({rows['long']['dropped_tokens']:,} tokens" in err
+
+    assert embed(local, str(source), "-o", str(tmp_path / "out.npy")) == 0
+    ids = [json.loads(line) for line in (tmp_path / "out.ids.jsonl").read_text().splitlines()]
+    assert ids == ["short", {"id": "long", "truncated": True, "dropped_tokens": rows["long"]["dropped_tokens"]}]
+
+    capsys.readouterr()
+    split = replace(local, local_long_texts="split")
+    assert embed(split, str(source), "-o", str(tmp_path / "split.jsonl")) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert all(not json.loads(line)["truncated"] for line in (tmp_path / "split.jsonl").read_text().splitlines())
 
 
 def test_an_unknown_model_is_a_usage_error(openai: Settings, chunks: Path, tmp_path: Path) -> None:
@@ -359,37 +395,21 @@ def test_a_closed_stdout_and_an_interrupt_end_the_job_cleanly(
 # --- progress --------------------------------------------------------------------------------------
 
 
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
+def test_progress_goes_to_stderr_with_the_count_and_the_cost_so_far(
+    openai: Settings, chunks: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert embed(openai, str(chunks), "-o", str(tmp_path / "out.jsonl")) == 0
+    out, err = capsys.readouterr()
+    assert out == ""
+    bar = next(line for line in err.replace("\r", "\n").splitlines() if line.startswith("embedding: 100%"))
+    assert "3/3" in bar and "$0.0000" in bar
 
 
-def test_the_bar_redraws_in_place_on_a_terminal_with_rate_eta_and_cost() -> None:
-    clock = iter([0.0, 1.0, 1.05, 2.0, 3.0])
-    screen = Terminal()
-    bar = ProgressBar(screen, 100, now=lambda: next(clock))
-    tally = Tally(usd=0.25)
-    bar.update(10, tally)
-    bar.update(11, tally)  # within 0.1 s of the last redraw: not shown
-    bar.update(20, tally)
-    bar.update(100, tally, final=True)
-    assert screen.getvalue() == (
-        "\rembedding 10/100   10% [##..................]  10.0 items/s  ETA 9.0s  $0.2500\x1b[K"
-        "\rembedding 20/100   20% [####................]  10.0 items/s  ETA 8.0s  $0.2500\x1b[K"
-        "\rembedding 100/100  100% [####################]  33.3 items/s  ETA 0.0s  $0.2500\x1b[K\n"
-    )
-
-
-def test_off_a_terminal_the_bar_is_a_line_now_and_then_and_without_a_total_no_eta() -> None:
-    clock = iter([0.0, 1.0, 5.0, 12.0])
-    log = io.StringIO()
-    bar = ProgressBar(log, None, now=lambda: next(clock))
-    for done in (100, 500, 1200):
-        bar.update(done, Tally(unpriced=True))
-    assert log.getvalue().splitlines() == [
-        "embedding 100  100.0 items/s  $0.00 + unpriced tokens",
-        "embedding 1,200  100.0 items/s  $0.00 + unpriced tokens",
-    ]
+def test_no_progress_leaves_only_the_summary(
+    openai: Settings, chunks: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert embed(openai, str(chunks), "--no-progress", "-o", str(tmp_path / "out.jsonl")) == 0
+    assert "embedding:" not in capsys.readouterr().err
 
 
 def test_times_and_sizes_read_naturally() -> None:
@@ -473,7 +493,7 @@ def test_the_local_model_in_a_real_process_writes_unit_vectors_and_keeps_stdout_
     cold = cli("embed", str(chunks), "-o", str(tmp_path / "out.jsonl"), env=env)
     assert cold.returncode == 0, cold.stderr
     assert cold.stdout == ""
-    assert "embedding 3/3  100%" in cold.stderr and "embedded 3, cached 0, failed 0" in cold.stderr
+    assert "embedding: 100%" in cold.stderr and "3/3" in cold.stderr and "embedded 3, cached 0, failed 0" in cold.stderr
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [row["id"] for row in rows] == list(CHUNKS)
     assert {row["space"] for row in rows} == {"local:all-MiniLM-L6-v2:384:l2"}

@@ -28,6 +28,7 @@ TOOLS = {
     "estimate_cost",
     "list_providers",
 }
+TOOLS |= {"start_embedding_job", "job_status", "cancel_job", "list_jobs", "resume_job"}
 
 
 @pytest.fixture

@@ -1,34 +1,30 @@
-"""Reading chunks for `signal-hub-embeddings embed`, and writing their vectors.
+"""Reading a job's chunks (the `embed` command and the MCP job tools).
 
 Sources are JSONL (`{"id", "text"}` per line), whole text files or one chunk per line, read lazily
-and checked against the input limits record by record. Writers put vectors in `<output>.partial`
-(locked against a second run), renamed only when complete.
+and checked against the input limits record by record.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import hashlib
 import json
 import os
-import struct
+import sqlite3
 import sys
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 
-import numpy as np
-import numpy.typing as npt
+from .errors import InputError
+from .settings import InputLimits
 
-from providers import ConfigurationError, InputError
-from providers.settings import InputLimits
-
-from .encoding import Encoding, encode_vectors
+__all__ = ["FORMATS", "Chunk", "DuplicateIds", "Invalid", "Source", "find_sources", "read_chunks", "windows"]
 
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
 FORMATS = ("auto", "jsonl", "text", "lines")
-_NPY_HEADER_BYTES = 128  # fixed, so the row count can be filled in once the file is complete
 
 
 @dataclass(frozen=True)
@@ -63,8 +59,17 @@ class Source:
 # --- reading ---------------------------------------------------------------------------------------
 
 
-def find_sources(inputs: Sequence[str], fmt: str, glob: str, exclude: frozenset[Path]) -> Iterator[Source]:
-    """Each input as a source; directories are walked in sorted order, hidden entries skipped."""
+def find_sources(
+    inputs: Sequence[str],
+    fmt: str,
+    glob: str,
+    exclude: frozenset[Path],
+    check: Callable[[Path], None] | None = None,
+) -> Iterator[Source]:
+    """Each input as a source; directories are walked in sorted order, hidden entries skipped.
+
+    `check(path)` may refuse a file found in a directory (by raising), e.g. one outside the allowed roots.
+    """
     for raw in inputs:
         if raw == "-":
             yield Source(None, "jsonl" if fmt == "auto" else fmt)
@@ -76,6 +81,8 @@ def find_sources(inputs: Sequence[str], fmt: str, glob: str, exclude: frozenset[
                 for name in sorted(files):
                     file = Path(folder, name)
                     if not name.startswith(".") and fnmatch.fnmatch(name, glob) and file.resolve() not in exclude:
+                        if check is not None:
+                            check(file)
                         yield Source(file, _format_of(file, fmt))
 
 
@@ -206,128 +213,28 @@ def windows(chunks: Iterable[Chunk], size: int, max_chars: int) -> Generator[lis
         yield window
 
 
-# --- writing ---------------------------------------------------------------------------------------
+class DuplicateIds:
+    """Ids seen so far, kept on disk (a temporary SQLite file) so memory stays flat however long the input."""
 
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("", check_same_thread=False)  # "": a private temporary file
+        self._db.execute("CREATE TABLE seen (digest BLOB PRIMARY KEY) WITHOUT ROWID")
+        self.count = 0
+        self.examples: list[str | int] = []
 
-class VectorWriter(Protocol):
-    def write(self, ids: Sequence[str | int], vectors: npt.NDArray[np.float32]) -> None: ...
-    def commit(self) -> None: ...
-    def discard(self) -> None: ...
+    def add(self, chunk_id: str | int) -> bool:
+        """Note `chunk_id`; True when it was seen before."""
+        digest = hashlib.blake2b(json.dumps(chunk_id).encode(), digest_size=16).digest()
+        if self._db.execute("INSERT OR IGNORE INTO seen VALUES (?)", (digest,)).rowcount:
+            return False
+        self.count += 1
+        if len(self.examples) < 3:
+            self.examples.append(chunk_id)
+        return True
 
+    def describe(self) -> str:
+        shown = ", ".join(json.dumps(example) for example in self.examples)
+        return f"{self.count:,} repeated id{'' if self.count == 1 else 's'} (e.g. {shown}): rows with one id disagree"
 
-class _PartialFile:
-    """`<path>.partial`, locked against a second run writing the same output, renamed when complete."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.partial = path.with_name(path.name + ".partial")
-        fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            _lock(fd, path)
-            os.ftruncate(fd, 0)  # only now: truncating first would spoil the file of a run holding the lock
-        except BaseException:
-            os.close(fd)
-            raise
-        self.file = os.fdopen(fd, "r+b")
-
-    def commit(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        os.replace(self.partial, self.path)
-        self.file.close()
-
-    def discard(self) -> None:
-        self.file.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.partial.unlink()
-
-
-def _lock(fd: int, path: Path) -> None:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows has no flock: no check there
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise ConfigurationError(f"another run is writing {path}; wait for it or choose another --output.") from None
-
-
-class JsonlWriter:
-    """A `{"id", "embedding", "space"}` line per vector, to a file (through a partial file) or stdout.
-
-    `encoding="base64"` writes each embedding as base64 of little-endian float32, as the MCP tools
-    do: about 2.5x smaller and 20x faster to write than decimals.
-    """
-
-    def __init__(self, path: Path | None, space: str, encoding: Encoding = "float") -> None:
-        self._target = None if path is None else _PartialFile(path)
-        self._out: IO[bytes] = sys.stdout.buffer if self._target is None else self._target.file
-        self._tail = f',"space":{json.dumps(space)}}}\n'
-        self._encoding = encoding
-        self._numbers = ""
-
-    def write(self, ids: Sequence[str | int], vectors: npt.NDArray[np.float32]) -> None:
-        if self._encoding == "base64":
-            embeddings = [f'"{text}"' for text in encode_vectors(vectors, "base64")]
-        else:
-            # 9 significant digits give back every float32 exactly; one %-format a row is about 3x
-            # faster than json.dumps of the floats, and the lines are 40% shorter.
-            if self._numbers.count("%") != vectors.shape[1]:
-                self._numbers = ",".join(["%.9g"] * vectors.shape[1])
-            embeddings = [f"[{self._numbers % tuple(vector)}]" for vector in vectors.tolist()]
-        lines = [
-            f'{{"id":{json.dumps(chunk_id)},"embedding":{embedding}{self._tail}'
-            for chunk_id, embedding in zip(ids, embeddings, strict=True)
-        ]
-        self._out.write("".join(lines).encode())
-        self._out.flush()
-
-    def commit(self) -> None:
-        if self._target is not None:
-            self._target.commit()
-
-    def discard(self) -> None:
-        if self._target is not None:
-            self._target.discard()
-
-
-class NpyWriter:
-    """A float32 `.npy` of shape (rows, dimensions), and `<stem>.ids.jsonl` with a JSON id per row."""
-
-    def __init__(self, path: Path, dimensions: int) -> None:
-        self.dimensions = dimensions
-        self.rows = 0
-        self._ids = _PartialFile(ids_path(path))
-        try:
-            self._npy = _PartialFile(path)
-        except BaseException:
-            self._ids.discard()
-            raise
-        self._npy.file.write(npy_header(0, dimensions))
-
-    def write(self, ids: Sequence[str | int], vectors: npt.NDArray[np.float32]) -> None:
-        self._npy.file.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
-        self._ids.file.write("".join(f"{json.dumps(chunk_id)}\n" for chunk_id in ids).encode())
-        self.rows += len(ids)
-
-    def commit(self) -> None:
-        self._npy.file.seek(0)
-        self._npy.file.write(npy_header(self.rows, self.dimensions))
-        self._ids.commit()
-        self._npy.commit()
-
-    def discard(self) -> None:
-        self._ids.discard()
-        self._npy.discard()
-
-
-def ids_path(npy: Path) -> Path:
-    return npy.with_name(f"{npy.stem}.ids.jsonl")
-
-
-def npy_header(rows: int, dimensions: int) -> bytes:
-    """An NPY 1.0 header for float32 (rows, dimensions), always `_NPY_HEADER_BYTES` long."""
-    header = repr({"descr": "<f4", "fortran_order": False, "shape": (rows, dimensions)}).encode("latin1")
-    padded = header.ljust(_NPY_HEADER_BYTES - 11) + b"\n"
-    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(padded)) + padded
+    def close(self) -> None:
+        self._db.close()
