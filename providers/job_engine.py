@@ -5,7 +5,8 @@ engine = InProcessEngine(job_settings(settings))   # its own EmbeddingService, b
 await engine.run(EngineJob("job-1", "local", space), chunks, writer, tally, on_progress)
 ```
 
-Other engines (a Batch API, a cluster) implement `JobEngine` and are handed to `JobRunner(engine=...)`.
+Other engines implement `JobEngine` too: `build_engine("batch-api" | "ray", ...)` makes the OpenAI
+Batch API one (`job_engine_batch.py`) and the Ray Data one (`job_engine_ray.py`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 from .base import EmbeddingProvider, EmbeddingResult, ProgressCallback
 from .encoders import usable_cores
+from .errors import InputError
 from .job_files import Chunk
 from .job_files import windows as window_chunks
 from .job_pipeline import Pipeline, Tally
@@ -24,7 +26,10 @@ from .job_writers import VectorWriter
 from .service import EmbeddingService
 from .settings import Settings
 
-__all__ = ["EngineJob", "InProcessEngine", "JobEngine", "job_settings"]
+__all__ = ["ENGINES", "EngineJob", "EngineName", "InProcessEngine", "JobEngine", "build_engine", "job_settings"]
+
+EngineName = Literal["in-process", "batch-api", "ray"]
+ENGINES: tuple[str, ...] = get_args(EngineName)
 
 REMOTE_WINDOW, REMOTE_IN_FLIGHT = 256, 4
 """A window of 256 chunks is one or two API requests; 4 in flight keep requests flowing (the
@@ -121,3 +126,29 @@ class InProcessEngine:
     async def aclose(self) -> None:
         if self._service is not None:
             await self._service.aclose()
+
+
+def build_engine(
+    name: str,
+    settings: Settings,
+    providers: Callable[[str | None], EmbeddingProvider],
+    *,
+    ray_address: str | None = None,
+    actors: int | None = None,
+    poll_s: float | None = None,
+) -> JobEngine:
+    """The `batch-api` or `ray` engine, its providers (and so vector spaces) from `providers`."""
+    if name == "batch-api":
+        from .job_engine_batch import BatchJobEngine, default_options
+
+        options = default_options(settings)
+        if poll_s is not None:  # polls start every poll_s seconds and back off to at most 30 times that
+            options = dataclasses.replace(
+                options, poll_initial=poll_s, poll_max=max(poll_s, min(options.poll_max, 30 * poll_s))
+            )
+        return BatchJobEngine(settings, providers, options=options)
+    if name == "ray":
+        from .job_engine_ray import RayJobEngine
+
+        return RayJobEngine(settings, providers, address=ray_address, actors=actors)
+    raise InputError(f"engine must be one of {', '.join(ENGINES)}, not {name!r}.")

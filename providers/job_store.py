@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     started REAL,
     owner TEXT,
     lease_until REAL NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    engine TEXT NOT NULL DEFAULT 'in-process'
 );
 CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created)
 """
@@ -92,6 +93,8 @@ class JobRecord:
     owner: str | None
     lease_until: float
     cancel_requested: int
+    engine: str = "in-process"
+    """What runs the job: `in-process`, `batch-api` or `ray` (see job_engine.py)."""
 
     @property
     def error_list(self) -> list[str]:
@@ -143,6 +146,9 @@ class JobStore:
         self.lease_s = lease_s
         self._now = now
         self._db = open_database(path, _SCHEMA, "job store")
+        with write_transaction(self._db):  # a store made before jobs had engines gets the column
+            if "engine" not in {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}:
+                self._db.execute("ALTER TABLE jobs ADD COLUMN engine TEXT NOT NULL DEFAULT 'in-process'")
 
     def create(self, **values: Any) -> JobRecord:
         now = self._now()

@@ -29,9 +29,9 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from .cost import cost_usd
+from .cost import batch_price_per_million, cost_usd
 from .errors import EmbeddingError, InputError
-from .job_engine import EngineJob, InProcessEngine, JobEngine, job_settings
+from .job_engine import ENGINES, EngineJob, InProcessEngine, JobEngine, build_engine, job_settings
 from .job_files import Chunk, DuplicateIds, find_sources, read_chunks
 from .job_paths import AllowedRoots
 from .job_pipeline import Tally
@@ -81,6 +81,7 @@ class JobRunner:
         roots: AllowedRoots,
         *,
         engine: JobEngine | None = None,
+        engines: dict[str, JobEngine] | None = None,
         store: JobStore | None = None,
         heartbeat_s: float = 0.5,
         progress_every_s: float = 0.5,
@@ -89,6 +90,7 @@ class JobRunner:
         self.settings = settings
         self.roots = roots
         self.engine: JobEngine = engine or InProcessEngine(job_settings(settings))
+        self._engines: dict[str, JobEngine] = {"in-process": self.engine, **(engines or {})}
         self.store = store or JobStore(settings.resolved_data_dir / "jobs.sqlite3")
         self._heartbeat_s = heartbeat_s
         self._progress_every_s = progress_every_s
@@ -113,7 +115,8 @@ class JobRunner:
             return await self._tasks.__aexit__(exc_type, exc, tb)
         finally:
             with anyio.CancelScope(shield=True):
-                await self.engine.aclose()
+                for engine in self._engines.values():
+                    await engine.aclose()
                 self.store.close()
 
     # --- the operations ----------------------------------------------------------------------------
@@ -127,6 +130,7 @@ class JobRunner:
         format: str | None = None,
         glob: str = "*",
         roots: AllowedRoots | None = None,
+        engine: str = "in-process",
     ) -> JobStart:
         """Check, count and price the job, then queue it; answers before any embedding."""
         roots = roots or self.roots
@@ -137,7 +141,7 @@ class JobRunner:
             raise InputError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, not {format!r}.")
         if out_format == "npy":
             roots.check_output(str(ids_path(target)), [source])
-        chosen = self.engine.provider(provider)
+        chosen = self.engine_named(engine).provider(provider)
         scan = await anyio.to_thread.run_sync(self._scan, str(source), glob, target, out_format, roots)
         job = self.store.create(
             input=str(source),
@@ -150,7 +154,10 @@ class JobRunner:
             fingerprint=scan.fingerprint,
             total=scan.total,
             estimated_tokens=scan.estimated_tokens,
-            estimated_usd=cost_usd(chosen.name, chosen.model, scan.estimated_tokens, self.settings.prices),
+            estimated_usd=estimate_usd(
+                chosen.name, chosen.model, scan.estimated_tokens, self.settings, batch=engine == "batch-api"
+            ),
+            engine=engine,
         )
         if scan.duplicates:
             self.store.add_error(job.id, scan.duplicates)
@@ -177,11 +184,39 @@ class JobRunner:
             return job
         self.store.request_cancel(job_id)
         scope = self._scopes.get(job_id)
-        if scope is not None:
+        if scope is not None:  # its run cancels what the engine started remotely
             scope.cancel()
             with anyio.move_on_after(1.0):
                 await self._finished[job_id].wait()
+        elif job.status != "running":  # no one runs it: stop what an earlier run left running remotely
+            await self._cancel_remote(job)
         return self.status(job_id)
+
+    def engine_named(self, name: str) -> JobEngine:
+        """The engine of that name (`ENGINES`), built on first use with the in-process engine's providers."""
+        if name not in self._engines:
+            if name not in ENGINES:
+                raise InputError(f"engine must be one of {', '.join(ENGINES)}, not {name!r}.")
+            self._engines[name] = build_engine(name, job_settings(self.settings), self.engine.provider)
+        return self._engines[name]
+
+    def engine_status(self, job: JobRecord) -> dict[str, object] | None:
+        """What the job's engine reports beyond the counts: a Batch API job's batches (no remote call)."""
+        status = getattr(self.engine_named(job.engine), "status", None) if job.engine == "batch-api" else None
+        found = status(job.id, job.model) if status is not None else None
+        if found is None:
+            return None
+        from .job_engine_batch import batch_summary
+
+        return batch_summary(found)
+
+    async def _cancel_remote(self, job: JobRecord) -> None:
+        if job.engine != "batch-api":
+            return
+        cancel = getattr(self.engine_named(job.engine), "cancel", None)
+        if cancel is not None:
+            with anyio.CancelScope(shield=True):
+                await cancel(job.id, job.model)
 
     async def resume(self, job_id: str, roots: AllowedRoots | None = None) -> JobRecord:
         """Run a stopped job again; the cache answers every chunk done before, so only the rest is sent."""
@@ -264,11 +299,13 @@ class JobRunner:
                 writer = await anyio.to_thread.run_sync(self._writer, job)
                 engine_job = EngineJob(job.id, job.provider, job.space)
                 # `done` counts rows written, each already cached: after a kill it never claims more.
-                await self.engine.run(engine_job, self._chunks(job), writer, tally, lambda _: save())
+                engine = self.engine_named(job.engine)
+                await engine.run(engine_job, self._chunks(job), writer, tally, lambda _: save())
                 await anyio.to_thread.run_sync(writer.commit)
                 writer, committed = None, True
             if scope.cancelled_caught and not committed:  # a cancel during the commit came too late
                 status = "cancelled"
+                await self._cancel_remote(job)
         except EmbeddingError as exc:
             status, error = "failed", str(exc)
         except OSError as exc:
@@ -282,6 +319,8 @@ class JobRunner:
                 if writer is not None:
                     await anyio.to_thread.run_sync(writer.discard)
                 save(force=True)
+                if tally.failed:
+                    self.store.add_error(job_id, f"{tally.failed:,} chunks got no vector (their requests failed)")
                 if tally.truncated:
                     self.store.add_error(
                         job_id,
@@ -347,3 +386,11 @@ def fingerprint(source: str, glob: str, excluded: frozenset[Path]) -> str:
             info = found.path.stat()
             digest.update(json.dumps([str(found.path), info.st_size, info.st_mtime_ns]).encode())
     return digest.hexdigest()
+
+
+def estimate_usd(provider: str, model: str, tokens: int, settings: Settings, *, batch: bool = False) -> float | None:
+    """What `tokens` cost synchronously, or through the Batch API (`batch`: OpenAI only, half price)."""
+    if not batch:
+        return cost_usd(provider, model, tokens, settings)
+    price = batch_price_per_million(provider, model, settings.prices) if provider == "openai" else None
+    return None if price is None else tokens * price / 1e6

@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from providers import EmbeddingError, EmbeddingService, Settings
 from providers.job_paths import AllowedRoots
 from providers.job_store import JobRecord, JobStatus
-from providers.jobs import JobRunner
+from providers.jobs import JobRunner, estimate_usd
 
 from .tooling import add_tool
 
@@ -62,6 +62,9 @@ class JobStatusResult(BaseModel):
     eta_s: float | None
     errors: list[str]
     truncated: int
+    engine: str = "in-process"
+    batches: dict[str, Any] | None = None
+    """A batch-api job: its remote batches (each while few, else counts by status) and request counts."""
 
 
 class JobStarted(JobStatusResult):
@@ -71,13 +74,18 @@ class JobStarted(JobStatusResult):
     space: str
     estimated_tokens: int
     estimated_usd: float | None
+    """At the price of the job's engine (the Batch API's for batch-api)."""
+    sync_usd: float | None = None
+    """OpenAI only: the estimate at the synchronous price..."""
+    batch_usd: float | None = None
+    """...and through the Batch API (half of it)."""
 
 
 class JobListResult(BaseModel):
     jobs: list[JobStatusResult]
 
 
-def _status(job: JobRecord) -> JobStatusResult:
+def _status(job: JobRecord, batches: dict[str, Any] | None = None) -> JobStatusResult:
     now = time.time()
     eta = job.eta_s(now)
     return JobStatusResult(
@@ -92,13 +100,25 @@ def _status(job: JobRecord) -> JobStatusResult:
         eta_s=None if eta is None else round(eta, 1),
         errors=[error[:300] for error in job.error_list],
         truncated=job.truncated,
+        engine=job.engine,
+        batches=batches,
     )
+
+
+def _batches(runner: JobRunner, job: JobRecord) -> dict[str, Any] | None:
+    try:
+        return runner.engine_status(job)
+    except EmbeddingError:  # e.g. the key is gone: the counts still answer
+        return None
 
 
 def _line(job: JobStatusResult) -> str:
     text = f"Job {job.job_id}: {job.status}, {job.done}/{job.total} chunks ({job.cached} cached), ${job.usd:.6f}"
     if job.eta_s is not None:
         text += f", about {job.eta_s:.0f} s left"
+    if job.batches is not None:
+        listed = job.batches["batches_by_status"]
+        text += f"; {sum(listed.values())} batch(es): " + ", ".join(f"{n} {state}" for state, n in listed.items())
     return text + "."
 
 
@@ -156,17 +176,26 @@ async def start_embedding_job(
     ctx: Context,
     provider: Literal["local", "openai"] | None = None,
     format: Literal["jsonl", "npy"] | None = None,
+    engine: Annotated[
+        Literal["in-process", "batch-api", "ray"], Field(description="batch-api: OpenAI, half price, <=24 h")
+    ] = "in-process",
 ) -> CallToolResult:
     """Embed a file or directory into a file in the background, for more than a call can carry.
     Answers at once with job_id and estimated tokens/USD; poll job_status."""
     runner = _runner(ctx)
     roots = await _roots(ctx, runner)
-    started = await _call(lambda: runner.start(input, output, provider=provider, format=format, roots=roots))
+    started = await _call(
+        lambda: runner.start(input, output, provider=provider, format=format, roots=roots, engine=engine)
+    )
     job = started.job
-    fields = {"output": job.output, "space": job.space, "estimated_usd": job.estimated_usd}
+    fields: dict[str, Any] = {"output": job.output, "space": job.space, "estimated_usd": job.estimated_usd}
+    fields |= _prices(runner, job)
     out = JobStarted(**vars(_status(job)), estimated_tokens=job.estimated_tokens, **fields)
     usd = "price unknown" if out.estimated_usd is None else f"${out.estimated_usd:.6f}"
-    text = f"Started job {out.job_id}: {out.total} chunks, about {out.estimated_tokens} tokens, {usd}."
+    text = f"Started job {out.job_id} ({engine}): {out.total} chunks, about {out.estimated_tokens} tokens, {usd}"
+    if out.sync_usd is not None and out.batch_usd is not None:
+        text += f" (synchronous ${out.sync_usd:.6f}, Batch API ${out.batch_usd:.6f})"
+    text += "."
     if started.duplicate_ids:
         text += f" Warning: {started.duplicate_ids}."
     return _answer(out, text)
@@ -175,15 +204,18 @@ async def start_embedding_job(
 async def job_status(job_id: JobId, ctx: Context) -> Annotated[CallToolResult, JobStatusResult]:
     """Progress of an embedding job: status, done/total, cached, tokens, usd, rate, ETA, errors.
     Poll it after start_embedding_job or resume_job."""
-    job = await _call(lambda: _async(_runner(ctx).status, job_id))
-    out = _status(job)
+    runner = _runner(ctx)
+    job = await _call(lambda: _async(runner.status, job_id))
+    out = _status(job, _batches(runner, job))
     return _answer(out, _line(out))
 
 
 async def cancel_job(job_id: JobId, ctx: Context) -> CallToolResult:
     """Stop a job within a second. Work done stays cached and paid for;
     resume_job goes on from there."""
-    out = _status(await _call(lambda: _runner(ctx).cancel(job_id)))
+    runner = _runner(ctx)
+    job = await _call(lambda: runner.cancel(job_id))
+    out = _status(job, _batches(runner, job))
     return _answer(out, _line(out))
 
 
@@ -206,3 +238,14 @@ async def resume_job(job_id: JobId, ctx: Context) -> CallToolResult:
 
 async def _async(function: Callable[..., Any], *args: Any) -> Any:
     return function(*args)
+
+
+def _prices(runner: JobRunner, job: JobRecord) -> dict[str, float | None]:
+    """An OpenAI job's estimate at both prices; nothing for other providers."""
+    if job.provider != "openai":
+        return {}
+    both = {
+        name: estimate_usd(job.provider, job.model, job.estimated_tokens, runner.settings, batch=name == "batch_usd")
+        for name in ("sync_usd", "batch_usd")
+    }
+    return {name: None if usd is None else round(usd, 6) for name, usd in both.items()}
