@@ -85,7 +85,7 @@ class BatchJobEngine:
         for chunk in chunks:
             ids.append(chunk.id)
             texts.append(chunk.text)
-        paid_before = _done_tokens(engine, job.id)
+        texts_before, tokens_before = _done(engine, job.id)
 
         async def progress(done: int, total: int) -> None:
             # Rows answered from the cache count as done from the start.
@@ -93,12 +93,13 @@ class BatchJobEngine:
 
         result = await engine.run(job.id, texts, progress=progress)
         missing = set(result.missing)
-        tokens = _done_tokens(engine, job.id) - paid_before
+        texts_after, tokens_after = _done(engine, job.id)
+        tokens = tokens_after - tokens_before
         price = batch_price_per_million("openai", provider.model, self.settings.prices)
         tally.tokens += tokens
         tally.usd += 0.0 if price is None else tokens * price / 1e6
         tally.unpriced = tally.unpriced or (price is None and tokens > 0)
-        embedded = min(result.status.done, len(texts) - len(missing))
+        embedded = min(texts_after - texts_before, len(texts) - len(missing))  # sent and answered in this run
         for start in range(0, len(texts), _WRITE_ROWS):
             rows = [i for i in range(start, min(start + _WRITE_ROWS, len(texts))) if i not in missing]
             if not rows:
@@ -134,10 +135,12 @@ class BatchJobEngine:
                 engine.ledger.close()
 
 
-def _done_tokens(engine: BatchApiEngine, job_id: str) -> int:
+def _done(engine: BatchApiEngine, job_id: str) -> tuple[int, int]:
+    """Texts and tokens of the job's requests answered so far (over all runs)."""
     if engine.state.job(job_id) is None:
-        return 0
-    return sum(request.tokens for request in engine.state.requests(job_id) if request.status == DONE)
+        return 0, 0
+    done = [request for request in engine.state.requests(job_id) if request.status == DONE]
+    return sum(r.stop - r.start for r in done), sum(r.tokens for r in done)
 
 
 def batch_summary(status: BatchJobStatus) -> dict[str, Any]:

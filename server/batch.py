@@ -3,6 +3,8 @@
     signal-hub-embeddings embed chunks.jsonl -o vectors.jsonl
     signal-hub-embeddings embed src/ --glob '*.py' -o vectors.npy      # and vectors.ids.jsonl
     jq -c '{id, text}' chunks.json | signal-hub-embeddings embed - -o - > vectors.jsonl
+    signal-hub-embeddings embed chunks.jsonl -o vectors.jsonl --provider openai --engine batch-api
+    signal-hub-embeddings embed chunks.jsonl -o vectors.npy --engine ray --ray-address ray://head:10001
     signal-hub-embeddings cache stats
     signal-hub-embeddings cache prune --older-than-days 30
 
@@ -11,6 +13,11 @@ is read lazily and embedded in windows of `--window` texts, so memory does not g
 and every finished window is in the cache: a run that is killed and started again gets those
 windows from the cache and sends only the rest. Output goes to `<output>.partial`, renamed only
 when complete. Texts cut to the model's window are counted in the summary and marked on their rows.
+
+`--engine batch-api` sends the chunks missing from the cache through the OpenAI Batch API (half
+price, within 24 h) and waits for the batches; killed and run again on the same input, it
+re-attaches to them. `--engine ray` embeds with the local model on Ray Data (a local Ray, or the
+cluster at `--ray-address`/RAY_ADDRESS).
 
 Exit codes: 0 done, 1 the provider, the budget or writing failed, 2 bad usage or bad input (named
 by file and line; input files are checked before anything is sent), 130 interrupted.
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -34,7 +42,7 @@ import anyio
 from tqdm import tqdm
 
 from providers import ConfigurationError, EmbeddingError, EmbeddingService, InputError, Settings
-from providers.job_engine import EngineJob, InProcessEngine
+from providers.job_engine import ENGINES, EngineJob, InProcessEngine, JobEngine, build_engine
 from providers.job_files import FORMATS, Chunk, DuplicateIds, Source, find_sources, read_chunks
 from providers.job_pipeline import Tally
 from providers.job_writers import JsonlWriter, NpyWriter, VectorWriter, ids_path
@@ -113,6 +121,10 @@ class EmbedJob:
     provider: str | None = None
     model: str | None = None
     encoding: Encoding = "float"
+    engine: str = "in-process"
+    ray_address: str | None = None
+    actors: int | None = None
+    poll_s: float | None = None
 
     @property
     def npy(self) -> bool:
@@ -126,6 +138,17 @@ class EmbedJob:
             return []
         files = [self.output, ids_path(self.output)] if self.npy else [self.output]
         return [*files, *(f.with_name(f.name + ".partial") for f in files)]
+
+    def fingerprint(self, space: str) -> str:
+        """A stable id for this input in this space: each input file's path, size and mtime (a rerun re-attaches)."""
+        digest = hashlib.sha256(json.dumps([space, self.glob, self.format]).encode())
+        excluded = frozenset(p.resolve() for p in self.output_files())
+        for source in find_sources(self.inputs, self.format, self.glob, excluded):
+            if source.path is None:  # stdin: nothing to know it by again
+                return f"cli-stdin-{time.time_ns()}"
+            info = source.path.stat()
+            digest.update(json.dumps([str(source.path.resolve()), info.st_size, info.st_mtime_ns]).encode())
+        return f"cli-{digest.hexdigest()[:24]}"
 
 
 def add_commands(subparsers: Any) -> None:
@@ -164,6 +187,24 @@ def add_commands(subparsers: Any) -> None:
     embed.add_argument("--model", help="the provider's model (default: as configured)")
     embed.add_argument(
         "--window", type=int, default=DEFAULT_WINDOW, help=f"texts per call and cache commit (default {DEFAULT_WINDOW})"
+    )
+    embed.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="in-process",
+        help="in-process (default); batch-api: OpenAI's Batch API, half price, waits for the batches "
+        "(run again after a kill, it re-attaches); ray: the local model on Ray Data",
+    )
+    embed.add_argument(
+        "--ray-address",
+        help="--engine ray: a cluster (ray://host:10001, host:6379); default RAY_ADDRESS, else a local Ray",
+    )
+    embed.add_argument("--actors", type=int, help="--engine ray: actors embedding at once (default: one per CPU)")
+    embed.add_argument(
+        "--poll-interval",
+        type=float,
+        metavar="SECONDS",
+        help="--engine batch-api: seconds between the first polls (default 10)",
     )
     embed.add_argument("--skip-invalid", action="store_true", help="skip bad records (counted as failed), not stop")
     embed.add_argument("--no-cache", action="store_true", help="neither read nor fill the cache (no resuming)")
@@ -258,6 +299,12 @@ def _report(run: _Run, started: float) -> None:
 def _job_from(args: argparse.Namespace, limits: InputLimits) -> EmbedJob:
     if not 1 <= args.window <= limits.max_texts:
         raise InputError(f"--window must be between 1 and {limits.max_texts}, not {args.window}.")
+    if args.engine != "ray" and (args.ray_address or args.actors):
+        raise InputError("--ray-address and --actors go with --engine ray.")
+    if args.actors is not None and args.actors < 1:
+        raise InputError(f"--actors must be at least 1, not {args.actors}.")
+    if args.poll_interval is not None and not args.poll_interval > 0:
+        raise InputError(f"--poll-interval must be a positive number of seconds, not {args.poll_interval}.")
     if args.inputs.count("-") > 1:
         raise InputError("stdin (-) can be read only once.")
     for raw in args.inputs:
@@ -282,6 +329,10 @@ def _job_from(args: argparse.Namespace, limits: InputLimits) -> EmbedJob:
         provider=args.provider,
         model=args.model,
         encoding=args.encoding,
+        engine=args.engine,
+        ray_address=args.ray_address,
+        actors=args.actors,
+        poll_s=args.poll_interval,
     )
 
 
@@ -312,30 +363,53 @@ def _valid(job: EmbedJob, limits: InputLimits, run: _Run, *, report: bool = True
 
 
 async def _embed_all(job: EmbedJob, settings: Settings, run: _Run) -> str:
-    async with EmbeddingService(job.provider, job.model, settings=settings) as service:
-        provider = service.provider
-        writer: VectorWriter = (
-            NpyWriter(job.output, provider.dimensions)
-            if job.npy and job.output is not None
-            else JsonlWriter(job.output, provider.space, job.encoding)
-        )
-        tally = run.tally
-        engine_job = EngineJob("embed", provider.name, provider.space, window=job.window)
-        with progress_bar(run.total, enabled=job.progress) as bar:
+    default = {"batch-api": "openai", "ray": "local"}.get(job.engine)
+    async with EmbeddingService(job.provider or default, job.model, settings=settings) as service:
+        engine: JobEngine = InProcessEngine(service)
+        if job.engine != "in-process":
+            engine = build_engine(
+                job.engine,
+                settings,
+                lambda _: service.provider,
+                ray_address=job.ray_address,
+                actors=job.actors,
+                poll_s=job.poll_s,
+            )
+        try:
+            return await _embed_with(engine, service, job, settings, run)
+        finally:
+            if job.engine != "in-process":
+                with anyio.CancelScope(shield=True):
+                    await engine.aclose()
 
-            def show(done: int) -> None:
-                bar.set_postfix_str(cost_text(tally), refresh=False)
-                bar.update(done - bar.n)
 
-            try:
-                await InProcessEngine(service).run(engine_job, _valid(job, settings.limits, run), writer, tally, show)
-                writer.commit()
-            except BaseException:
-                writer.discard()
-                raise
-            finally:
-                show(tally.written)
-        return provider.space
+async def _embed_with(
+    engine: JobEngine, service: EmbeddingService, job: EmbedJob, settings: Settings, run: _Run
+) -> str:
+    provider = engine.provider(service.provider.name)
+    writer: VectorWriter = (
+        NpyWriter(job.output, provider.dimensions)
+        if job.npy and job.output is not None
+        else JsonlWriter(job.output, provider.space, job.encoding)
+    )
+    tally = run.tally
+    job_id = "embed" if job.engine == "in-process" else job.fingerprint(provider.space)
+    engine_job = EngineJob(job_id, provider.name, provider.space, window=job.window)
+    with progress_bar(run.total, enabled=job.progress) as bar:
+
+        def show(done: int) -> None:
+            bar.set_postfix_str(cost_text(tally), refresh=False)
+            bar.update(done - bar.n)
+
+        try:
+            await engine.run(engine_job, _valid(job, settings.limits, run), writer, tally, show)
+            writer.commit()
+        except BaseException:
+            writer.discard()
+            raise
+        finally:
+            show(tally.written)
+    return provider.space
 
 
 def _fail(message: str, run: _Run, started: float, code: int, *, resumable: bool = False) -> int:

@@ -1,0 +1,256 @@
+"""The Batch API engine in the job runner and the CLI, against the loopback Files and Batches APIs.
+
+The loopback runs batch time 36,000x faster (a batch's 37 virtual minutes pass in 0.06 s) and the
+engine polls every 0.05 s, so nothing really waits a batch out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+from mcp import Client
+
+from providers import Settings
+from providers import job_engine as job_engine_module
+from providers.job_engine_batch import BatchJobEngine, batch_summary
+from providers.batch_api import BatchJobStatus, BatchProgress
+from server import build_server
+from server.batch import add_commands, run_embed
+from tests.loopback_openai import LoopbackOpenAI, embedding_for
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "sk-test-batch"
+MODEL = "text-embedding-3-small"
+SPACE = f"openai:{MODEL}:1536:l2"
+FAST = 36_000.0
+
+
+def texts_of(n: int) -> list[str]:
+    return [f"def function_{i}(value):\n    return value * {i}" for i in range(n)]
+
+
+def write_chunks(path: Path, texts: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"id": f"c{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    return path
+
+
+def read_output(path: Path) -> dict[str, np.ndarray]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert {row["space"] for row in rows} == {SPACE}
+    return {row["id"]: np.asarray(row["embedding"], dtype=np.float32) for row in rows}
+
+
+def assert_vectors(output: Path, texts: list[str]) -> None:
+    vectors = read_output(output)
+    assert list(vectors) == [f"c{i}" for i in range(len(texts))]  # input order
+    for i, text in enumerate(texts):
+        assert np.allclose(vectors[f"c{i}"], embedding_for(text, MODEL, 1536), atol=1e-6)
+
+
+@pytest.fixture
+def server() -> Iterator[LoopbackOpenAI]:
+    with LoopbackOpenAI(api_key=KEY, time_scale=FAST) as running:
+        yield running
+
+
+@pytest.fixture
+def openai(server: LoopbackOpenAI, settings: Settings) -> Settings:
+    return replace(settings, provider="openai", openai_base_url=server.base_url, openai_api_key=KEY)
+
+
+def embed(settings: Settings, *argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+    return run_embed(parser.parse_args(["embed", *argv]), settings)
+
+
+def test_cli_batch_api_embeds_in_input_order_and_a_rerun_sends_nothing(
+    openai: Settings, server: LoopbackOpenAI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    texts = texts_of(30)
+    source = write_chunks(tmp_path / "chunks.jsonl", texts)
+    argv = [str(source), "-o", str(tmp_path / "out.jsonl"), "--engine", "batch-api", "--poll-interval", "0.05"]
+
+    assert embed(openai, *argv) == 0
+    assert_vectors(tmp_path / "out.jsonl", texts)
+    assert server.batches.batches_created == 1
+    err = capsys.readouterr().err
+    assert "embedded 30, cached 0, failed 0; 360 tokens, $0.000004" in err  # at the batch price: half of $0.02/1M
+
+    assert embed(openai, *argv) == 0  # the cache answers: no new batch
+    assert server.batches.batches_created == 1
+    assert "embedded 0, cached 30" in capsys.readouterr().err
+    assert_vectors(tmp_path / "out.jsonl", texts)
+
+
+def test_cli_batch_api_counts_rows_of_failed_requests_as_failed(
+    openai: Settings, server: LoopbackOpenAI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.batches.inject("reject")
+    source = write_chunks(tmp_path / "chunks.jsonl", texts_of(5))
+    argv = [str(source), "-o", str(tmp_path / "out.jsonl"), "--engine", "batch-api", "--poll-interval", "0.05"]
+
+    assert embed(openai, *argv) == 0
+    assert "failed 5" in capsys.readouterr().err
+    assert (tmp_path / "out.jsonl").read_text() == ""
+
+
+def test_cli_engine_options_are_checked(openai: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = write_chunks(tmp_path / "chunks.jsonl", texts_of(2))
+    assert embed(openai, str(source), "-o", str(tmp_path / "o.jsonl"), "--actors", "2") == 2
+    assert "--ray-address and --actors go with --engine ray" in capsys.readouterr().err
+    argv = [str(source), "-o", str(tmp_path / "o.jsonl"), "--engine", "batch-api", "--provider", "local"]
+    assert embed(openai, *argv) == 2
+    assert "batch-api engine embeds with OpenAI only" in capsys.readouterr().err
+
+
+def test_cli_batch_api_killed_and_run_again_reattaches_without_submitting_twice(tmp_path: Path, data_dir: Path) -> None:
+    texts = texts_of(40)
+    source = write_chunks(tmp_path / "chunks.jsonl", texts)
+    output = tmp_path / "out.jsonl"
+    # 36x: the batch runs ~60 s real, so the first run is surely killed while it waits for it.
+    with LoopbackOpenAI(api_key=KEY, time_scale=36.0) as loopback:
+        env = {
+            **os.environ,
+            "SIGNAL_HUB_DATA_DIR": str(data_dir),
+            "OPENAI_API_KEY": KEY,
+            "OPENAI_BASE_URL": loopback.base_url,
+            "HF_HUB_OFFLINE": "1",
+        }
+        argv = [sys.executable, "-m", "server", "embed", str(source), "-o", str(output), "--engine", "batch-api"]
+        first = subprocess.Popen([*argv, "--poll-interval", "0.2"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while loopback.batches.batches_created < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)  # its batch id is recorded
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+        assert loopback.batches.batches_created == 1
+        assert not output.exists()
+
+        loopback.time_scale = FAST  # the rest of the batch passes at once
+        rerun = subprocess.run(
+            [*argv, "--poll-interval", "0.05", "--no-progress"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert rerun.returncode == 0, rerun.stderr
+        assert loopback.batches.batches_created == 1  # re-attached: nothing submitted twice
+        assert len(loopback.batches.created_inputs) == 1
+    assert_vectors(output, texts)
+
+
+def test_batch_summary_lists_few_batches_and_counts_many() -> None:
+    batches = tuple(BatchProgress(f"b{i}", "completed" if i % 2 else "in_progress", 10, 5, 0) for i in range(50))
+    status = BatchJobStatus("j", "running", 500, 250, 50, 25, {}, batches, 500)
+    summary = batch_summary(status)
+    assert len(summary["batches"]) == 8 and summary["more_batches"] == 42
+    assert summary["batches_by_status"] == {"in_progress": 25, "completed": 25}
+
+
+# --- the MCP tools -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "project"
+    path.mkdir()
+    monkeypatch.setenv("SIGNAL_HUB_JOB_ROOTS", str(path))
+    return path
+
+
+@pytest.fixture
+def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    build = job_engine_module.build_engine
+
+    def quick(name: str, settings: Settings, providers: Any, **options: Any) -> Any:
+        return build(name, settings, providers, **{**options, "poll_s": 0.05})
+
+    monkeypatch.setattr("providers.jobs.build_engine", quick)
+
+
+@pytest.fixture
+async def client(openai: Settings, project: Path, fast_polls: None) -> AsyncIterator[Client]:
+    async with Client(build_server(openai), read_timeout_seconds=60) as mcp:
+        yield mcp
+
+
+async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
+    result = await client.call_tool(tool, arguments)
+    assert not result.is_error, result.content
+    return result.structured_content  # type: ignore[no-any-return]
+
+
+@pytest.mark.anyio
+async def test_a_batch_api_job_runs_to_done_with_its_batches_in_job_status(
+    client: Client, project: Path, server: LoopbackOpenAI
+) -> None:
+    texts = texts_of(20)
+    source = write_chunks(project / "chunks.jsonl", texts)
+    started = await call(
+        client, "start_embedding_job", input=str(source), output=str(project / "out.jsonl"), engine="batch-api"
+    )
+    assert started["engine"] == "batch-api"
+    assert started["batch_usd"] == pytest.approx(started["sync_usd"] / 2)
+    assert started["estimated_usd"] == pytest.approx(started["batch_usd"], abs=1e-6)
+    with anyio.fail_after(60):
+        while (status := await call(client, "job_status", job_id=started["job_id"]))["status"] in ("queued", "running"):
+            await anyio.sleep(0.05)
+    assert status["status"] == "done" and status["done"] == 20, status
+    assert status["batches"]["batches"][0]["status"] == "completed"
+    assert status["batches"]["batches"][0]["completed"] == status["batches"]["batches"][0]["total"] > 0
+    assert_vectors(project / "out.jsonl", texts)
+
+
+@pytest.mark.anyio
+async def test_cancel_job_cancels_the_remote_batches(client: Client, project: Path, server: LoopbackOpenAI) -> None:
+    server.time_scale = 1.0  # the batch stays in progress
+    source = write_chunks(project / "chunks.jsonl", texts_of(10))
+    started = await call(
+        client, "start_embedding_job", input=str(source), output=str(project / "out.jsonl"), engine="batch-api"
+    )
+    with anyio.fail_after(30):
+        while (
+            not ((status := await call(client, "job_status", job_id=started["job_id"]))["batches"] or {}).get("batches")
+            or status["batches"]["batches"][0]["batch_id"] is None
+        ):
+            await anyio.sleep(0.05)
+    batch_id = status["batches"]["batches"][0]["batch_id"]
+
+    cancelled = await call(client, "cancel_job", job_id=started["job_id"])
+
+    assert cancelled["status"] == "cancelled"
+    assert server.batches.batch_status(batch_id) in ("cancelling", "cancelled")
+    assert server.batches.batches_created == 1
+    assert not (project / "out.jsonl").exists()
+
+
+@pytest.mark.anyio
+async def test_the_batch_api_engine_refuses_other_providers(openai: Settings) -> None:
+    engine = BatchJobEngine(openai, lambda name: _NamedProvider(name or "openai"))
+    with pytest.raises(Exception, match="OpenAI only"):
+        engine.provider("local")
+    await engine.aclose()
+
+
+class _NamedProvider:
+    def __init__(self, name: str) -> None:
+        self.name = name
