@@ -25,8 +25,8 @@ from mcp import Client
 
 from providers import Settings
 from providers import job_engine as job_engine_module
-from providers.job_engine_batch import BatchJobEngine, batch_summary
 from providers.batch_api import BatchJobStatus, BatchProgress
+from providers.job_engine_batch import BatchJobEngine, batch_summary
 from server import build_server
 from server.batch import add_commands, run_embed
 from tests.loopback_openai import LoopbackOpenAI, embedding_for
