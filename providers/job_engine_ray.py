@@ -177,5 +177,8 @@ async def _run_in_thread(
     if isinstance(result, BaseException):
         if cancel.is_set():
             await anyio.lowlevel.checkpoint()  # the task was cancelled: let that cancellation through
+        if isinstance(result, Exception) and not isinstance(result, EmbeddingError):
+            # Ray's own failures fail the job, not the process running it.
+            raise EmbeddingError(f"the Ray job failed: {type(result).__name__}: {result}") from result
         raise result
     return result
