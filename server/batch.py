@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from tqdm import tqdm
 
 from providers import ConfigurationError, EmbeddingError, EmbeddingService, InputError, Settings
 from providers.job_engine import ENGINES, EngineJob, InProcessEngine, JobEngine, build_engine
@@ -49,9 +48,25 @@ from providers.job_writers import JsonlWriter, NpyWriter, VectorWriter, ids_path
 from providers.registry import provider_names
 from providers.settings import InputLimits
 
+from .batch_cache import format_bytes, run_cache
+from .batch_progress import cost_text, format_seconds, format_usd, progress_bar, summary
 from .encoding import Encoding
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "add_commands", "run_cache", "run_embed"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "add_commands",
+    "cost_text",
+    "format_bytes",
+    "format_seconds",
+    "format_usd",
+    "progress_bar",
+    "run_cache",
+    "run_embed",
+    "summary",
+]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PROG = "signal-hub-embeddings"
@@ -62,47 +77,6 @@ PROG = "signal-hub-embeddings"
 # one at a time than 256 with 4 in flight, and make a killed run redo more.
 DEFAULT_WINDOW = 256
 _MAX_REPORTED_SKIPS = 20
-
-
-# --- progress and summary --------------------------------------------------------------------------
-
-
-def summary(tally: Tally, seconds: float) -> str:
-    return (
-        f"embedded {tally.embedded:,}, cached {tally.cached:,}, failed {tally.failed:,}; "
-        f"{tally.tokens:,} tokens, {cost_text(tally)}; {format_seconds(seconds)}"
-    )
-
-
-def cost_text(tally: Tally) -> str:
-    return format_usd(tally.usd) + (" + unpriced tokens" if tally.unpriced else "")
-
-
-def progress_bar(total: int | None, *, enabled: bool) -> tqdm[None]:
-    """Items, rate, ETA and cost so far on stderr: redrawn in place on a terminal, else a line every 10 s."""
-    tty = sys.stderr.isatty()
-    return tqdm(
-        total=total,
-        desc="embedding",
-        unit="chunk",
-        file=sys.stderr,
-        disable=not enabled,
-        mininterval=0.1 if tty else 10.0,
-        dynamic_ncols=tty,
-        ascii=not tty,
-    )
-
-
-def format_seconds(seconds: float) -> str:
-    if seconds < 60:
-        return f"{max(seconds, 0.0):.1f}s"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
-
-
-def format_usd(usd: float) -> str:
-    return "$0.00" if usd == 0 else f"${usd:,.4f}" if usd >= 0.01 else f"${usd:.6f}"
 
 
 # --- the commands ----------------------------------------------------------------------------------
@@ -423,49 +397,3 @@ def _fail(message: str, run: _Run, started: float, code: int, *, resumable: bool
 
 def _say(message: str, *, prefix: str = f"{PROG}: ") -> None:
     print(f"{prefix}{message}", file=sys.stderr, flush=True)
-
-
-def run_cache(args: argparse.Namespace, settings: Settings) -> int:
-    """`cache stats` and `cache prune`, printed on stdout; they work even while SIGNAL_HUB_CACHE=off."""
-    if args.cache_command == "prune":
-        if args.all == (args.space is not None or args.older_than_days is not None):
-            _say("cache prune: say what to delete: --space and/or --older-than-days, or --all.")
-            return EXIT_USAGE
-        if args.older_than_days is not None and not args.older_than_days >= 0:
-            _say("cache prune: --older-than-days must be a number of days, 0 or more.")
-            return EXIT_USAGE
-    try:
-        service = EmbeddingService(settings=dataclasses.replace(settings, cache=True))
-    except EmbeddingError as exc:
-        _say(f"cache: {exc}")
-        return EXIT_USAGE
-    try:
-        cache = service.cache
-        assert cache is not None
-        if args.cache_command == "prune":
-            older = None if args.older_than_days is None else args.older_than_days * 86_400
-            removed = cache.prune(space=args.space, older_than_s=older)
-            print(f"pruned {removed:,} entries; {cache.stats().entries:,} left in {cache.path}")
-            return EXIT_OK
-        stats = cache.stats()
-        on_disk = sum(p.stat().st_size for p in cache.path.parent.glob(f"{cache.path.name}*") if p.is_file())
-        if args.json:
-            keys = {"path": str(cache.path), "enabled": settings.cache, "entries": stats.entries}
-            print(json.dumps(keys | {"bytes": stats.bytes, "file_bytes": on_disk, "by_space": stats.by_space}))
-            return EXIT_OK
-        print(f"cache {cache.path}{'' if settings.cache else ' (not used: SIGNAL_HUB_CACHE is off)'}")
-        print(f"{stats.entries:,} entries, {format_bytes(stats.bytes)} of vectors, {format_bytes(on_disk)} on disk")
-        for space, entries in stats.by_space.items():
-            print(f"{entries:>12,}  {space}")
-        return EXIT_OK
-    finally:
-        anyio.run(service.aclose)
-
-
-def format_bytes(size: int) -> str:
-    value, unit = float(size), "B"
-    for bigger in ("KiB", "MiB", "GiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{size:,} B" if unit == "B" else f"{value:,.1f} {unit}"
