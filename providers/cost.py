@@ -74,6 +74,8 @@ class CostEstimate:
     tokens: int
     usd: float | None
     """None when the model's price is unknown."""
+    batch_usd: float | None = None
+    """Through the OpenAI Batch API (half price); None for other providers."""
 
 
 @dataclass
@@ -96,3 +98,11 @@ def batch_price_per_million(provider: str, model: str, overrides: Mapping[str, f
         return overrides[f"{model}@batch"]
     price = overrides[model] if overrides and model in overrides else price_per_million(provider, model)
     return None if price is None else price * BATCH_API_DISCOUNT
+
+
+def batch_cost_usd(provider: str, model: str, tokens: int, settings: Settings | None = None) -> float | None:
+    """What `tokens` cost through the OpenAI Batch API; None for other providers or an unknown price."""
+    if provider != "openai":
+        return None
+    price = batch_price_per_million(provider, model, settings.prices if settings is not None else None)
+    return None if price is None else tokens * price / 1_000_000

@@ -29,7 +29,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from .cost import batch_price_per_million, cost_usd
+from .cost import batch_cost_usd, cost_usd
 from .errors import EmbeddingError, InputError
 from .job_engine import ENGINES, EngineJob, InProcessEngine, JobEngine, build_engine, job_settings
 from .job_files import Chunk, DuplicateIds, find_sources, read_chunks
@@ -390,7 +390,4 @@ def fingerprint(source: str, glob: str, excluded: frozenset[Path]) -> str:
 
 def estimate_usd(provider: str, model: str, tokens: int, settings: Settings, *, batch: bool = False) -> float | None:
     """What `tokens` cost synchronously, or through the Batch API (`batch`: OpenAI only, half price)."""
-    if not batch:
-        return cost_usd(provider, model, tokens, settings)
-    price = batch_price_per_million(provider, model, settings.prices) if provider == "openai" else None
-    return None if price is None else tokens * price / 1e6
+    return (batch_cost_usd if batch else cost_usd)(provider, model, tokens, settings)

@@ -254,3 +254,33 @@ async def test_the_batch_api_engine_refuses_other_providers(openai: Settings) ->
 class _NamedProvider:
     def __init__(self, name: str) -> None:
         self.name = name
+
+
+def test_the_batch_price_is_half_the_synchronous_one_and_openai_only() -> None:
+    from providers.cost import batch_cost_usd, cost_usd
+
+    settings = Settings()
+    sync = cost_usd("openai", MODEL, 1_000_000, settings)
+    assert sync is not None and batch_cost_usd("openai", MODEL, 1_000_000, settings) == pytest.approx(sync / 2)
+    priced = replace(settings, prices={f"{MODEL}@batch": 0.004})
+    assert batch_cost_usd("openai", MODEL, 1_000_000, priced) == pytest.approx(0.004)
+    assert batch_cost_usd("local", "all-MiniLM-L6-v2", 1_000, settings) is None
+
+
+def test_a_job_store_made_before_engines_gets_the_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    from providers.job_store import JobStore
+
+    path = tmp_path / "jobs.sqlite3"
+    JobStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE jobs DROP COLUMN engine")  # as a store of the release before
+    db.commit()
+    db.close()
+    store = JobStore(path)
+    values = dict(input="i", output="o", format="jsonl", glob="*", provider="local", model="m", space="s")
+    job = store.create(**values, fingerprint="f", total=1)
+    assert job.engine == "in-process"
+    assert store.create(**values, fingerprint="f", total=1, engine="ray").engine == "ray"
+    store.close()
