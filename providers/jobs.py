@@ -150,7 +150,7 @@ class JobRunner:
             fingerprint=scan.fingerprint,
             total=scan.total,
             estimated_tokens=scan.estimated_tokens,
-            estimated_usd=cost_usd(chosen.name, chosen.model, scan.estimated_tokens, self.settings.prices),
+            estimated_usd=cost_usd(chosen.name, chosen.model, scan.estimated_tokens, self.settings),
         )
         if scan.duplicates:
             self.store.add_error(job.id, scan.duplicates)
