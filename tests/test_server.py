@@ -69,7 +69,11 @@ async def test_lists_the_tools_with_input_schemas_and_output_schemas_for_program
     }
     assert set(tools["switch_provider"].output_schema["required"]) >= {"provider", "model", "dimensions", "previous"}
     # Agent-only answers carry no output schema: agents pay for tools/list on every turn.
-    assert {name for name, tool in tools.items() if tool.output_schema} == {"embed_text", "embed_batch", "switch_provider"}
+    assert {name for name, tool in tools.items() if tool.output_schema} == {
+        "embed_text",
+        "embed_batch",
+        "switch_provider",
+    }
     assert all(tool.description for tool in tools.values())
 
 
