@@ -132,7 +132,7 @@ class CompatibleProvider(RemoteProvider):
             sleep=sleep,
             shared_in=pacing_dir,
             endpoint=options.base_url,
-            key=options.api_key or "",
+            key=options.api_key or "none",  # keyless servers are paced by endpoint alone
         )
         super().__init__(options.model, options=options, tokenizer=tokenizer, clock=clock, sleep=sleep, limiter=limiter)
         self.options: CompatibleOptions = options
