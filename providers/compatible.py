@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -38,6 +39,7 @@ from .errors import (
     QuotaExceededError,
     RateLimitError,
 )
+from .pacing import build_limiter
 from .ratelimit import Clock, RateLimiter, Sleep
 from .registry import ProviderSpec
 from .remote import Failure, RemoteProvider, Reply
@@ -114,12 +116,24 @@ class CompatibleProvider(RemoteProvider):
         clock: Clock = time.monotonic,
         sleep: Sleep = anyio.sleep,
         limiter: RateLimiter | None = None,
+        pacing_dir: Path | None = None,
     ) -> None:
         if options.base_url is None or options.model is None:
             raise ConfigurationError(
                 f"the compatible provider needs {_PREFIX}_BASE_URL (e.g. http://localhost:11434/v1) and "
                 f"{_PREFIX}_MODEL (e.g. nomic-embed-text)."
             )
+        # With a data directory, every process using this server (and key) paces with the others.
+        limiter = limiter or build_limiter(
+            options.rpm,
+            options.tpm,
+            window=options.rate_window,
+            clock=clock,
+            sleep=sleep,
+            shared_in=pacing_dir,
+            endpoint=options.base_url,
+            key=options.api_key or "none",  # keyless servers are paced by endpoint alone
+        )
         super().__init__(options.model, options=options, tokenizer=tokenizer, clock=clock, sleep=sleep, limiter=limiter)
         self.options: CompatibleOptions = options
         self.base_url = options.base_url
@@ -236,7 +250,7 @@ def _build(settings: Settings, model: str | None, dimensions: int | None) -> Emb
         options = replace(options, model=model)
     if dimensions is not None:
         options = replace(options, dimensions=dimensions)
-    return CompatibleProvider(options)
+    return CompatibleProvider(options, pacing_dir=settings.resolved_data_dir if settings.shared_pacing else None)
 
 
 PROVIDER = ProviderSpec(

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import anyio
 import anyio.to_thread
-import numpy as np
 
 from .base import EmbeddingProvider, EmbeddingResult, ProgressCallback
-from .billing import Keeper, Recorded
-from .cache import CachedVector, EmbeddingCache
-from .cost import CostEstimate, CostReport, cost_usd, price_per_million
+from .cache import EmbeddingCache
+from .cost import CostEstimate, CostReport
 from .errors import (
     ConfigurationError,
     EmbeddingError,
@@ -25,10 +21,12 @@ from .errors import (
     ProviderUnavailableError,
 )
 from .fallback import OUTAGES, CircuitBreaker
-from .ledger import CostLedger, Reservation, _period_start
+from .ledger import CostLedger, _period_start
 from .registry import ProviderFactory, provider_specs
+from .service_results import DuplicateTexts, ProviderStatus, RankedTexts, SpendTotals, SwitchResult
 from .settings import InputLimits, Settings
-from .similarity import Duplicates, Ranked, find_duplicate_groups, rank
+from .similarity import find_duplicate_groups, rank
+from .space_call import SpaceCall
 from .validation import validate_texts
 
 __all__ = [
@@ -46,61 +44,6 @@ logger = logging.getLogger(__name__)
 
 PROVIDER_FACTORIES: Mapping[str, ProviderFactory] = {spec.name: spec.factory for spec in provider_specs()}
 """Every registered provider's factory by name (see `registry`)."""
-
-
-@dataclass(frozen=True)
-class SwitchResult:
-    """The provider before and after a switch, with their vector spaces."""
-
-    provider: str
-    model: str
-    dimensions: int
-    space: str
-    previous_provider: str
-    previous_model: str
-    previous_dimensions: int
-    previous_space: str
-
-
-@dataclass(frozen=True)
-class ProviderStatus:
-    """What `list_providers` shows of one provider: never a secret."""
-
-    name: str
-    model: str | None
-    dimensions: int | None
-    space: str | None
-    active: bool
-    circuit: str
-    last_error: str | None
-    retry_in_s: float
-
-
-@dataclass(frozen=True)
-class RankedTexts:
-    """`rank_texts`' answer: the best candidates first, and the embedding call that scored them."""
-
-    results: list[Ranked]
-    embedding: EmbeddingResult
-    """Accounting of the one call that embedded the query (row 0) and the candidates: space, cost, cache, fallback."""
-
-
-@dataclass(frozen=True)
-class DuplicateTexts:
-    """`find_duplicates`' answer: groups of near-copies, and the embedding call behind them."""
-
-    duplicates: Duplicates
-    embedding: EmbeddingResult
-
-
-@dataclass(frozen=True)
-class SpendTotals:
-    """USD spent in this session, in the budget period (named), and of all time."""
-
-    session_usd: float
-    period: str
-    period_usd: float
-    all_time_usd: float
 
 
 class EmbeddingService:
@@ -182,7 +125,7 @@ class EmbeddingService:
         fallbacks = self.settings.fallback.fallbacks_for(primary.name)
         if breaker.allows_request():
             try:
-                result = await self._embed_with(primary, valid, progress)
+                result = await self._space_call().embed(primary, valid, progress)
             except OUTAGES as exc:
                 breaker.record_failure(exc)
                 if not fallbacks:
@@ -192,9 +135,9 @@ class EmbeddingService:
                 if result.cached < result.count:  # the cache alone says nothing of the provider's health
                     breaker.record_success()
                 return result
-        elif (hits := await self._all_cached(primary, valid)) is not None:
+        elif (hits := await self._space_call().all_cached(primary, valid)) is not None:
             # The provider is down but has nothing to do: its own cached vectors answer, in its space.
-            return await self._embed_with(primary, valid, progress, hits=hits)
+            return await self._space_call().embed(primary, valid, progress, hits=hits)
         else:
             reason = (
                 f"{primary.name} is unavailable after repeated failures (last: {breaker.last_error}); "
@@ -223,7 +166,7 @@ class EmbeddingService:
                 check_capacity(len(texts), other.dimensions)
             logger.warning("%s; answering from %s (%s)", reason, other.name, other.space)
             try:
-                result = await self._embed_with(other, texts, progress)
+                result = await self._space_call().embed(other, texts, progress)
             except OUTAGES as exc:
                 breaker.record_failure(exc)
                 reason = f"{reason}; {other.name} failed too: {exc}"
@@ -232,72 +175,6 @@ class EmbeddingService:
                 breaker.record_success()
             return dataclasses.replace(result, fallback_reason=reason, requested_space=primary.space)
         raise ProviderUnavailableError(f"{reason}. No fallback provider could answer; retry later.")
-
-    async def _embed_with(
-        self,
-        chosen: EmbeddingProvider,
-        valid: list[str],
-        progress: ProgressCallback | None,
-        *,
-        hits: dict[str, CachedVector] | None = None,
-    ) -> EmbeddingResult:
-        """Embed with one provider: each distinct text once, cached texts (`hits`, if already read) not at all."""
-        unique = list(dict.fromkeys(valid))
-        if hits is None:
-            await chosen.resolve_space()
-            hits = await self._cached(chosen, unique)
-        missing = [text for text in unique if text not in hits]
-
-        fresh, reservation, recorded = await self._embed_fresh(
-            chosen, missing, progress, done_before=len(unique) - len(missing)
-        )
-        by_text = {text: (hit.vector, hit.dropped_tokens) for text, hit in hits.items()}
-        by_text.update((text, (fresh.vectors[i], fresh.truncated.get(i, 0))) for i, text in enumerate(missing))
-        vectors = np.stack([by_text[text][0] for text in valid]).astype(np.float32, copy=False)
-        truncated = {i: by_text[text][1] for i, text in enumerate(valid) if by_text[text][1]}
-        cached = sum(1 for text in valid if text in hits)
-        # Counting tokens of cached texts is work too: only for a provider that charges for them.
-        priced = price_per_million(chosen.name, chosen.model, self.settings) != 0
-        saved = await self._estimate(chosen, [text for text in valid if text in hits]) if cached and priced else None
-        result = dataclasses.replace(
-            fresh,
-            vectors=vectors,
-            truncated=truncated,
-            cached=cached,
-            duplicates=len(valid) - len(unique),
-        )
-        # One transaction swaps the reservation for the reported cost: the hard limit never has a gap.
-        # What each completed request recorded already is not recorded twice.
-        rest = dataclasses.replace(
-            result,
-            tokens=result.tokens - recorded.tokens,
-            requests=result.requests - recorded.requests,
-            cost_usd=None if result.cost_usd is None else max(0.0, result.cost_usd - recorded.usd),
-        )
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(
-                functools.partial(
-                    self.ledger.settle,
-                    reservation,
-                    rest,
-                    cached=cached,
-                    saved_usd=(saved and saved.usd) or 0.0,
-                    embeddings=result.count - recorded.embeddings,
-                )
-            )
-        return result
-
-    async def _embed_fresh(
-        self, chosen: EmbeddingProvider, texts: list[str], progress: ProgressCallback | None, *, done_before: int
-    ) -> tuple[EmbeddingResult, Reservation, Recorded]:
-        """Embed texts the cache did not have, within the budget; see `billing.Keeper.embed_fresh`."""
-        estimate = await self._estimate(chosen, texts)
-
-        async def report(done: int, total: int) -> None:
-            if progress is not None:
-                await progress(done_before + done, done_before + total)
-
-        return await Keeper(self.ledger, self.cache, self.settings).embed_fresh(chosen, texts, estimate, report)
 
     def _breaker(self, provider: EmbeddingProvider) -> CircuitBreaker:
         key = (provider.name, provider.model)
@@ -308,16 +185,8 @@ class EmbeddingService:
             )
         return self._breakers[key]
 
-    async def _cached(self, chosen: EmbeddingProvider, texts: list[str]) -> dict[str, CachedVector]:
-        if self.cache is None:
-            return {}
-        return await anyio.to_thread.run_sync(self.cache.get_many, chosen.space, texts, chosen.dimensions)
-
-    async def _all_cached(self, chosen: EmbeddingProvider, texts: list[str]) -> dict[str, CachedVector] | None:
-        """The cached vectors of `texts` when the cache has every one of them, else None."""
-        unique = list(dict.fromkeys(texts))
-        hits = await self._cached(chosen, unique)
-        return hits if self.cache is not None and len(hits) == len(unique) else None
+    def _space_call(self) -> SpaceCall:
+        return SpaceCall(self.ledger, self.cache, self.settings)
 
     async def generate(self, text: str) -> list[float]:
         """Embed one text."""
@@ -333,7 +202,7 @@ class EmbeddingService:
     ) -> CostEstimate:
         """Tokens and USD that embedding `texts` would cost, without calling the provider."""
         valid = validate_texts(texts, self.settings.limits)
-        return await self._estimate(self.get_provider(provider, model), valid)
+        return await self._space_call().estimate(self.get_provider(provider, model), valid)
 
     def switch_provider(self, name: str, model: str | None = None, dimensions: int | None = None) -> SwitchResult:
         """Make `name` (with `model`, or its default model) the provider later calls use.
@@ -410,16 +279,6 @@ class EmbeddingService:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-    async def _estimate(self, provider: EmbeddingProvider, texts: list[str]) -> CostEstimate:
-        tokens = await provider.estimate_tokens(texts)
-        return CostEstimate(
-            provider=provider.name,
-            model=provider.model,
-            texts=len(texts),
-            tokens=tokens,
-            usd=cost_usd(provider.name, provider.model, tokens, self.settings),
-        )
 
     def _provider(self, name: str, model: str | None, dimensions: int | None = None) -> EmbeddingProvider:
         key = name.strip().lower() if isinstance(name, str) else name

@@ -17,14 +17,15 @@ import anyio
 import anyio.to_thread
 from mcp import MCPDeprecationWarning
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.types import CallToolResult, TextContent
-from pydantic import BaseModel, Field
+from mcp.types import CallToolResult
+from pydantic import Field
 
 from providers import EmbeddingResult, EmbeddingService, Settings
 from providers.base import ProgressCallback
 from providers.registry import provider_names
 from providers.similarity import preview
 
+from .answers import answer, call_meta, dump, embedding_meta, summary
 from .budget import fit_items
 from .encoding import Encoding, check_message_size, encode_vectors
 from .job_tools import register_job_tools, run_jobs
@@ -58,7 +59,8 @@ INSTRUCTIONS = """\
 Text embeddings for semantic code search. To compare texts use rank_texts (which snippets match a
 query) or find_duplicates (near-copies); embed_text and embed_batch return raw vectors for
 programs. Never mix vectors of two `space` ids: `fallback: true` means another provider answered.
-estimate_cost prices a job first; get_cost reports the spend."""
+estimate_cost prices a job first; get_cost reports the spend. For a whole repository, start_embedding_job
+runs in the background: poll job_status."""
 
 ServiceFactory = Callable[[Settings], EmbeddingService]
 
@@ -104,7 +106,7 @@ async def rank_texts(
     ctx: Context,
     top_k: Annotated[int, Field(ge=1)] = 10,
     provider: ProviderArg = None,
-) -> Annotated[CallToolResult, RankResult]:
+) -> CallToolResult:
     """Rank texts by meaning against a query, best first (index, cosine score, preview).
     Use it to find which snippets match what you need; it returns no vectors."""
     ranked = await _service(ctx).rank_texts(query, texts, top_k, provider=provider, progress=_progress(ctx))
@@ -115,12 +117,12 @@ async def rank_texts(
 
     def build(k: int) -> dict[str, Any]:
         more = f"and {len(shown) - k} more results: ask for a smaller top_k" if k < len(shown) else None
-        out = RankResult(results=shown[:k], candidates=len(texts), more=more, **_call_meta(ranked.embedding))
-        return _dump(out, lean=True)
+        out = RankResult(results=shown[:k], candidates=len(texts), more=more, **call_meta(ranked.embedding))
+        return dump(out, lean=True)
 
     structured = await anyio.to_thread.run_sync(fit_items, build, len(shown))
     best = f"; best #{shown[0].index} ({shown[0].score})" if shown else ""
-    return _answer(structured, f"Ranked {len(texts)} texts{best}.")
+    return answer(structured, f"Ranked {len(texts)} texts{best}.")
 
 
 async def find_duplicates(
@@ -128,7 +130,7 @@ async def find_duplicates(
     ctx: Context,
     threshold: Annotated[float, Field(ge=-1, le=1, description="Cosine similarity of near-copies.")] = 0.95,
     provider: ProviderArg = None,
-) -> Annotated[CallToolResult, DuplicatesResult]:
+) -> CallToolResult:
     """Group near-duplicate texts (cosine >= threshold), e.g. copies differing in whitespace or names.
     Use it to de-duplicate snippets; answers groups of indexes, largest first."""
     found = await _service(ctx).find_duplicates(texts, threshold, provider=provider, progress=_progress(ctx))
@@ -160,12 +162,12 @@ async def find_duplicates(
             pairs_checked=found.duplicates.pairs_checked,
             threshold=threshold,
             more=more,
-            **_call_meta(found.embedding),
+            **call_meta(found.embedding),
         )
-        return _dump(out, lean=True)
+        return dump(out, lean=True)
 
     structured = await anyio.to_thread.run_sync(fit_items, build, sum(sizes))
-    return _answer(structured, f"{len(groups)} groups of near-duplicates among {len(texts)} texts.")
+    return answer(structured, f"{len(groups)} groups of near-duplicates among {len(texts)} texts.")
 
 
 async def embed_text(
@@ -185,9 +187,9 @@ async def embed_text(
         truncated=dropped > 0,
         dropped_tokens=dropped,
         vectors_included=with_vectors,
-        **_meta(result, encoding),
+        **embedding_meta(result, encoding),
     )
-    return _answer(out.model_dump(exclude=None if with_vectors else {"embedding"}), _summary(result, "1 text"))
+    return answer(out.model_dump(exclude=None if with_vectors else {"embedding"}), summary(result, "1 text"))
 
 
 async def embed_batch(
@@ -202,24 +204,28 @@ async def embed_batch(
     with_vectors = _with_vectors(ctx, include_vectors)
     result = await _embed(ctx, texts, provider, encoding if with_vectors else None, _progress(ctx))
     truncated = [TruncatedText(index=i, dropped_tokens=n) for i, n in sorted(result.truncated.items())]
-    summary = _summary(result, f"{result.count} texts")
+    said = summary(result, f"{result.count} texts")
     if with_vectors:  # programs read every field: nothing is cut
         out = EmbedBatchResult(
             embeddings=encode_vectors(result.vectors, encoding),
             count=result.count,
             truncated=truncated,
-            **_meta(result, encoding),
+            **embedding_meta(result, encoding),
         )
-        return _answer(out.model_dump(exclude={"more"}), summary)
+        return answer(out.model_dump(exclude={"more"}), said)
 
     def build(k: int) -> dict[str, Any]:
         more = f"and {len(truncated) - k} more truncated texts" if k < len(truncated) else None
         out = EmbedBatchResult(
-            count=result.count, truncated=truncated[:k], vectors_included=False, more=more, **_meta(result, encoding)
+            count=result.count,
+            truncated=truncated[:k],
+            vectors_included=False,
+            more=more,
+            **embedding_meta(result, encoding),
         )
         return out.model_dump(exclude={"embeddings"} if more else {"embeddings", "more"})
 
-    return _answer(await anyio.to_thread.run_sync(fit_items, build, len(truncated)), summary)
+    return answer(await anyio.to_thread.run_sync(fit_items, build, len(truncated)), said)
 
 
 async def switch_provider(
@@ -251,10 +257,10 @@ async def switch_provider(
         text += " Vectors stored from the old space do not match new ones: keep them apart or re-embed."
     if out.warning:
         text += f" Warning: {out.warning}"
-    return _answer(_dump(out, lean=True), text)
+    return answer(dump(out, lean=True), text)
 
 
-async def list_providers(ctx: Context) -> Annotated[CallToolResult, ProvidersResult]:
+async def list_providers(ctx: Context) -> CallToolResult:
     """Each provider's model, vector space, health and whether it is active.
     Use it before switch_provider, or to see why calls fall back."""
     statuses = _service(ctx).provider_statuses()
@@ -277,7 +283,7 @@ async def list_providers(ctx: Context) -> Annotated[CallToolResult, ProvidersRes
         f"{st.name}{' (active)' if st.active else ''}: {st.space or 'unavailable'}, circuit {st.circuit}"
         for st in statuses
     )
-    return _answer(_dump(out), text)
+    return answer(dump(out), text)
 
 
 async def get_cost(
@@ -286,7 +292,7 @@ async def get_cost(
         Literal["session", "all"], Field(description="'all': every process, not just this one.")
     ] = "session",
     since: Annotated[datetime | None, Field(description="Only calls from then on (ISO 8601).")] = None,
-) -> Annotated[CallToolResult, CostResult]:
+) -> CallToolResult:
     """Spend in USD of this session, the budget period and all time, by provider and model.
     To price a job before running it use estimate_cost."""
     if since is not None and since.tzinfo is None:
@@ -314,7 +320,7 @@ async def get_cost(
         f". Session ${totals.session_usd:.6f}, this {totals.period} ${totals.period_usd:.6f}, "
         f"all time ${totals.all_time_usd:.6f}."
     )
-    return _answer(_dump(out), text)
+    return answer(dump(out), text)
 
 
 async def estimate_cost(
@@ -322,13 +328,13 @@ async def estimate_cost(
     ctx: Context,
     provider: Annotated[ProviderName | None, Field(description="Default: the active one.")] = None,
     model: Annotated[str | None, Field(description="Default: the provider's.")] = None,
-) -> Annotated[CallToolResult, CostEstimateResult]:
+) -> CallToolResult:
     """Price a job without running it (tokens, USD): nothing is sent or spent.
     For money already spent use get_cost."""
     estimate = await _service(ctx).estimate_cost(texts, provider, model)
     usd = "price unknown" if estimate.usd is None else f"${estimate.usd:.6f}"
-    return _answer(
-        _dump(CostEstimateResult(**vars(estimate))),
+    return answer(
+        dump(CostEstimateResult(**vars(estimate))),
         f"{estimate.texts} texts ≈ {estimate.tokens} tokens ≈ {usd} with {estimate.provider}/{estimate.model}.",
     )
 
@@ -371,63 +377,3 @@ async def _warn(ctx: Context, result: EmbeddingResult) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MCPDeprecationWarning)
             await ctx.warning(result.warning, logger_name="signal-hub-embeddings.budget")
-
-
-def _meta(result: EmbeddingResult, encoding: Encoding) -> dict[str, Any]:
-    return {
-        "dimensions": result.dimensions,
-        "provider": result.provider,
-        "model": result.model,
-        "space": result.space,
-        "tokens": result.tokens,
-        "tokens_estimated": result.tokens_estimated,
-        "cost_usd": result.cost_usd,
-        "encoding": encoding,
-        "cached": result.cached,
-        "fallback": result.fallback,
-        "fallback_reason": result.fallback_reason,
-        "requested_space": result.requested_space,
-        "warning": result.warning,
-    }
-
-
-def _call_meta(result: EmbeddingResult) -> dict[str, Any]:
-    return {
-        "space": result.space,
-        "tokens": result.tokens,
-        "cost_usd": result.cost_usd,
-        "cached": result.cached,
-        "fallback": result.fallback,
-        "fallback_reason": result.fallback_reason,
-        "warning": result.warning,
-    }
-
-
-def _summary(result: EmbeddingResult, what: str) -> str:
-    cost = "price unknown" if result.cost_usd is None else f"${result.cost_usd:.6f}"
-    text = (
-        f"Embedded {what} with {result.provider}/{result.model}: {result.dimensions} dimensions, "
-        f"{result.tokens} tokens, {cost}."
-    )
-    if result.cached:
-        text += f" {result.cached} from the cache."
-    if result.fallback:
-        text += (
-            f" FALLBACK: {result.fallback_reason}; these vectors are in space {result.space},"
-            f" not {result.requested_space}."
-        )
-    if result.truncated:
-        text += f" {len(result.truncated)} text(s) were longer than the model's window and were truncated."
-    if result.warning:
-        text += f" Warning: {result.warning}"
-    return text
-
-
-def _dump(out: BaseModel, *, lean: bool = False) -> dict[str, Any]:
-    """An answer as JSON values; `lean` leaves out optional fields left at their default (none is required)."""
-    return out.model_dump(mode="json", exclude_defaults=lean)
-
-
-def _answer(structured: dict[str, Any], text: str) -> CallToolResult:
-    """A one-line summary as text; the data in structured content, which agents' hosts hand the model."""
-    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured)

@@ -201,7 +201,7 @@ async def start_embedding_job(
     return _answer(out, text)
 
 
-async def job_status(job_id: JobId, ctx: Context) -> Annotated[CallToolResult, JobStatusResult]:
+async def job_status(job_id: JobId, ctx: Context) -> CallToolResult:
     """Progress of an embedding job: status, done/total, cached, tokens, usd, rate, ETA, errors.
     Poll it after start_embedding_job or resume_job."""
     runner = _runner(ctx)

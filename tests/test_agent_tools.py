@@ -20,8 +20,6 @@ from tests.test_server import TOOLS, fake_server
 pytestmark = pytest.mark.anyio
 
 TOOLS_LIST_BYTES_BEFORE = 11_789
-JOB_TOOLS_BYTES = 3_000
-"""The five job tools of issue 15 (measured at 2,898 bytes): only job_status declares an output schema."""
 """Compact JSON of the tools/list result with the six tools of commit 9d15b57, measured as below."""
 
 
@@ -91,8 +89,8 @@ async def test_tools_list_with_every_registered_tool_is_no_larger_than_before(se
     async with Client(build_server(settings)) as client:
         listed = await client.list_tools()
     size = len(json.dumps(listed.model_dump(by_alias=True, exclude_none=True, mode="json"), separators=(",", ":")))
-    budget = TOOLS_LIST_BYTES_BEFORE + JOB_TOOLS_BYTES
-    assert size <= budget, f"tools/list is {size} bytes for {len(listed.tools)} tools"
+    assert len(listed.tools) == 13  # the eight of issue 13 and the five job tools
+    assert size <= TOOLS_LIST_BYTES_BEFORE, f"tools/list is {size} bytes for {len(listed.tools)} tools"
 
 
 async def test_schemas_carry_no_generated_titles_but_keep_a_property_named_title() -> None:

@@ -284,3 +284,18 @@ async def test_list_providers_shows_no_space_until_the_length_is_known(
         await service.embed(["a b"])
     after = {s.name: s for s in service.provider_statuses()}["compatible"]
     assert after.dimensions == 12 and after.space is not None and after.space.endswith("/m:12:l2")
+
+
+async def test_processes_sharing_a_data_directory_pace_one_server_together(
+    make_service: Callable[..., EmbeddingService], tmp_path: Path
+) -> None:
+    from providers.pacing import PACER_FILE, SharedPacer
+
+    env = {"SIGNAL_HUB_COMPATIBLE_BASE_URL": "http://127.0.0.1:9/v1", "SIGNAL_HUB_COMPATIBLE_MODEL": "m"}
+    shared = make_service(env).provider
+    alone = make_service(env, shared_pacing=False).provider
+    assert isinstance(shared, CompatibleProvider) and isinstance(alone, CompatibleProvider)
+    assert isinstance(shared.limiter, SharedPacer)
+    assert shared.limiter.shared  # opens the pacer every process with this data directory uses
+    assert (tmp_path / PACER_FILE).exists()
+    assert not isinstance(alone.limiter, SharedPacer)
