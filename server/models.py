@@ -153,5 +153,3 @@ class CostEstimateResult(BaseModel):
     texts: int
     tokens: int
     usd: float | None
-    batch_usd: float | None = None
-    """OpenAI: through the Batch API (half price)."""
