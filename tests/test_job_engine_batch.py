@@ -284,3 +284,34 @@ def test_a_job_store_made_before_engines_gets_the_column(tmp_path: Path) -> None
     assert job.engine == "in-process"
     assert store.create(**values, fingerprint="f", total=1, engine="ray").engine == "ray"
     store.close()
+
+
+@pytest.mark.anyio
+async def test_a_batch_api_job_stopped_with_its_server_resumes_on_its_batches(
+    openai: Settings, server: LoopbackOpenAI, tmp_path: Path, fast_polls: None
+) -> None:
+    from providers.job_paths import AllowedRoots
+    from providers.jobs import JobRunner
+
+    texts = texts_of(12)
+    source = write_chunks(tmp_path / "chunks.jsonl", texts)
+    roots = AllowedRoots((tmp_path,))
+    server.time_scale = 1.0  # the batch stays in progress while the first server runs
+    async with JobRunner(openai, roots) as runner:
+        job = (await runner.start(str(source), str(tmp_path / "out.jsonl"), engine="batch-api")).job
+        with anyio.fail_after(30):
+            while not ((status := runner.engine_status(runner.status(job.id))) and status["batches"]):
+                await anyio.sleep(0.02)
+            while status["batches"][0]["batch_id"] is None:
+                await anyio.sleep(0.02)
+                status = runner.engine_status(runner.status(job.id)) or status
+
+    server.time_scale = FAST
+    async with JobRunner(openai, roots) as runner:
+        assert runner.status(job.id).status == "interrupted"  # the server went away: its batch did not
+        await runner.resume(job.id)
+        with anyio.fail_after(30):
+            done = await runner.wait(job.id)
+    assert done.status == "done" and done.done == 12, done
+    assert server.batches.batches_created == 1  # re-attached to the same batch
+    assert_vectors(tmp_path / "out.jsonl", texts)
