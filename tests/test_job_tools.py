@@ -18,6 +18,7 @@ from mcp.types import ListRootsResult, Root
 from providers import Settings
 from providers.tokens import load_cl100k
 from server import build_server
+from server.job_tools import JobStatusResult
 
 pytestmark = pytest.mark.anyio
 
@@ -74,7 +75,9 @@ async def test_the_job_tools_are_listed_with_titles_annotations_and_short_descri
         assert tool.title and tool.annotations is not None and tool.description
         assert len(tool.description.splitlines()) <= 4
     assert tools["job_status"].annotations.read_only_hint is True  # type: ignore[union-attr]
-    assert set(tools["job_status"].output_schema["required"]) >= {  # type: ignore[index]
+    # Agent-facing: no outputSchema in tools/list (agents pay for it every turn); the answer's shape is the model's.
+    assert tools["job_status"].output_schema is None
+    assert set(JobStatusResult.model_fields) >= {
         *("job_id", "status", "done", "total", "cached", "tokens", "usd", "rate_per_min", "eta_s", "errors"),
     }
 
