@@ -136,6 +136,7 @@ def build_engine(
     ray_address: str | None = None,
     actors: int | None = None,
     poll_s: float | None = None,
+    wait: bool = True,
 ) -> JobEngine:
     """The `batch-api` or `ray` engine, its providers (and so vector spaces) from `providers`."""
     if name == "batch-api":
@@ -146,7 +147,7 @@ def build_engine(
             options = dataclasses.replace(
                 options, poll_initial=poll_s, poll_max=max(poll_s, min(options.poll_max, 30 * poll_s))
             )
-        return BatchJobEngine(settings, providers, options=options)
+        return BatchJobEngine(settings, providers, options=options, wait=wait)
     if name == "ray":
         from .job_engine_ray import RayJobEngine
 

@@ -23,7 +23,7 @@ from .base import EmbeddingProvider
 from .batch_api import BATCH_API_LIMITS, BatchApiEngine, BatchApiOptions, BatchJobStatus, batch_engine
 from .batch_api.state import DONE
 from .cost import batch_price_per_million
-from .errors import ConfigurationError, InputError
+from .errors import ConfigurationError, EmbeddingError, InputError
 from .job_engine import EngineJob
 from .job_files import Chunk
 from .job_pipeline import Tally
@@ -31,11 +31,15 @@ from .job_writers import VectorWriter
 from .ratelimit import Sleep
 from .settings import Settings
 
-__all__ = ["BatchJobEngine", "batch_summary", "default_options"]
+__all__ = ["BatchJobEngine", "BatchesRunning", "batch_summary", "default_options"]
 
 _WRITE_ROWS = 1024
 MAX_LISTED_BATCHES = 8
 """Batches a status lists one by one; more are summed up by status (answers stay small)."""
+
+
+class BatchesRunning(EmbeddingError):
+    """With `wait=False`: the job's batches are submitted and still run; the same run again collects them."""
 
 
 class BatchJobEngine:
@@ -50,8 +54,10 @@ class BatchJobEngine:
         *,
         options: BatchApiOptions | None = None,
         sleep: Sleep = anyio.sleep,
+        wait: bool = True,
     ) -> None:
         self.settings = settings
+        self.wait = wait
         self._providers = providers
         self._options = options
         self._sleep = sleep
@@ -91,6 +97,13 @@ class BatchJobEngine:
             # Rows answered from the cache count as done from the start.
             on_progress(len(texts) - total + done)
 
+        if not self.wait:
+            status = await engine.advance(job.id, texts)
+            if not status.finished:
+                raise BatchesRunning(
+                    f"{len(status.batches)} batch(es) of {status.texts:,} texts run at OpenAI ({status.done:,} "
+                    "done): the same command again collects them (within 24 h of submission)."
+                )
         result = await engine.run(job.id, texts, progress=progress)
         missing = set(result.missing)
         texts_after, tokens_after = _done(engine, job.id)

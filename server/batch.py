@@ -20,7 +20,8 @@ re-attaches to them. `--engine ray` embeds with the local model on Ray Data (a l
 cluster at `--ray-address`/RAY_ADDRESS).
 
 Exit codes: 0 done, 1 the provider, the budget or writing failed, 2 bad usage or bad input (named
-by file and line; input files are checked before anything is sent), 130 interrupted.
+by file and line; input files are checked before anything is sent), 75 batches still running
+(`--no-wait`), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from typing import Any
 import anyio
 
 from providers import ConfigurationError, EmbeddingError, EmbeddingService, InputError, Settings
-from providers.job_engine import ENGINES, EngineJob, InProcessEngine, JobEngine, build_engine
+from providers.job_engine import EngineJob, JobEngine
+from providers.job_engine_batch import BatchesRunning
 from providers.job_files import FORMATS, Chunk, DuplicateIds, Source, find_sources, read_chunks
 from providers.job_pipeline import Tally
 from providers.job_writers import JsonlWriter, NpyWriter, VectorWriter, ids_path
@@ -49,6 +51,7 @@ from providers.registry import provider_names
 from providers.settings import InputLimits
 
 from .batch_cache import format_bytes, run_cache
+from .batch_engines import EngineOptions, add_engine_arguments, default_provider, engine_options, open_engine
 from .batch_progress import cost_text, format_seconds, format_usd, progress_bar, summary
 from .encoding import Encoding
 
@@ -68,7 +71,7 @@ __all__ = [
     "summary",
 ]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PENDING = 0, 1, 2, 130, 75
 PROG = "signal-hub-embeddings"
 
 # Measured on 10k stdlib chunks against the loopback OpenAI server at 0.2 s a request: the provider
@@ -95,10 +98,7 @@ class EmbedJob:
     provider: str | None = None
     model: str | None = None
     encoding: Encoding = "float"
-    engine: str = "in-process"
-    ray_address: str | None = None
-    actors: int | None = None
-    poll_s: float | None = None
+    engines: EngineOptions = dataclasses.field(default_factory=EngineOptions)
 
     @property
     def npy(self) -> bool:
@@ -162,24 +162,7 @@ def add_commands(subparsers: Any) -> None:
     embed.add_argument(
         "--window", type=int, default=DEFAULT_WINDOW, help=f"texts per call and cache commit (default {DEFAULT_WINDOW})"
     )
-    embed.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default="in-process",
-        help="in-process (default); batch-api: OpenAI's Batch API, half price, waits for the batches "
-        "(run again after a kill, it re-attaches); ray: the local model on Ray Data",
-    )
-    embed.add_argument(
-        "--ray-address",
-        help="--engine ray: a cluster (ray://host:10001, host:6379); default RAY_ADDRESS, else a local Ray",
-    )
-    embed.add_argument("--actors", type=int, help="--engine ray: actors embedding at once (default: one per CPU)")
-    embed.add_argument(
-        "--poll-interval",
-        type=float,
-        metavar="SECONDS",
-        help="--engine batch-api: seconds between the first polls (default 10)",
-    )
+    add_engine_arguments(embed)
     embed.add_argument("--skip-invalid", action="store_true", help="skip bad records (counted as failed), not stop")
     embed.add_argument("--no-cache", action="store_true", help="neither read nor fill the cache (no resuming)")
     embed.add_argument("--no-progress", action="store_true", help="no progress bar; the summary is still printed")
@@ -239,6 +222,9 @@ def _embed_and_report(job: EmbedJob, settings: Settings, run: _Run, started: flo
     resumable = settings.cache
     try:
         space = anyio.run(_embed_all, job, settings, run)
+    except BatchesRunning as exc:  # --no-wait
+        _say(str(exc))
+        return EXIT_PENDING
     except (ConfigurationError, InputError) as exc:
         return _fail(f"error: {exc}", run, started, EXIT_USAGE, resumable=resumable)
     except EmbeddingError as exc:
@@ -273,12 +259,7 @@ def _report(run: _Run, started: float) -> None:
 def _job_from(args: argparse.Namespace, limits: InputLimits) -> EmbedJob:
     if not 1 <= args.window <= limits.max_texts:
         raise InputError(f"--window must be between 1 and {limits.max_texts}, not {args.window}.")
-    if args.engine != "ray" and (args.ray_address or args.actors):
-        raise InputError("--ray-address and --actors go with --engine ray.")
-    if args.actors is not None and args.actors < 1:
-        raise InputError(f"--actors must be at least 1, not {args.actors}.")
-    if args.poll_interval is not None and not args.poll_interval > 0:
-        raise InputError(f"--poll-interval must be a positive number of seconds, not {args.poll_interval}.")
+    engines = engine_options(args)
     if args.inputs.count("-") > 1:
         raise InputError("stdin (-) can be read only once.")
     for raw in args.inputs:
@@ -303,10 +284,7 @@ def _job_from(args: argparse.Namespace, limits: InputLimits) -> EmbedJob:
         provider=args.provider,
         model=args.model,
         encoding=args.encoding,
-        engine=args.engine,
-        ray_address=args.ray_address,
-        actors=args.actors,
-        poll_s=args.poll_interval,
+        engines=engines,
     )
 
 
@@ -337,22 +315,12 @@ def _valid(job: EmbedJob, limits: InputLimits, run: _Run, *, report: bool = True
 
 
 async def _embed_all(job: EmbedJob, settings: Settings, run: _Run) -> str:
-    default = {"batch-api": "openai", "ray": "local"}.get(job.engine)
-    async with EmbeddingService(job.provider or default, job.model, settings=settings) as service:
-        engine: JobEngine = InProcessEngine(service)
-        if job.engine != "in-process":
-            engine = build_engine(
-                job.engine,
-                settings,
-                lambda _: service.provider,
-                ray_address=job.ray_address,
-                actors=job.actors,
-                poll_s=job.poll_s,
-            )
+    async with EmbeddingService(job.provider or default_provider(job.engines), job.model, settings=settings) as service:
+        engine = open_engine(job.engines, settings, service)
         try:
             return await _embed_with(engine, service, job, settings, run)
         finally:
-            if job.engine != "in-process":
+            if job.engines.engine != "in-process":
                 with anyio.CancelScope(shield=True):
                     await engine.aclose()
 
@@ -367,7 +335,7 @@ async def _embed_with(
         else JsonlWriter(job.output, provider.space, job.encoding)
     )
     tally = run.tally
-    job_id = "embed" if job.engine == "in-process" else job.fingerprint(provider.space)
+    job_id = "embed" if job.engines.engine == "in-process" else job.fingerprint(provider.space)
     engine_job = EngineJob(job_id, provider.name, provider.space, window=job.window)
     with progress_bar(run.total, enabled=job.progress) as bar:
 

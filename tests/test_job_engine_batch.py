@@ -315,3 +315,22 @@ async def test_a_batch_api_job_stopped_with_its_server_resumes_on_its_batches(
     assert done.status == "done" and done.done == 12, done
     assert server.batches.batches_created == 1  # re-attached to the same batch
     assert_vectors(tmp_path / "out.jsonl", texts)
+
+
+def test_cli_batch_api_no_wait_submits_exits_75_and_the_same_command_collects(
+    openai: Settings, server: LoopbackOpenAI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    texts = texts_of(6)
+    source = write_chunks(tmp_path / "chunks.jsonl", texts)
+    argv = [str(source), "-o", str(tmp_path / "out.jsonl"), "--engine", "batch-api", "--no-wait"]
+    server.time_scale = 1.0  # the batch runs on
+
+    assert embed(openai, *argv) == 75
+    assert "1 batch(es) of 6 texts run at OpenAI" in capsys.readouterr().err
+    assert server.batches.batches_created == 1 and not (tmp_path / "out.jsonl").exists()
+
+    server.time_scale = FAST
+    assert embed(openai, *argv) == 0
+    assert server.batches.batches_created == 1
+    assert_vectors(tmp_path / "out.jsonl", texts)
+    assert embed(openai, str(source), "-o", str(tmp_path / "o.jsonl"), "--no-wait") == 2
