@@ -27,6 +27,7 @@ from providers import Settings
 from providers import job_engine as job_engine_module
 from providers.batch_api import BatchJobStatus, BatchProgress
 from providers.job_engine_batch import BatchJobEngine, batch_summary
+from providers.tokens import load_cl100k
 from server import build_server
 from server.batch import add_commands, run_embed
 from tests.loopback_openai import LoopbackOpenAI, embedding_for
@@ -196,6 +197,8 @@ async def client(openai: Settings, project: Path, fast_polls: None) -> AsyncIter
 async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
     result = await client.call_tool(tool, arguments)
     assert not result.is_error, result.content
+    if (cl100k := load_cl100k()) is not None:  # within the 2,000-token answer budget
+        assert len(cl100k.encode(json.dumps(result.structured_content))) <= 2_000
     return result.structured_content  # type: ignore[no-any-return]
 
 
