@@ -18,7 +18,7 @@ import numpy as np
 from .base import EmbeddingProvider, EmbeddingResult, ProgressCallback
 from .billing import Keeper, Recorded
 from .cache import CachedVector, EmbeddingCache
-from .cost import CostEstimate, cost_usd, price_per_million
+from .cost import CostEstimate, batch_cost_usd, cost_usd, price_per_million
 from .ledger import CostLedger, Reservation
 from .settings import Settings
 
@@ -118,4 +118,5 @@ class SpaceCall:
             texts=len(texts),
             tokens=tokens,
             usd=cost_usd(provider.name, provider.model, tokens, self.settings),
+            batch_usd=batch_cost_usd(provider.name, provider.model, tokens, self.settings),
         )

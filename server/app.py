@@ -333,9 +333,10 @@ async def estimate_cost(
     For money already spent use get_cost."""
     estimate = await _service(ctx).estimate_cost(texts, provider, model)
     usd = "price unknown" if estimate.usd is None else f"${estimate.usd:.6f}"
+    batch = "" if estimate.batch_usd is None else f" (${estimate.batch_usd:.6f} through the Batch API)"
     return answer(
-        dump(CostEstimateResult(**vars(estimate))),
-        f"{estimate.texts} texts ≈ {estimate.tokens} tokens ≈ {usd} with {estimate.provider}/{estimate.model}.",
+        dump(CostEstimateResult(**vars(estimate)), lean=True),
+        f"{estimate.texts} texts ≈ {estimate.tokens} tokens ≈ {usd}{batch} with {estimate.provider}/{estimate.model}.",
     )
 
 

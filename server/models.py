@@ -153,3 +153,4 @@ class CostEstimateResult(BaseModel):
     texts: int
     tokens: int
     usd: float | None
+    batch_usd: float | None = None

@@ -76,6 +76,7 @@ async def test_an_estimate_prices_the_model_it_names(settings: Settings) -> None
         assert (small.model, large.model) == ("text-embedding-3-small", "text-embedding-3-large")
         assert large.tokens == small.tokens
         assert large.usd == pytest.approx(large.tokens * 0.13 / 1e6)
+        assert large.batch_usd == pytest.approx(large.usd / 2)  # the Batch API engine's price beside it
         assert service.provider.model == "text-embedding-3-small"  # an estimate switches nothing
 
 
@@ -94,5 +95,7 @@ async def test_estimate_cost_over_mcp_honours_or_refuses_the_model(settings: Set
     async with Client(build_server(replace(settings, provider="openai"))) as client:
         large = await client.call_tool("estimate_cost", {"texts": ["abc"], "model": "text-embedding-3-large"})
         assert large.structured_content["model"] == "text-embedding-3-large"
+        assert large.structured_content["batch_usd"] == pytest.approx(large.structured_content["usd"] / 2)
+        assert "through the Batch API" in large.content[0].text
         bogus = await client.call_tool("estimate_cost", {"texts": ["abc"], "model": "bogus"})
         assert bogus.is_error and "unknown OpenAI model 'bogus'" in bogus.content[0].text
