@@ -125,3 +125,40 @@ def test_truncation_is_remembered_with_the_vector(tmp_path: Path) -> None:
     cache = EmbeddingCache(tmp_path / "c.sqlite3")
     cache.put_many("s", ["long"], np.ones((1, 2), dtype=np.float32), [42])
     assert cache.get_many("s", ["long"], 2)["long"].dropped_tokens == 42
+
+
+def test_a_cache_made_before_keeps_its_vectors_in_the_new_table(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "cache.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE vectors (key BLOB PRIMARY KEY, space TEXT NOT NULL, vector BLOB NOT NULL,"
+        " dropped_tokens INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL) WITHOUT ROWID;"
+        "CREATE INDEX vectors_space ON vectors (space);"
+    )
+    vector = fake_vector("kept", 8)
+    old.execute("INSERT INTO vectors VALUES (?, ?, ?, ?, ?)", (cache_key("s", "kept"), "s", vector.tobytes(), 3, 1.0))
+    old.commit()
+    old.close()
+
+    cache = EmbeddingCache(path)
+    hit = cache.get_many("s", ["kept"], 8)["kept"]
+    np.testing.assert_array_equal(hit.vector, vector)
+    assert hit.dropped_tokens == 3
+    assert cache.stats().entries == 1
+    cache.close()
+    tables = {name for (name,) in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"cached_vectors"}
+    EmbeddingCache(path).close()  # opening again finds nothing left to move
+
+
+def test_a_384_float_vector_takes_under_2_5_kb_of_disk(tmp_path: Path) -> None:
+    # The old WITHOUT ROWID table put each vector on an overflow page of its own: 4.8 KB each.
+    cache = EmbeddingCache(tmp_path / "cache.sqlite3")
+    texts = [f"def f_{i}(): return {i}" for i in range(2000)]
+    vectors = np.random.default_rng(0).standard_normal((2000, 384)).astype(np.float32)
+    cache.put_many("local:m:384:l2", texts, vectors, [0] * 2000)
+    cache._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    cache.close()
+    assert (tmp_path / "cache.sqlite3").stat().st_size / 2000 < 2500
