@@ -15,7 +15,6 @@ file (and the cache answers the rest). Cancelling the task stops Ray between bat
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 from collections.abc import Callable, Iterable
@@ -73,12 +72,9 @@ class RayJobEngine:
         if chosen.name != "local":
             raise InputError(f"the ray engine embeds with the local model only, not {chosen.name}; use provider local.")
         if not self._checked:
-            from .ray_engine.connect import _check_reachable, import_ray
+            from .ray_engine.connect import check_ray
 
-            import_ray()
-            address = self.address or os.environ.get("RAY_ADDRESS") or None
-            if address not in (None, "local", "auto"):
-                _check_reachable(address)
+            check_ray(self.address)
             self._checked = True
         return chosen
 

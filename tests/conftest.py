@@ -40,3 +40,12 @@ def data_dir(tmp_path: Path, onnx_exports: Path) -> Path:
 @pytest.fixture
 def settings(data_dir: Path) -> Settings:
     return Settings(data_dir=data_dir)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project directory that jobs may read and write (SIGNAL_HUB_JOB_ROOTS)."""
+    path = tmp_path / "project"
+    path.mkdir()
+    monkeypatch.setenv("SIGNAL_HUB_JOB_ROOTS", str(path))
+    return path

@@ -171,14 +171,6 @@ def test_batch_summary_lists_few_batches_and_counts_many() -> None:
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "project"
-    path.mkdir()
-    monkeypatch.setenv("SIGNAL_HUB_JOB_ROOTS", str(path))
-    return path
-
-
-@pytest.fixture
 def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     build = job_engine_module.build_engine
 

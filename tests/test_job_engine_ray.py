@@ -84,14 +84,6 @@ def test_cli_engine_ray_writes_what_the_in_process_engine_writes(
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "project"
-    path.mkdir()
-    monkeypatch.setenv("SIGNAL_HUB_JOB_ROOTS", str(path))
-    return path
-
-
-@pytest.fixture
 async def client(settings: Settings, project: Path) -> AsyncIterator[Client]:
     local = Settings(data_dir=settings.data_dir, provider="local", cache=False, local_threads=1)
     async with Client(build_server(local), read_timeout_seconds=120) as mcp:

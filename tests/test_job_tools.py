@@ -29,14 +29,6 @@ ANSWER_BUDGET = 2_000
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "project"
-    path.mkdir()
-    monkeypatch.setenv("SIGNAL_HUB_JOB_ROOTS", str(path))
-    return path
-
-
-@pytest.fixture
 async def client(shared_data_dir: Path, project: Path) -> AsyncIterator[Client]:
     settings = Settings(data_dir=shared_data_dir, cache=False)
     async with Client(build_server(settings), read_timeout_seconds=120) as client:

@@ -18,7 +18,7 @@ from types import ModuleType
 from ..encoders import usable_cores
 from ..errors import ConfigurationError, ProviderUnavailableError
 
-__all__ = ["INSTALL_HINT", "RayConnection", "connect", "import_ray"]
+__all__ = ["INSTALL_HINT", "RayConnection", "check_ray", "connect", "import_ray"]
 
 INSTALL_HINT = "pip install 'signal-hub-embeddings[ray]'"
 _CLIENT_PORT = 10001  # `ray://host` without a port: Ray Client's default
@@ -45,6 +45,15 @@ def import_ray() -> ModuleType:
     return ray
 
 
+def check_ray(address: str | None) -> ModuleType:
+    """Ray, once it is known to be installed and `address` (or RAY_ADDRESS), if any, to answer."""
+    ray = import_ray()
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address not in (None, "local", "auto"):
+        _check_reachable(address)
+    return ray
+
+
 @contextmanager
 def connect(address: str | None) -> Iterator[RayConnection]:
     """Use the caller's Ray if it is initialised; else connect to `address` or RAY_ADDRESS; else start a local Ray.
@@ -53,10 +62,7 @@ def connect(address: str | None) -> Iterator[RayConnection]:
 
     A Ray this function starts or connects to is shut down when the block ends.
     """
-    ray = import_ray()
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address not in (None, "local", "auto"):
-        _check_reachable(address)
+    ray = check_ray(address)
     if ray.is_initialized():
         yield RayConnection(ray, "the caller's Ray", _cpus(ray))
         return
