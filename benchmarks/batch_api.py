@@ -32,9 +32,9 @@ import openai
 
 from benchmarks.corpus import code_chunks
 from providers.batch_api import BatchApiEngine, BatchApiOptions, BatchState
-from providers.cache import EmbeddingCache
-from providers.ledger import CostLedger
 from providers.openai import OpenAIOptions, OpenAIProvider
+from providers.storage.cache import EmbeddingCache
+from providers.storage.ledger import CostLedger
 from tests.loopback_openai import LoopbackOpenAI
 
 KEY = "sk-benchmark"

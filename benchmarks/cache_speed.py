@@ -43,8 +43,8 @@ from typing import IO
 import numpy as np
 
 from benchmarks.corpus import code_chunks
-from providers.cache import EmbeddingCache
-from providers.ledger import CostLedger
+from providers.storage.cache import EmbeddingCache
+from providers.storage.ledger import CostLedger
 from tests.loopback_openai import LoopbackOpenAI, embedding_for
 
 ROOT = Path(__file__).resolve().parents[1]

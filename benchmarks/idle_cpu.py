@@ -40,9 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tokenizers import Tokenizer
 
     from providers import Settings
-    from providers.encoders import ONNX_SPIN_US, OnnxEncoder, pad_batch, usable_cores
     from providers.local import PACKAGED_MODEL_SHA256, packaged_model_path
-    from providers.onnx_export import cached_onnx_model
+    from providers.local_model.encoders import ONNX_SPIN_US, OnnxEncoder, pad_batch, usable_cores
+    from providers.local_model.onnx_export import cached_onnx_model
 
     data_dir = Settings.from_env().resolved_data_dir
     cached = cached_onnx_model(packaged_model_path(), PACKAGED_MODEL_SHA256, data_dir / "onnx", quantized=True)

@@ -34,8 +34,8 @@ import numpy as np
 from mcp import Client, StdioServerParameters
 
 from benchmarks.corpus import code_chunks, one_line_snippets
-from providers.cache import EmbeddingCache
-from providers.encoders import usable_cores
+from providers.local_model.encoders import usable_cores
+from providers.storage.cache import EmbeddingCache
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = "local:all-MiniLM-L6-v2:384:l2"

@@ -30,9 +30,9 @@ import numpy as np
 import openai
 
 from benchmarks.corpus import code_chunks
-from providers.batching import OPENAI_LIMITS, plan_batches
 from providers.openai import OpenAIOptions, OpenAIProvider
-from providers.ratelimit import parse_retry_after
+from providers.remote.batching import OPENAI_LIMITS, plan_batches
+from providers.remote.ratelimit import parse_retry_after
 from tests.loopback_openai import LoopbackOpenAI, count_tokens, embedding_for
 
 KEY = "sk-benchmark"

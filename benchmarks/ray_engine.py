@@ -28,10 +28,10 @@ import numpy as np
 
 from benchmarks.corpus import code_chunks
 from providers import Settings
-from providers.cache import EmbeddingCache
 from providers.local import LocalProvider
 from providers.ray_engine import RayJobOptions, read_shards, run_ray_job
 from providers.ray_engine.output import OutputDir
+from providers.storage.cache import EmbeddingCache
 
 TARGET_RATIO = 0.85
 TARGET_COSINE = 0.9999

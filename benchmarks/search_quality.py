@@ -28,9 +28,9 @@ import numpy.typing as npt
 
 from benchmarks.corpus import stdlib_sources
 from providers import Settings
-from providers.encoders import LocalBackend
 from providers.local import LocalProvider
-from providers.long_texts import LongTextPolicy
+from providers.local_model.encoders import LocalBackend
+from providers.local_model.long_texts import LongTextPolicy
 
 _SKIPPED_DIRS = {"test", "tests", "idle_test"}
 _MIN_DOCSTRING_WORDS = 3

@@ -35,10 +35,9 @@ import anyio
 
 from benchmarks.corpus import code_chunks
 from providers.errors import ProviderError
-from providers.openai import OpenAIProvider
-from providers.openai_options import OpenAIOptions
-from providers.pacing import PACER_FILE, SharedPacer
-from providers.ratelimit import RateLimiter
+from providers.openai import OpenAIOptions, OpenAIProvider
+from providers.remote.pacing import PACER_FILE, SharedPacer
+from providers.remote.ratelimit import RateLimiter
 from providers.settings import Settings
 from tests.loopback_openai import LoopbackOpenAI, count_tokens
 
@@ -70,7 +69,7 @@ def settings(args: argparse.Namespace) -> Settings:
         data_dir=Path(args.data_dir),
         openai_base_url=args.base_url,
         openai_api_key=KEY,
-        openai=OpenAIOptions(rate_window=60 / args.time_scale),
+        provider_options={"openai": OpenAIOptions(rate_window=60 / args.time_scale)},
         shared_pacing=not args.no_share,
     )
 

@@ -20,7 +20,7 @@ import tracemalloc
 
 import numpy as np
 
-from providers.similarity import find_duplicate_groups, normalise, rank
+from providers.service.similarity import find_duplicate_groups, normalise, rank
 
 
 def vectors(texts: int, dimensions: int, copies: float, seed: int = 0) -> np.ndarray:

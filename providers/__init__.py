@@ -1,8 +1,8 @@
 """Signal Hub embeddings: the provider-independent core (no MCP here)."""
 
-from .base import EmbeddingProvider, EmbeddingResult, ProgressCallback, space_id
-from .cost import PRICES_PER_MILLION_TOKENS, CostEstimate, CostReport, Usage
-from .errors import (
+from providers.base import EmbeddingProvider, EmbeddingResult, ProgressCallback, space_id
+from providers.cost import CostEstimate, CostReport, Usage
+from providers.errors import (
     AuthenticationError,
     BudgetExceededError,
     ConfigurationError,
@@ -14,9 +14,9 @@ from .errors import (
     RateLimitError,
     ResponseTooLargeError,
 )
-from .ledger import CostLedger
-from .service import EmbeddingService, SwitchResult
-from .settings import Budget, InputLimits, Settings
+from providers.service.facade import EmbeddingService, SwitchResult
+from providers.settings import Budget, InputLimits, Settings
+from providers.storage.ledger import CostLedger
 
 __all__ = [
     "PRICES_PER_MILLION_TOKENS",
@@ -44,3 +44,13 @@ __all__ = [
     "Usage",
     "space_id",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # OpenAI's price table is its provider module's, read from there only when asked for, so that
+    # `import providers` imports no provider module (nor the SDK).
+    if name == "PRICES_PER_MILLION_TOKENS":
+        from providers.openai import OPENAI_PRICES
+
+        return OPENAI_PRICES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

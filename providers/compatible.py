@@ -27,9 +27,8 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from .batching import RequestLimits
-from .env import NON_NEGATIVE_USD, POSITIVE_INT, choice, number, optional, read_api_key
-from .errors import (
+from providers.env import NON_NEGATIVE_USD, POSITIVE_INT, choice, number, optional, read_api_key
+from providers.errors import (
     AuthenticationError,
     ConfigurationError,
     EmbeddingError,
@@ -39,18 +38,19 @@ from .errors import (
     QuotaExceededError,
     RateLimitError,
 )
-from .pacing import build_limiter
-from .ratelimit import Clock, RateLimiter, Sleep
-from .registry import ProviderSpec
-from .remote import Failure, RemoteProvider, Reply
-from .remote_options import RemoteOptions, remote_fields_from_env
-from .tokens import Tokenizer
+from providers.registry import ProviderSpec
+from providers.remote.batching import RequestLimits
+from providers.remote.engine import Failure, RemoteProvider, Reply
+from providers.remote.options import RemoteOptions, remote_fields_from_env
+from providers.remote.pacing import build_limiter
+from providers.remote.ratelimit import Clock, RateLimiter, Sleep
+from providers.text.tokens import Tokenizer
 
 if TYPE_CHECKING:
     import openai
 
-    from .base import EmbeddingProvider
-    from .settings import Settings
+    from providers.base import EmbeddingProvider
+    from providers.settings import Settings
 
 __all__ = ["TEI_LIMITS", "CompatibleOptions", "CompatibleProvider"]
 
@@ -175,7 +175,7 @@ class CompatibleProvider(RemoteProvider):
             )
 
     async def _request(self, texts: list[str]) -> Reply:
-        from .openai import collect_vectors, reported_tokens
+        from providers.openai import collect_vectors, reported_tokens
 
         assert self._sdk is not None  # `_prepare` ran
         raw = await self._sdk.embeddings.with_raw_response.create(
@@ -194,7 +194,7 @@ class CompatibleProvider(RemoteProvider):
         return Reply(vectors, reported_tokens(response), raw.headers)
 
     def _classify(self, exc: BaseException) -> Failure | None:
-        from .openai import classify
+        from providers.openai import classify
 
         return classify(exc)
 
@@ -204,7 +204,7 @@ class CompatibleProvider(RemoteProvider):
     def _translate(self, exc: BaseException, *, attempts: int) -> EmbeddingError:
         import openai
 
-        from .openai import api_message, outage
+        from providers.openai import api_message, outage
 
         detail = api_message(exc)
         if self.options.api_key:

@@ -6,15 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .openai_options import OPENAI_PRICES
-
 if TYPE_CHECKING:
-    from .settings import Settings
+    from providers.settings import Settings
 
-__all__ = ["PRICES_PER_MILLION_TOKENS", "CostEstimate", "CostReport", "Usage", "cost_usd", "price_per_million"]
-
-PRICES_PER_MILLION_TOKENS: Mapping[str, float] = OPENAI_PRICES
-"""USD per 1M input tokens of OpenAI's models; each provider declares its own prices in its `ProviderSpec`."""
+__all__ = ["CostEstimate", "CostReport", "Usage", "cost_usd", "price_per_million"]
 
 
 def price_per_million(
@@ -25,8 +20,8 @@ def price_per_million(
     `SIGNAL_HUB_PRICES` (settings.prices, or a mapping of such overrides) comes first, then the
     price the provider declares in the registry.
     """
-    from .registry import provider_spec
-    from .settings import Settings
+    from providers.registry import provider_spec
+    from providers.settings import Settings
 
     if not isinstance(settings, Settings):
         settings = Settings(prices=dict(settings or {}))

@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from .errors import ConfigurationError
+from providers.errors import ConfigurationError
 
 __all__ = [
     "NON_NEGATIVE_INT",

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .base import EmbeddingResult
+    from providers.base import EmbeddingResult
 
 __all__ = [
     "AuthenticationError",

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .errors import (
+from providers.errors import (
     AuthenticationError,
     ConfigurationError,
     ProviderUnavailableError,

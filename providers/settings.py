@@ -8,9 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-# Light modules only (numpy at most): settings are read before any backend or SDK is chosen.
-from .encoders import LOCAL_BACKENDS, LocalBackend
-from .env import (
+from providers.env import (
     NON_NEGATIVE_INT,
     NON_NEGATIVE_USD,
     POSITIVE_INT,
@@ -23,10 +21,12 @@ from .env import (
     read_api_key,
     unexpanded,
 )
-from .errors import ConfigurationError
-from .fallback import FallbackPolicy
-from .long_texts import LONG_TEXT_POLICIES, LongTextPolicy
-from .openai_options import OpenAIOptions
+from providers.errors import ConfigurationError
+from providers.fallback import FallbackPolicy
+
+# Light modules only (numpy at most): settings are read before any backend or SDK is chosen.
+from providers.local_model.encoders import LOCAL_BACKENDS, LocalBackend
+from providers.local_model.long_texts import LONG_TEXT_POLICIES, LongTextPolicy
 
 __all__ = ["Budget", "InputLimits", "Settings"]
 
@@ -83,8 +83,6 @@ class Settings:
     openai_model: str = DEFAULT_OPENAI_MODEL
     openai_base_url: str | None = None
     openai_api_key: str | None = field(default=None, repr=False)
-    openai: OpenAIOptions = field(default_factory=OpenAIOptions)
-    """How the OpenAI provider packs, paces and retries (`SIGNAL_HUB_OPENAI_*`)."""
     limits: InputLimits = field(default_factory=InputLimits)
     prices: Mapping[str, float] = field(default_factory=dict)
     """USD per 1M tokens by model, over the built-in price table."""
@@ -112,7 +110,10 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read `SIGNAL_HUB_*` settings and the OpenAI SDK's own `OPENAI_API_KEY` / `OPENAI_BASE_URL`."""
-        from .registry import check_provider_names, provider_specs  # the registry imports provider modules
+        from providers.registry import (  # the registry finds provider modules by name
+            check_provider_names,
+            provider_specs,
+        )
 
         env = {k: v for k, v in (os.environ if environ is None else environ).items() if not unexpanded(v)}
         data_dir = env.get("SIGNAL_HUB_DATA_DIR")
@@ -144,7 +145,6 @@ class Settings:
             openai_model=env.get("SIGNAL_HUB_OPENAI_MODEL", DEFAULT_OPENAI_MODEL),
             openai_base_url=env.get("OPENAI_BASE_URL") or None,
             openai_api_key=read_api_key(env, "OPENAI_API_KEY"),
-            openai=OpenAIOptions.from_env(env),
             prices=_prices(env),
             fallback=FallbackPolicy(
                 mode=env.get("SIGNAL_HUB_FALLBACK", "on_outage").strip().lower(),

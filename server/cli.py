@@ -7,9 +7,8 @@ import logging
 import sys
 
 from providers import EmbeddingError, Settings
-from providers.service import PROVIDER_FACTORIES
-
-from .batch import add_commands
+from providers.service.facade import PROVIDER_FACTORIES
+from server.commands.embed import add_commands
 
 __all__ = ["main"]
 
@@ -57,9 +56,8 @@ def serve(settings: Settings) -> int:
     import anyio
 
     from providers import EmbeddingService
-
-    from .app import build_server
-    from .stdio import serve_stdio
+    from server.tools.app import build_server
+    from server.transports.stdio import serve_stdio
 
     try:
         service = EmbeddingService(settings=settings)

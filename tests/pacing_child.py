@@ -16,9 +16,8 @@ from pathlib import Path
 import anyio
 import numpy as np
 
-from providers.openai import OpenAIProvider
-from providers.openai_options import OpenAIOptions
-from providers.pacing import PACER_FILE, SharedPacer
+from providers.openai import OpenAIOptions, OpenAIProvider, openai_options
+from providers.remote.pacing import PACER_FILE, SharedPacer
 from providers.settings import Settings
 from tests.loopback_openai import embedding_for
 
@@ -37,9 +36,9 @@ async def embed(data_dir: Path, base_url: str, key: str, first: int, count: int)
         data_dir=data_dir,
         openai_base_url=base_url,
         openai_api_key=key,
-        openai=OpenAIOptions(rate_window=1.0, encoding_format="float"),
+        provider_options={"openai": OpenAIOptions(rate_window=1.0, encoding_format="float")},
     )
-    provider = OpenAIProvider.from_settings(settings, options=settings.openai)
+    provider = OpenAIProvider.from_settings(settings, options=openai_options(settings))
     texts = [text(number) for number in range(first, first + count)]
     try:
         result = await provider.embed(texts)

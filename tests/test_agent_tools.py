@@ -13,7 +13,7 @@ from mcp import Client
 
 from providers import Budget, CostLedger, EmbeddingProvider, EmbeddingResult, EmbeddingService, Settings
 from server import build_server
-from server.budget import ANSWER_TOKEN_BUDGET, answer_json, answer_tokens
+from server.tools.budget import ANSWER_TOKEN_BUDGET, answer_json, answer_tokens
 from tests.fakes import FakeProvider
 from tests.test_server import TOOLS, fake_server
 
@@ -94,7 +94,7 @@ async def test_tools_list_with_every_registered_tool_is_no_larger_than_before(se
 
 
 async def test_schemas_carry_no_generated_titles_but_keep_a_property_named_title() -> None:
-    from server.tooling import _without_titles
+    from server.tools.registration import _without_titles
 
     schema = {
         "title": "Args",
@@ -291,7 +291,7 @@ async def test_thousands_of_invalid_arguments_make_a_short_error(settings: Setti
 
 
 async def test_a_long_error_message_is_cut_at_a_line_end() -> None:
-    from server.budget import shorten
+    from server.tools.budget import shorten
 
     message = "\n".join(f"line {i} " + "x" * 50 for i in range(200))
     short = shorten(message)
@@ -375,7 +375,7 @@ async def test_without_vectors_a_long_truncation_list_is_cut_with_a_marker(setti
 
 
 def test_unexpected_errors_are_explained_by_kind() -> None:
-    from server.tooling import explain
+    from server.tools.registration import explain
 
     assert "writable" in explain(PermissionError(13, "Permission denied"))
     assert explain(ValueError("odd")).startswith("unexpected ValueError: odd. The server is still running")
@@ -386,7 +386,7 @@ async def test_tools_registered_later_share_the_error_policy_and_metadata(settin
     # How another module (e.g. job tools) adds tools: add_tool on the server build_server returns.
     from mcp.server.mcpserver.exceptions import ToolError
 
-    from server.tooling import add_tool
+    from server.tools.registration import add_tool
 
     server = build_server(settings)
 

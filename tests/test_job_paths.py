@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from providers import ConfigurationError, InputError
-from providers.job_paths import AllowedRoots
+from providers.jobs.paths import AllowedRoots
 
 
 @pytest.fixture

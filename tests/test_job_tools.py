@@ -16,9 +16,9 @@ from mcp import Client, StdioServerParameters
 from mcp.types import ListRootsResult, Root
 
 from providers import Settings
-from providers.tokens import load_cl100k
+from providers.text.tokens import load_cl100k
 from server import build_server
-from server.job_tools import JobStatusResult
+from server.tools.jobs import JobStatusResult
 
 pytestmark = pytest.mark.anyio
 

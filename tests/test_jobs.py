@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from providers import EmbeddingResult, EmbeddingService, InputError, ProgressCallback, ProviderError, Settings
-from providers.job_engine import InProcessEngine
-from providers.job_paths import AllowedRoots
-from providers.job_store import JobStore
-from providers.jobs import JobRunner
+from providers.jobs.engine import InProcessEngine
+from providers.jobs.paths import AllowedRoots
+from providers.jobs.runner import JobRunner
+from providers.jobs.store import JobStore
 from tests.fakes import FakeProvider, fake_vector
 
 pytestmark = pytest.mark.anyio
@@ -286,7 +286,7 @@ async def test_leaving_the_runner_marks_a_running_job_interrupted(
 HOLDER = """
 import sys, time
 from pathlib import Path
-from providers.job_store import JobStore
+from providers.jobs.store import JobStore
 store = JobStore(Path(sys.argv[1]), lease_s=60)
 assert store.claim(sys.argv[2])
 print("claimed", flush=True)

@@ -12,9 +12,16 @@ import pytest
 
 from benchmarks.corpus import code_chunks, one_line_snippets
 from providers import ConfigurationError, ProviderError
-from providers.encoders import ONNX_SPIN_US, OnnxEncoder, pad_batch, resolve_backend, resolve_device, usable_cores
 from providers.local import DEFAULT_BATCH_SIZES, PACKAGED_MODEL_SHA256, LocalProvider, packaged_model_path
-from providers.onnx_export import RECIPE_VERSION, cached_onnx_model
+from providers.local_model.encoders import (
+    ONNX_SPIN_US,
+    OnnxEncoder,
+    pad_batch,
+    resolve_backend,
+    resolve_device,
+    usable_cores,
+)
+from providers.local_model.onnx_export import RECIPE_VERSION, cached_onnx_model
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

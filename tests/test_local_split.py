@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from providers.local import LocalProvider
-from providers.long_texts import InputPlan, Window, combine_windows, plan_windows
+from providers.local_model.long_texts import InputPlan, Window, combine_windows, plan_windows
 
 CLS, SEP = 101, 102
 

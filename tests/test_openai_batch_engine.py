@@ -25,13 +25,13 @@ from providers.batch_api import (
     batch_engine,
     embed_with_batch_api,
 )
-from providers.batching import RequestLimits
-from providers.cache import EmbeddingCache
 from providers.errors import AuthenticationError, BudgetExceededError, ConfigurationError, ProviderUnavailableError
-from providers.ledger import CostLedger
-from providers.openai_options import OpenAIOptions
+from providers.openai import OpenAIOptions
+from providers.remote.batching import RequestLimits
 from providers.settings import Budget
-from providers.tokens import Utf8ByteEstimate
+from providers.storage.cache import EmbeddingCache
+from providers.storage.ledger import CostLedger
+from providers.text.tokens import Utf8ByteEstimate
 from tests.loopback_openai import LoopbackOpenAI, embedding_for
 
 KEY = "sk-test-batch"
@@ -368,7 +368,7 @@ async def test_the_entry_point_builds_the_engine_from_settings(
         data_dir=tmp_path,
         openai_base_url=server.base_url,
         openai_api_key=KEY,
-        openai=OpenAIOptions(dimensions=DIMS),
+        provider_options={"openai": OpenAIOptions(dimensions=DIMS)},
         prices={"text-embedding-3-small@batch": 0.5},
     )
     texts = texts_of(5)

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from providers.batch_api import BatchApiEngine, BatchApiOptions, BatchState
-from providers.cache import EmbeddingCache
+from providers.storage.cache import EmbeddingCache
 from tests.test_openai_live import _REASON
 
 WAIT = 120

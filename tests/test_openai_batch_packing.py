@@ -16,10 +16,10 @@ from providers.batch_api import BatchApiOptions, BatchLimits, custom_id, parse_c
 from providers.batch_api.planning import plan_job, request_body
 from providers.batch_api.results import read_results
 from providers.batch_api.state import RequestRow
-from providers.batching import RequestLimits
 from providers.cost import batch_price_per_million, price_per_million
 from providers.errors import ConfigurationError, InputError
-from providers.tokens import Utf8ByteEstimate
+from providers.remote.batching import RequestLimits
+from providers.text.tokens import Utf8ByteEstimate
 
 requests_strategy = st.lists(st.tuples(st.integers(1, 40), st.integers(1, 500)), max_size=200)
 

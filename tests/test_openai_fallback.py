@@ -19,12 +19,12 @@ from mcp import Client
 from mcp.types import CallToolResult, TextContent
 
 from providers import ConfigurationError, EmbeddingProvider, EmbeddingService, Settings
-from providers.batching import RequestLimits
 from providers.errors import ProviderUnavailableError, QuotaExceededError
 from providers.fallback import FallbackPolicy
 from providers.openai import OpenAIOptions, OpenAIProvider
-from providers.service import PROVIDER_FACTORIES
-from providers.tokens import Utf8ByteEstimate
+from providers.remote.batching import RequestLimits
+from providers.service.facade import PROVIDER_FACTORIES
+from providers.text.tokens import Utf8ByteEstimate
 from server import build_server
 from tests.loopback_openai import LoopbackOpenAI, count_tokens, embedding_for
 from tests.test_openai_provider import KEY, FakeClock, LoopbackTokenizer

@@ -19,7 +19,6 @@ import pytest
 
 from providers import Settings
 from providers import openai as openai_module
-from providers.batching import RequestLimits
 from providers.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -30,7 +29,8 @@ from providers.errors import (
     RateLimitError,
 )
 from providers.openai import OpenAIOptions, OpenAIProvider
-from providers.tokens import Utf8ByteEstimate
+from providers.remote.batching import RequestLimits
+from providers.text.tokens import Utf8ByteEstimate
 from tests.loopback_openai import LoopbackOpenAI, count_tokens, embedding_for
 
 KEY = "sk-test-a1b2c3d4e5f6g7h8i9j0-secret"
@@ -112,7 +112,7 @@ def few_per_request(n: int) -> RequestLimits:
 
 
 def test_public_api_is_pinned() -> None:
-    assert openai_module.__all__ == ["MODEL_DIMENSIONS", "OpenAIOptions", "OpenAIProvider"]
+    assert openai_module.__all__ == ["MODEL_DIMENSIONS", "OPENAI_PRICES", "OpenAIOptions", "OpenAIProvider", "openai_options"]
 
 
 # configuration

@@ -13,10 +13,10 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from providers import pacing
 from providers.openai import OpenAIProvider
-from providers.pacing import PACER_FILE, SharedPacer, build_limiter, pacer_scope
-from providers.ratelimit import RateLimiter
+from providers.remote import pacing
+from providers.remote.pacing import PACER_FILE, SharedPacer, build_limiter, pacer_scope
+from providers.remote.ratelimit import RateLimiter
 from providers.settings import Settings
 
 ENDPOINT = "https://api.example.test/v1"

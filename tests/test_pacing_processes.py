@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from providers.pacing import PACER_FILE, SharedPacer
+from providers.remote.pacing import PACER_FILE, SharedPacer
 from tests.loopback_openai import LoopbackOpenAI
 
 KEY = "sk-shared-key"

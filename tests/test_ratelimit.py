@@ -8,8 +8,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from providers import ratelimit
-from providers.ratelimit import RateLimiter, parse_duration, parse_retry_after
+from providers.remote import ratelimit
+from providers.remote.ratelimit import RateLimiter, parse_duration, parse_retry_after
 
 
 class FakeClock:

@@ -26,13 +26,13 @@ import pytest
 
 from benchmarks.corpus import code_chunks
 from providers import ConfigurationError, InputError, ProviderUnavailableError, Settings
-from providers.cache import EmbeddingCache
 from providers.local import PACKAGED_MODEL_SHA256, LocalProvider
 from providers.ray_engine import INSTALL_HINT, JobCancelled, RayJobOptions, read_shards, run_ray_job, size_actor_pool
 from providers.ray_engine.__main__ import main
 from providers.ray_engine.actor import EmbedBatch
 from providers.ray_engine.output import OutputDir
 from providers.ray_engine.shards import check_texts
+from providers.storage.cache import EmbeddingCache
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = code_chunks(48)

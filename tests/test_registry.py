@@ -10,9 +10,9 @@ import pytest
 
 from providers import ConfigurationError, Settings
 from providers.registry import provider_names, provider_specs, provider_table
-from providers.service import PROVIDER_FACTORIES
-from server.app import ProviderName
-from server.batch import add_commands
+from providers.service.facade import PROVIDER_FACTORIES
+from server.commands.embed import add_commands
+from server.tools.app import ProviderName
 
 README = Path(__file__).parent.parent / "README.md"
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from providers import EmbeddingResult, EmbeddingService, Settings
-from providers.batching import RequestLimits
 from providers.errors import ProviderUnavailableError
 from providers.openai import OpenAIOptions, OpenAIProvider
+from providers.remote.batching import RequestLimits
 from tests.loopback_openai import LoopbackOpenAI, count_tokens
 from tests.test_openai_provider import KEY, FakeClock, LoopbackTokenizer, socket_without_listener
 

@@ -5,10 +5,10 @@ import pytest
 
 from providers import ConfigurationError, EmbeddingService, Settings
 from providers import settings as settings_module
-from providers.batching import RequestLimits
 from providers.local import DEFAULT_BATCH_SIZES, LocalProvider
-from providers.openai import OpenAIOptions, OpenAIProvider
-from providers.service import PROVIDER_FACTORIES
+from providers.openai import OpenAIOptions, OpenAIProvider, openai_options
+from providers.remote.batching import RequestLimits
+from providers.service.facade import PROVIDER_FACTORIES
 
 
 def test_defaults_use_the_local_model_and_no_key() -> None:
@@ -119,9 +119,11 @@ def test_a_text_limit_over_the_request_limit_names_both_variables() -> None:
         caught.value
     )
     assert "at most 4096" in str(caught.value)
-    limits = Settings.from_env(
-        {"SIGNAL_HUB_OPENAI_MAX_REQUEST_TOKENS": "4096", "SIGNAL_HUB_OPENAI_MAX_INPUT_TOKENS": "4096"}
-    ).openai.limits
+    limits = openai_options(
+        Settings.from_env(
+            {"SIGNAL_HUB_OPENAI_MAX_REQUEST_TOKENS": "4096", "SIGNAL_HUB_OPENAI_MAX_INPUT_TOKENS": "4096"}
+        )
+    ).limits
     assert limits == RequestLimits(max_inputs=2048, max_input_tokens=4096, max_request_tokens=4096)
 
 
@@ -229,7 +231,7 @@ OPENAI_ENV = {
 
 
 def test_openai_settings_are_read_from_the_environment() -> None:
-    assert Settings.from_env(OPENAI_ENV).openai == OpenAIOptions(
+    assert openai_options(Settings.from_env(OPENAI_ENV)) == OpenAIOptions(
         rpm=3000.0,
         tpm=1_000_000.0,
         concurrency=4,
@@ -242,11 +244,13 @@ def test_openai_settings_are_read_from_the_environment() -> None:
 
 
 def test_each_endpoint_limit_can_be_lowered_alone() -> None:
-    assert Settings.from_env({"SIGNAL_HUB_OPENAI_MAX_INPUTS": "96"}).openai.limits == RequestLimits(max_inputs=96)
+    assert openai_options(Settings.from_env({"SIGNAL_HUB_OPENAI_MAX_INPUTS": "96"})).limits == RequestLimits(
+        max_inputs=96
+    )
 
 
 def test_empty_openai_settings_count_as_unset() -> None:
-    assert Settings.from_env(dict.fromkeys(OPENAI_ENV, "")).openai == OpenAIOptions()
+    assert openai_options(Settings.from_env(dict.fromkeys(OPENAI_ENV, ""))) == OpenAIOptions()
 
 
 @pytest.mark.anyio
@@ -255,7 +259,7 @@ async def test_the_openai_factory_builds_the_configured_options(tmp_path: Path) 
     async with EmbeddingService("openai", settings=settings) as service:
         provider = service.get_provider("openai")
         assert isinstance(provider, OpenAIProvider)
-        assert provider.options == settings.openai  # as read from the environment (tested above)
+        assert provider.options == openai_options(settings)  # as read from the environment (tested above)
         assert (provider.limiter.rpm, provider.limiter.tpm) == (3000.0, 1_000_000.0)
         service.switch_provider("openai", "text-embedding-3-large", dimensions=256)
         shortened = service.provider

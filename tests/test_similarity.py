@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from providers.similarity import find_duplicate_groups, normalise, preview, rank
+from providers.service.similarity import find_duplicate_groups, normalise, preview, rank
 
 
 def unit_rows(rows: int, dimensions: int = 16, seed: int = 0) -> np.ndarray:

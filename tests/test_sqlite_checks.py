@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from providers import ConfigurationError, CostLedger, EmbeddingResult
-from providers.cache import EmbeddingCache
+from providers.storage.cache import EmbeddingCache
 
 ONE = EmbeddingResult(vectors=np.zeros((1, 4), np.float32), provider="openai", model="m", tokens=5)
 

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from providers import EmbeddingResult
-from providers.cache import EmbeddingCache
-from providers.ledger import CostLedger
+from providers.storage.cache import EmbeddingCache
+from providers.storage.ledger import CostLedger
 
 pytestmark = pytest.mark.slow
 

@@ -86,7 +86,7 @@ def test_initialize_and_tools_list_do_not_import_torch() -> None:
 import anyio, json, sys
 from mcp import Client
 from providers import Settings
-from server.app import build_server
+from server.tools.app import build_server
 
 async def main():
     async with Client(build_server(Settings())) as client:

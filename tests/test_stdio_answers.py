@@ -9,7 +9,7 @@ from mcp.shared.message import SessionMessage
 from mcp.types import JSONRPCError, JSONRPCRequest
 from pydantic import ValidationError
 
-from server.stdio import _AnsweringReader, answer_unreadable
+from server.transports.stdio import _AnsweringReader, answer_unreadable
 
 pytestmark = pytest.mark.anyio
 

@@ -16,7 +16,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from benchmarks.corpus import code_chunks
-from server.budget import ANSWER_TOKEN_BUDGET, answer_json, answer_tokens
+from server.tools.budget import ANSWER_TOKEN_BUDGET, answer_json, answer_tokens
 from tests.test_stdio import ROOT, server_env
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

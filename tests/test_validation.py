@@ -1,7 +1,7 @@
 import pytest
 
 from providers import InputError, InputLimits
-from providers.validation import validate_texts
+from providers.text.validation import validate_texts
 
 LIMITS = InputLimits(max_texts=5, max_text_chars=20, max_total_chars=50)
 

@@ -31,21 +31,21 @@ import numpy as np
 import numpy.typing as npt
 import openai
 
-from ..base import EmbeddingResult, ProgressCallback, space_id
-from ..cache import EmbeddingCache, cache_key
-from ..cost import batch_price_per_million, price_per_million
-from ..errors import ConfigurationError, ProviderUnavailableError
-from ..ledger import CostLedger, Reservation
-from ..ratelimit import Sleep
-from ..settings import Budget
-from ..tokens import Tokenizer, default_tokenizer
-from .options import BatchApiOptions
-from .packing import plan_files
-from .planning import plan_job, request_body
-from .remote import BatchRemote, RemoteBatch, is_transient, translate
-from .results import RequestOutcome, read_results
-from .state import DONE, FAILED, PENDING, BatchRow, BatchState, JobRow, RequestRow
-from .status import BatchCostEstimate, BatchJobResult, BatchJobStatus, job_status
+from providers.base import EmbeddingResult, ProgressCallback, space_id
+from providers.batch_api.options import BatchApiOptions
+from providers.batch_api.packing import plan_files
+from providers.batch_api.planning import plan_job, request_body
+from providers.batch_api.remote import BatchRemote, RemoteBatch, is_transient, translate
+from providers.batch_api.results import RequestOutcome, read_results
+from providers.batch_api.state import DONE, FAILED, PENDING, BatchRow, BatchState, JobRow, RequestRow
+from providers.batch_api.status import BatchCostEstimate, BatchJobResult, BatchJobStatus, job_status
+from providers.cost import batch_price_per_million, price_per_million
+from providers.errors import ConfigurationError, ProviderUnavailableError
+from providers.remote.ratelimit import Sleep
+from providers.settings import Budget
+from providers.storage.cache import EmbeddingCache, cache_key
+from providers.storage.ledger import CostLedger, Reservation
+from providers.text.tokens import Tokenizer, default_tokenizer
 
 __all__ = ["BatchApiEngine"]
 

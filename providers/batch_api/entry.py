@@ -15,19 +15,20 @@ from dataclasses import replace
 import anyio
 import openai
 
-from ..base import ProgressCallback
-from ..cache import EmbeddingCache
-from ..errors import AuthenticationError
-from ..ledger import CostLedger
-from ..ratelimit import Sleep
-from ..settings import Settings
-from .engine import BatchApiEngine
-from .options import BatchApiOptions
-from .packing import BATCH_API_LIMITS
-from .state import BatchState
-from .status import BatchJobResult
+from providers.base import ProgressCallback
+from providers.batch_api.engine import BatchApiEngine
+from providers.batch_api.options import BatchApiOptions
+from providers.batch_api.packing import BATCH_API_LIMITS
+from providers.batch_api.state import BatchState
+from providers.batch_api.status import BatchJobResult
+from providers.errors import AuthenticationError
+from providers.openai import openai_options
+from providers.remote.ratelimit import Sleep
+from providers.settings import Settings
+from providers.storage.cache import EmbeddingCache
+from providers.storage.ledger import CostLedger
 
-__all__ = ["STATE_FILE", "batch_engine", "embed_with_batch_api"]
+__all__ = ["STATE_FILE", "batch_engine", "default_options", "embed_with_batch_api"]
 
 STATE_FILE = "batch_jobs.sqlite3"
 
@@ -52,10 +53,7 @@ def batch_engine(
         raise AuthenticationError("no OpenAI API key: set OPENAI_API_KEY to use the Batch API engine.")
     data_dir = settings.resolved_data_dir
     if options is None:
-        limits = replace(BATCH_API_LIMITS, request=settings.openai.limits)
-        options = BatchApiOptions(
-            dimensions=settings.openai.dimensions, overlong=settings.openai.overlong, limits=limits
-        )
+        options = default_options(settings)
     client = openai.AsyncOpenAI(api_key=key, base_url=settings.openai_base_url, max_retries=0)
     return BatchApiEngine(
         client,
@@ -89,3 +87,10 @@ async def embed_with_batch_api(
         engine.cache.close()
         if engine.ledger is not None:
             engine.ledger.close()
+
+
+def default_options(settings: Settings) -> BatchApiOptions:
+    """The options `batch_engine` takes from the settings: dimensions, over-long policy, request limits."""
+    openai = openai_options(settings)
+    limits = replace(BATCH_API_LIMITS, request=openai.limits)
+    return BatchApiOptions(dimensions=openai.dimensions, overlong=openai.overlong, limits=limits)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..batching import OverlongPolicy
-from ..errors import ConfigurationError
-from .packing import BATCH_API_LIMITS, BatchLimits
+from providers.batch_api.packing import BATCH_API_LIMITS, BatchLimits
+from providers.errors import ConfigurationError
+from providers.remote.batching import OverlongPolicy
 
 __all__ = ["BatchApiOptions"]
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ..batching import OPENAI_LIMITS, RequestLimits
+from providers.remote.batching import OPENAI_LIMITS, RequestLimits
 
 __all__ = [
     "BATCH_API_LIMITS",

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..batching import overlong_items, plan_batches
-from ..tokens import Tokenizer
-from .options import BatchApiOptions
-from .packing import custom_id, request_line
-from .state import RequestRow
+from providers.batch_api.options import BatchApiOptions
+from providers.batch_api.packing import custom_id, request_line
+from providers.batch_api.state import RequestRow
+from providers.remote.batching import overlong_items, plan_batches
+from providers.text.tokens import Tokenizer
 
 __all__ = ["JobPlan", "plan_job", "request_body"]
 

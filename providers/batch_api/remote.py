@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import openai
 
-from ..errors import (
+from providers.batch_api.packing import ENDPOINT
+from providers.errors import (
     AuthenticationError,
     ConfigurationError,
     EmbeddingError,
@@ -18,7 +19,6 @@ from ..errors import (
     QuotaExceededError,
     RateLimitError,
 )
-from .packing import ENDPOINT
 
 __all__ = ["BatchRemote", "RemoteBatch", "is_transient"]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .packing import parse_custom_id
+from providers.batch_api.packing import parse_custom_id
 
 __all__ = ["RequestOutcome", "read_results"]
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..sqlite import open_database, write_transaction
+from providers.storage.sqlite import open_database, write_transaction
 
 __all__ = ["BatchRow", "BatchState", "JobRow", "RequestRow"]
 

@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from .state import DONE, FAILED, PENDING, BatchRow, JobRow, RequestRow
+from providers.batch_api.state import DONE, FAILED, PENDING, BatchRow, JobRow, RequestRow
 
 __all__ = ["BatchCostEstimate", "BatchJobResult", "BatchJobStatus", "BatchProgress", "job_status"]
 

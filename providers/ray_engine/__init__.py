@@ -12,9 +12,16 @@ until a job runs. From a shell: `python -m providers.ray_engine chunks.jsonl -o 
 
 from __future__ import annotations
 
-from .connect import INSTALL_HINT
-from .job import InputFormat, JobCancelled, RayJobOptions, RayJobReport, run_ray_job, size_actor_pool
-from .output import SHARD_FORMATS, ShardFormat, read_shards
+from providers.ray_engine.connect import INSTALL_HINT
+from providers.ray_engine.job import (
+    InputFormat,
+    JobCancelled,
+    RayJobOptions,
+    RayJobReport,
+    run_ray_job,
+    size_actor_pool,
+)
+from providers.ray_engine.output import SHARD_FORMATS, ShardFormat, read_shards
 
 __all__ = [
     "INSTALL_HINT",

@@ -11,10 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import ConfigurationError, EmbeddingError, InputError
-from ..settings import Settings
-from .job import RayJobOptions, run_ray_job
-from .output import SHARD_FORMATS
+from providers.errors import ConfigurationError, EmbeddingError, InputError
+from providers.ray_engine.job import RayJobOptions, run_ray_job
+from providers.ray_engine.output import SHARD_FORMATS
+from providers.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,8 +19,8 @@ import numpy as np
 import numpy.typing as npt
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from ..local import LocalProvider
-from ..settings import Settings
+from providers.local import LocalProvider
+from providers.settings import Settings
 
 __all__ = ["EmbedBatch"]
 

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 
-from ..encoders import usable_cores
-from ..errors import ConfigurationError, ProviderUnavailableError
+from providers.errors import ConfigurationError, ProviderUnavailableError
+from providers.local_model.encoders import usable_cores
 
 __all__ = ["INSTALL_HINT", "RayConnection", "check_ray", "connect", "import_ray"]
 

@@ -32,15 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..cache import EmbeddingCache
-from ..errors import ConfigurationError, EmbeddingError, InputError, ProviderUnavailableError
-from ..local import LocalProvider, available_local_models
-from ..onnx_export import sha256_of_file
-from ..settings import Settings
-from .actor import EmbedBatch
-from .connect import RayConnection, connect, import_ray
-from .output import OutputDir, ShardFormat
-from .shards import ShardCollector, check_texts, plan_shard
+from providers.errors import ConfigurationError, EmbeddingError, InputError, ProviderUnavailableError
+from providers.local import LocalProvider, available_local_models
+from providers.local_model.onnx_export import sha256_of_file
+from providers.ray_engine.actor import EmbedBatch
+from providers.ray_engine.connect import RayConnection, connect, import_ray
+from providers.ray_engine.output import OutputDir, ShardFormat
+from providers.ray_engine.shards import ShardCollector, check_texts, plan_shard
+from providers.settings import Settings
+from providers.storage.cache import EmbeddingCache
 
 __all__ = ["InputFormat", "JobCancelled", "RayJobOptions", "RayJobReport", "run_ray_job", "size_actor_pool"]
 

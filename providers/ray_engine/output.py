@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import ConfigurationError
+from providers.errors import ConfigurationError
 
 __all__ = ["SHARD_FORMATS", "OutputDir", "ShardFormat", "read_shards"]
 

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..base import EmbeddingProvider
-from ..cache import EmbeddingCache
-from ..errors import InputError
-from ..settings import InputLimits
-from .output import OutputDir
+from providers.base import EmbeddingProvider
+from providers.errors import InputError
+from providers.ray_engine.output import OutputDir
+from providers.settings import InputLimits
+from providers.storage.cache import EmbeddingCache
 
 __all__ = ["ShardCollector", "ShardPlan", "check_texts", "plan_shard"]
 

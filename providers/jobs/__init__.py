@@ -1,0 +1,1 @@
+"""Embedding jobs: runner, store, pipeline, input files, writers, allowed paths and the engine seam."""

@@ -1,0 +1,280 @@
+"""Jobs' state in SQLite under the data directory, shared by every server process.
+
+A job is `queued`, then `running` under a lease, then `done`, `failed` or `cancelled`. A running
+job whose owner died (kill -9, a crash) shows as `interrupted`: a process is dead when its lease
+ran out, or at once when it lived on this host and its pid is gone. Only one live owner holds a
+job's lease, so two processes never run the same job at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from providers.storage.sqlite import open_database, write_transaction
+
+__all__ = ["JOB_STATUSES", "JobRecord", "JobStatus", "JobStore"]
+
+JobStatus = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
+JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+MAX_ERRORS = 5
+"""Errors kept per job: the first ones say what is wrong; more would only fill the answer."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    input TEXT NOT NULL,
+    output TEXT NOT NULL,
+    format TEXT NOT NULL,
+    glob TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    space TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    status TEXT NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL,
+    cached INTEGER NOT NULL DEFAULT 0,
+    tokens INTEGER NOT NULL DEFAULT 0,
+    usd REAL NOT NULL DEFAULT 0,
+    truncated INTEGER NOT NULL DEFAULT 0,
+    dropped_tokens INTEGER NOT NULL DEFAULT 0,
+    estimated_tokens INTEGER NOT NULL DEFAULT 0,
+    estimated_usd REAL,
+    errors TEXT NOT NULL DEFAULT '[]',
+    last_error TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    started REAL,
+    owner TEXT,
+    lease_until REAL NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    engine TEXT NOT NULL DEFAULT 'in-process'
+);
+CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created)
+"""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One row of the jobs table."""
+
+    id: str
+    input: str
+    output: str
+    format: str
+    glob: str
+    provider: str
+    model: str
+    space: str
+    fingerprint: str
+    status: JobStatus
+    done: int
+    total: int
+    cached: int
+    tokens: int
+    usd: float
+    truncated: int
+    dropped_tokens: int
+    estimated_tokens: int
+    estimated_usd: float | None
+    errors: str
+    last_error: str | None
+    created: float
+    updated: float
+    started: float | None
+    owner: str | None
+    lease_until: float
+    cancel_requested: int
+    engine: str = "in-process"
+    """What runs the job: `in-process`, `batch-api` or `ray` (see jobs/engine.py)."""
+
+    @property
+    def error_list(self) -> list[str]:
+        return list(json.loads(self.errors))
+
+    def rate_per_min(self, now: float) -> float:
+        """Chunks embedded a minute since this run started (chunks a resumed run finds cached are not work)."""
+        if self.started is None or now <= self.started:
+            return 0.0
+        return 60.0 * (self.done - self.cached) / (now - self.started)
+
+    def eta_s(self, now: float) -> float | None:
+        rate = self.rate_per_min(now)
+        if self.status != "running" or rate <= 0:
+            return None
+        return 60.0 * (self.total - self.done) / rate
+
+
+_COLUMNS = [f.name for f in fields(JobRecord)]
+
+
+def new_owner() -> str:
+    """This process, as `host:pid:token` (the token tells a reused pid from the process before it)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _owner_alive(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True  # another machine: only its lease can tell
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class JobStore:
+    """The jobs table; every method is one short transaction, safe across processes."""
+
+    def __init__(
+        self, path: Path, *, owner: str | None = None, lease_s: float = 15.0, now: Callable[[], float] = time.time
+    ) -> None:
+        self.path = path
+        self.owner = owner or new_owner()
+        self.lease_s = lease_s
+        self._now = now
+        self._db = open_database(path, _SCHEMA, "job store")
+        with write_transaction(self._db):  # a store made before jobs had engines gets the column
+            if "engine" not in {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}:
+                self._db.execute("ALTER TABLE jobs ADD COLUMN engine TEXT NOT NULL DEFAULT 'in-process'")
+
+    def create(self, **values: Any) -> JobRecord:
+        now = self._now()
+        row = {
+            "id": uuid.uuid4().hex[:12],
+            "status": "queued",
+            "created": now,
+            "updated": now,
+            "owner": self.owner,  # a queued job is held too: if this process dies, it shows as interrupted
+            "lease_until": now + self.lease_s,
+            **values,
+        }
+        names = ", ".join(row)
+        with write_transaction(self._db):
+            self._db.execute(f"INSERT INTO jobs ({names}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+        return self._require(row["id"])
+
+    def get(self, job_id: str) -> JobRecord | None:
+        row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else self._visible(JobRecord(*row))
+
+    def list(self, limit: int = 20) -> list[JobRecord]:
+        rows = self._db.execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM jobs ORDER BY created DESC, rowid DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [self._visible(JobRecord(*row)) for row in rows]
+
+    def claim(self, job_id: str) -> bool:
+        """Take the job's lease and mark it running; False when a live owner already runs it."""
+        now = self._now()
+        with write_transaction(self._db):
+            row = self._db.execute("SELECT status, owner, lease_until FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return False
+            status, owner, lease_until = row
+            if status in ("running", "queued") and owner != self.owner and self._live(owner, lease_until, now):
+                return False
+            # A run writes the whole output again (the cache answers what an earlier run did): counts
+            # of rows start over; tokens and USD, which were paid, add up over runs.
+            self._db.execute(
+                "UPDATE jobs SET status = 'running', owner = ?, lease_until = ?, started = ?, done = 0, cached = 0, "
+                "truncated = 0, dropped_tokens = 0, cancel_requested = 0, updated = ? WHERE id = ?",
+                (self.owner, now + self.lease_s, now, now, job_id),
+            )
+        return True
+
+    def heartbeat(self) -> set[str]:
+        """Extend the leases of our queued and running jobs; the ids of ours another process asked to cancel."""
+        now = self._now()
+        with write_transaction(self._db):
+            self._db.execute(
+                "UPDATE jobs SET lease_until = ? WHERE owner = ? AND status IN ('queued', 'running')",
+                (now + self.lease_s, self.owner),
+            )
+            rows = self._db.execute(
+                "SELECT id FROM jobs WHERE owner = ? AND status = 'running' AND cancel_requested = 1", (self.owner,)
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def progress(self, job_id: str, **counts: int | float) -> None:
+        now = self._now()
+        sets = ", ".join(f"{name} = ?" for name in counts)
+        with write_transaction(self._db):
+            self._db.execute(
+                f"UPDATE jobs SET {sets}, updated = ? WHERE id = ? AND owner = ?",
+                [*counts.values(), now, job_id, self.owner],
+            )
+
+    def add_error(self, job_id: str, message: str) -> None:
+        with write_transaction(self._db):
+            row = self._db.execute("SELECT errors FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            errors = json.loads(row[0]) if row else []
+            if len(errors) < MAX_ERRORS:
+                errors.append(message)
+                self._db.execute("UPDATE jobs SET errors = ? WHERE id = ?", (json.dumps(errors), job_id))
+
+    def finish(self, job_id: str, status: JobStatus, error: str | None = None) -> None:
+        """End our run of the job: release the lease."""
+        with write_transaction(self._db):
+            self._db.execute(
+                "UPDATE jobs SET status = ?, last_error = COALESCE(?, last_error), owner = NULL, lease_until = 0, "
+                "updated = ? WHERE id = ? AND (owner = ? OR owner IS NULL)",
+                (status, error, self._now(), job_id, self.owner),
+            )
+        if error is not None:
+            self.add_error(job_id, error)
+
+    def requeue(self, job_id: str) -> bool:
+        """Queue a stopped job again under our lease; False when a live owner still holds it."""
+        now = self._now()
+        with write_transaction(self._db):
+            row = self._db.execute("SELECT status, owner, lease_until FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or (row[0] in ("running", "queued") and self._live(row[1], row[2], now)):
+                return False
+            self._db.execute(
+                "UPDATE jobs SET status = 'queued', owner = ?, lease_until = ?, cancel_requested = 0, updated = ? "
+                "WHERE id = ?",
+                (self.owner, now + self.lease_s, now, job_id),
+            )
+        return True
+
+    def request_cancel(self, job_id: str) -> None:
+        """Ask whoever runs the job to stop; a queued job, or one whose owner died, is cancelled at once."""
+        now = self._now()
+        with write_transaction(self._db):
+            self._db.execute("UPDATE jobs SET cancel_requested = 1, updated = ? WHERE id = ?", (now, job_id))
+            row = self._db.execute("SELECT status, owner, lease_until FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            stopped = row is not None and row[0] == "running" and not self._live(row[1], row[2], now)
+            if row is not None and (row[0] == "queued" or stopped):
+                self._db.execute(
+                    "UPDATE jobs SET status = 'cancelled', owner = NULL, lease_until = 0 WHERE id = ?", (job_id,)
+                )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _require(self, job_id: str) -> JobRecord:
+        record = self.get(job_id)
+        assert record is not None
+        return record
+
+    def _live(self, owner: str | None, lease_until: float, now: float) -> bool:
+        return owner is not None and lease_until > now and _owner_alive(owner)
+
+    def _visible(self, record: JobRecord) -> JobRecord:
+        """A running or queued job whose owner is gone is shown (not stored) as interrupted."""
+        if record.status in ("running", "queued") and not self._live(record.owner, record.lease_until, self._now()):
+            return replace(record, status="interrupted")
+        return record

@@ -1,0 +1,168 @@
+"""Writing a job's vectors: JSONL rows, or a float32 `.npy` with its ids beside it.
+
+Writers put vectors in `<output>.partial` (locked against a second run), renamed only when
+complete; each row says whether its text was cut to the model's window (`truncated`,
+`dropped_tokens`).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Literal, Protocol
+
+import numpy as np
+import numpy.lib.format as npy_format
+import numpy.typing as npt
+
+from providers.errors import ConfigurationError
+
+__all__ = ["JsonlWriter", "NpyWriter", "VectorEncoding", "VectorWriter", "ids_path", "npy_header"]
+
+VectorEncoding = Literal["float", "base64"]
+
+
+class VectorWriter(Protocol):
+    def write(self, ids: Sequence[str | int], vectors: npt.NDArray[np.float32], dropped: Sequence[int]) -> None:
+        """Rows in input order; `dropped[i]`: tokens of row i's text the model never saw (0: all of it)."""
+
+    def commit(self) -> None: ...
+    def discard(self) -> None: ...
+
+
+class _PartialFile:
+    """`<path>.partial`, locked against a second run writing the same output, renamed when complete."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.partial = path.with_name(path.name + ".partial")
+        fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _lock(fd, path)
+            os.ftruncate(fd, 0)  # only now: truncating first would spoil the file of a run holding the lock
+        except BaseException:
+            os.close(fd)
+            raise
+        self.file = os.fdopen(fd, "r+b")
+
+    def commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        os.replace(self.partial, self.path)
+        self.file.close()
+
+    def discard(self) -> None:
+        self.file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.partial.unlink()
+
+
+def _lock(fd: int, path: Path) -> None:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows has no flock: no check there
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ConfigurationError(f"another run is writing {path}; wait for it or choose another --output.") from None
+
+
+class JsonlWriter:
+    """A `{"id", "embedding", "space", "truncated", "dropped_tokens"}` line per vector, to a file or stdout.
+
+    `encoding="base64"` writes each embedding as base64 of little-endian float32, as the MCP tools
+    do: about 2.5x smaller and 20x faster to write than decimals.
+    """
+
+    def __init__(self, path: Path | None, space: str, encoding: VectorEncoding = "float") -> None:
+        self._target = None if path is None else _PartialFile(path)
+        self._out: IO[bytes] = sys.stdout.buffer if self._target is None else self._target.file
+        self._space = f',"space":{json.dumps(space)}'
+        self._encoding = encoding
+        self._numbers = ""
+
+    def write(self, ids: Sequence[str | int], vectors: npt.NDArray[np.float32], dropped: Sequence[int]) -> None:
+        if self._encoding == "base64":
+            little = np.ascontiguousarray(vectors, dtype="<f4")
+            embeddings = [f'"{base64.b64encode(row.tobytes()).decode()}"' for row in little]
+        else:
+            # 9 significant digits give back every float32 exactly; one %-format a row is about 3x
+            # faster than json.dumps of the floats, and the lines are 40% shorter.
+            if self._numbers.count("%") != vectors.shape[1]:
+                self._numbers = ",".join(["%.9g"] * vectors.shape[1])
+            embeddings = [f"[{self._numbers % tuple(vector)}]" for vector in vectors.tolist()]
+        lines = [
+            f'{{"id":{json.dumps(chunk_id)},"embedding":{embedding}{self._space},'
+            f'"truncated":{"true" if lost else "false"},"dropped_tokens":{lost}}}\n'
+            for chunk_id, embedding, lost in zip(ids, embeddings, dropped, strict=True)
+        ]
+        self._out.write("".join(lines).encode())
+        self._out.flush()
+
+    def commit(self) -> None:
+        if self._target is not None:
+            self._target.commit()
+
+    def discard(self) -> None:
+        if self._target is not None:
+            self._target.discard()
+
+
+class NpyWriter:
+    """A float32 `.npy` of shape (rows, dimensions), and `<stem>.ids.jsonl` with a JSON id per row.
+
+    A row whose text was cut has `{"id": ..., "truncated": true, "dropped_tokens": n}` in the ids
+    file instead of the bare id, so the ids file still reads as one JSON value per row.
+    """
+
+    def __init__(self, path: Path, dimensions: int) -> None:
+        self.dimensions = dimensions
+        self.rows = 0
+        self._ids = _PartialFile(ids_path(path))
+        try:
+            self._npy = _PartialFile(path)
+        except BaseException:
+            self._ids.discard()
+            raise
+        self._npy.file.write(npy_header(0, dimensions))
+
+    def write(self, ids: Sequence[str | int], vectors: npt.NDArray[np.float32], dropped: Sequence[int]) -> None:
+        self._npy.file.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
+        lines = (
+            json.dumps(chunk_id if not lost else {"id": chunk_id, "truncated": True, "dropped_tokens": lost})
+            for chunk_id, lost in zip(ids, dropped, strict=True)
+        )
+        self._ids.file.write("".join(f"{line}\n" for line in lines).encode())
+        self.rows += len(ids)
+
+    def commit(self) -> None:
+        self._npy.file.seek(0)
+        self._npy.file.write(npy_header(self.rows, self.dimensions))
+        self._ids.commit()
+        self._npy.commit()
+
+    def discard(self) -> None:
+        self._ids.discard()
+        self._npy.discard()
+
+
+def ids_path(npy: Path) -> Path:
+    return npy.with_name(f"{npy.stem}.ids.jsonl")
+
+
+def npy_header(rows: int, dimensions: int) -> bytes:
+    """numpy's own header for a float32 (rows, dimensions) array.
+
+    numpy pads the header so the first axis can grow in place: its length does not depend on
+    `rows`, so the real row count is written over the first one when the file is complete.
+    """
+    buffer = io.BytesIO()
+    npy_format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": (rows, dimensions)})
+    return buffer.getvalue()

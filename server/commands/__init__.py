@@ -1,0 +1,1 @@
+"""The command line's batch commands: `embed` (with its engines and progress) and `cache`."""

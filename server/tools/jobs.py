@@ -1,0 +1,250 @@
+"""The MCP job tools: start_embedding_job, job_status, cancel_job, list_jobs, resume_job.
+
+Registered with one call, `register_job_tools(mcp)`; the runner lives beside the service for the
+server's lifetime (`run_jobs` in the lifespan). Files are checked against the allowed roots
+(`SIGNAL_HUB_JOB_ROOTS`, else the working directory), narrowed by the client's MCP roots when it
+offers them (roots are deprecated in the protocol, so nothing depends on them).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlparse
+
+import anyio
+from mcp import MCPDeprecationWarning
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult, ClientCapabilities, RootsCapability, TextContent
+from pydantic import BaseModel, Field
+
+from providers import EmbeddingError, EmbeddingService, Settings
+from providers.jobs.paths import AllowedRoots
+from providers.jobs.runner import JobRunner, estimate_usd
+from providers.jobs.store import JobRecord, JobStatus
+from server.tools.registration import add_tool
+
+__all__ = ["JobListResult", "JobStarted", "JobStatusResult", "register_job_tools", "run_jobs"]
+
+_RUNNERS: weakref.WeakKeyDictionary[EmbeddingService, JobRunner] = weakref.WeakKeyDictionary()
+_ROOTS_TIMEOUT_S = 2.0
+
+
+@asynccontextmanager
+async def run_jobs(service: EmbeddingService, settings: Settings) -> AsyncIterator[JobRunner]:
+    """Run jobs in the background for as long as the server runs (one line in the lifespan)."""
+    roots = AllowedRoots.from_env(os.environ, Path.cwd())
+    async with JobRunner(settings, roots) as runner:
+        _RUNNERS[service] = runner
+        try:
+            yield runner
+        finally:
+            _RUNNERS.pop(service, None)
+
+
+class JobStatusResult(BaseModel):
+    job_id: str
+    status: JobStatus
+    done: int
+    total: int
+    cached: int
+    tokens: int
+    usd: float
+    rate_per_min: float
+    eta_s: float | None
+    errors: list[str]
+    truncated: int
+    engine: str = "in-process"
+    batches: dict[str, Any] | None = None
+    """A batch-api job: its remote batches (each while few, else counts by status) and request counts."""
+
+
+class JobStarted(JobStatusResult):
+    """What start_embedding_job answers: the status, where the vectors go, and the estimate."""
+
+    output: str
+    space: str
+    estimated_tokens: int
+    estimated_usd: float | None
+    """At the price of the job's engine (the Batch API's for batch-api)."""
+    sync_usd: float | None = None
+    """OpenAI only: the estimate at the synchronous price..."""
+    batch_usd: float | None = None
+    """...and through the Batch API (half of it)."""
+
+
+class JobListResult(BaseModel):
+    jobs: list[JobStatusResult]
+
+
+def _status(job: JobRecord, batches: dict[str, Any] | None = None) -> JobStatusResult:
+    now = time.time()
+    eta = job.eta_s(now)
+    return JobStatusResult(
+        job_id=job.id,
+        status=job.status,
+        done=job.done,
+        total=job.total,
+        cached=job.cached,
+        tokens=job.tokens,
+        usd=round(job.usd, 6),
+        rate_per_min=round(job.rate_per_min(now), 1),
+        eta_s=None if eta is None else round(eta, 1),
+        errors=[error[:300] for error in job.error_list],
+        truncated=job.truncated,
+        engine=job.engine,
+        batches=batches,
+    )
+
+
+def _batches(runner: JobRunner, job: JobRecord) -> dict[str, Any] | None:
+    try:
+        return runner.engine_status(job)
+    except EmbeddingError:  # e.g. the key is gone: the counts still answer
+        return None
+
+
+def _line(job: JobStatusResult) -> str:
+    text = f"Job {job.job_id}: {job.status}, {job.done}/{job.total} chunks ({job.cached} cached), ${job.usd:.6f}"
+    if job.eta_s is not None:
+        text += f", about {job.eta_s:.0f} s left"
+    if job.batches is not None:
+        listed = job.batches["batches_by_status"]
+        text += f"; {sum(listed.values())} batch(es): " + ", ".join(f"{n} {state}" for state, n in listed.items())
+    return text + "."
+
+
+def _answer(out: BaseModel, text: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=out.model_dump())
+
+
+def _runner(ctx: Context) -> JobRunner:
+    service = ctx.request_context.lifespan_context
+    runner = _RUNNERS.get(service) if isinstance(service, EmbeddingService) else None
+    if runner is None:  # pragma: no cover - the lifespan always starts one
+        raise ToolError("jobs are not available in this server.")
+    return runner
+
+
+async def _roots(ctx: Context, runner: JobRunner) -> AllowedRoots:
+    """The server's roots, narrowed by the client's MCP roots when it offers them."""
+    session = ctx.session
+    if not session.check_client_capability(ClientCapabilities(roots=RootsCapability())):
+        return runner.roots
+    try:
+        with warnings.catch_warnings(), anyio.fail_after(_ROOTS_TIMEOUT_S):
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            listed = await session.list_roots()
+    except Exception:  # roots are a courtesy of the client: without them the server's roots stand
+        return runner.roots
+    paths = [Path(unquote(urlparse(str(root.uri)).path)) for root in listed.roots if str(root.uri).startswith("file:")]
+    return runner.roots.narrowed(paths) if paths else runner.roots
+
+
+async def _call(action: Callable[[], Awaitable[Any]]) -> Any:
+    try:
+        return await action()
+    except EmbeddingError as exc:
+        raise ToolError(str(exc)) from exc
+    except OSError as exc:  # e.g. a file that vanished while the input was read
+        raise ToolError(f"{exc.filename or 'a file'}: {exc.strerror or exc}; check the path and try again.") from exc
+
+
+def register_job_tools(mcp: MCPServer[Any]) -> None:
+    """Add the five job tools to `mcp`. Only job_status declares an output schema: tools/list stays small."""
+    add_tool(mcp, start_embedding_job, title="Start an embedding job", idempotent=False, open_world=True)
+    add_tool(mcp, job_status, title="Job status", read_only=True)
+    add_tool(mcp, cancel_job, title="Cancel a job")
+    add_tool(mcp, list_jobs, title="List jobs", read_only=True)
+    add_tool(mcp, resume_job, title="Resume a job", open_world=True)
+
+
+JobId = Annotated[str, Field(description="From start_embedding_job or list_jobs.")]
+
+
+async def start_embedding_job(
+    input: Annotated[str, Field(description="{id, text} .jsonl, text file, or directory")],
+    output: Annotated[str, Field(description=".jsonl or .npy")],
+    ctx: Context,
+    provider: Literal["local", "openai"] | None = None,
+    format: Literal["jsonl", "npy"] | None = None,
+    engine: Annotated[
+        Literal["in-process", "batch-api", "ray"], Field(description="batch-api: OpenAI, half price, <=24 h")
+    ] = "in-process",
+) -> CallToolResult:
+    """Embed a file or directory into a file in the background, for more than a call can carry.
+    Answers at once with job_id and estimated tokens/USD; poll job_status."""
+    runner = _runner(ctx)
+    roots = await _roots(ctx, runner)
+    started = await _call(
+        lambda: runner.start(input, output, provider=provider, format=format, roots=roots, engine=engine)
+    )
+    job = started.job
+    fields: dict[str, Any] = {"output": job.output, "space": job.space, "estimated_usd": job.estimated_usd}
+    fields |= _prices(runner, job)
+    out = JobStarted(**vars(_status(job)), estimated_tokens=job.estimated_tokens, **fields)
+    usd = "price unknown" if out.estimated_usd is None else f"${out.estimated_usd:.6f}"
+    text = f"Started job {out.job_id} ({engine}): {out.total} chunks, about {out.estimated_tokens} tokens, {usd}"
+    if out.sync_usd is not None and out.batch_usd is not None:
+        text += f" (synchronous ${out.sync_usd:.6f}, Batch API ${out.batch_usd:.6f})"
+    text += "."
+    if started.duplicate_ids:
+        text += f" Warning: {started.duplicate_ids}."
+    return _answer(out, text)
+
+
+async def job_status(job_id: JobId, ctx: Context) -> CallToolResult:
+    """Progress of an embedding job: status, done/total, cached, tokens, usd, rate, ETA, errors.
+    Poll it after start_embedding_job or resume_job."""
+    runner = _runner(ctx)
+    job = await _call(lambda: _async(runner.status, job_id))
+    out = _status(job, _batches(runner, job))
+    return _answer(out, _line(out))
+
+
+async def cancel_job(job_id: JobId, ctx: Context) -> CallToolResult:
+    """Stop a job within a second. Work done stays cached and paid for;
+    resume_job goes on from there."""
+    runner = _runner(ctx)
+    job = await _call(lambda: runner.cancel(job_id))
+    out = _status(job, _batches(runner, job))
+    return _answer(out, _line(out))
+
+
+async def list_jobs(ctx: Context) -> CallToolResult:
+    """The 10 newest embedding jobs with their progress, as job_status shows each.
+    Use it to find a job_id."""
+    jobs = [_status(job) for job in _runner(ctx).list(10)]
+    out = JobListResult(jobs=jobs)
+    return _answer(out, "; ".join(_line(job) for job in jobs) or "No jobs yet.")
+
+
+async def resume_job(job_id: JobId, ctx: Context) -> CallToolResult:
+    """Run an interrupted, failed or cancelled job again, e.g. after a server restart.
+    Chunks done before come from the cache: only the rest is embedded."""
+    runner = _runner(ctx)
+    roots = await _roots(ctx, runner)
+    out = _status(await _call(lambda: runner.resume(job_id, roots)))
+    return _answer(out, _line(out))
+
+
+async def _async(function: Callable[..., Any], *args: Any) -> Any:
+    return function(*args)
+
+
+def _prices(runner: JobRunner, job: JobRecord) -> dict[str, float | None]:
+    """An OpenAI job's estimate at both prices; nothing for other providers."""
+    if job.provider != "openai":
+        return {}
+    both = {
+        name: estimate_usd(job.provider, job.model, job.estimated_tokens, runner.settings, batch=name == "batch_usd")
+        for name in ("sync_usd", "batch_usd")
+    }
+    return {name: None if usd is None else round(usd, 6) for name, usd in both.items()}

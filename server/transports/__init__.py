@@ -1,0 +1,1 @@
+"""How the MCP server is reached: stdio (and, next, streamable HTTP)."""
