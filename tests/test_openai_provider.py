@@ -112,7 +112,13 @@ def few_per_request(n: int) -> RequestLimits:
 
 
 def test_public_api_is_pinned() -> None:
-    assert openai_module.__all__ == ["MODEL_DIMENSIONS", "OPENAI_PRICES", "OpenAIOptions", "OpenAIProvider", "openai_options"]
+    assert openai_module.__all__ == [
+        "MODEL_DIMENSIONS",
+        "OPENAI_PRICES",
+        "OpenAIOptions",
+        "OpenAIProvider",
+        "openai_options",
+    ]
 
 
 # configuration
