@@ -34,6 +34,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,6 +217,8 @@ def _embed_and_report(job: EmbedJob, settings: Settings, run: _Run, started: flo
         cache=settings.cache and not no_cache,
         # One output file holds one vector space: no part of it may come from another provider.
         fallback=dataclasses.replace(settings.fallback, mode="never"),
+        # One ledger session for the run, whichever engine spends (the Batch API's opens its own ledger).
+        ledger_session=settings.ledger_session or uuid.uuid4().hex,
     )
     target = "stdout" if job.output is None else str(job.output)
     resumable = settings.cache
