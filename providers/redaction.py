@@ -102,13 +102,19 @@ def scrub_column(
     changed = [(clean, *key) for value, *key in rows if (clean := _clean(value, json_list)) != value]
     if changed:
         where = " AND ".join(f"{key} = ?" for key in keys)
+        # The old values must not linger in freed pages or in the write-ahead log either.
+        (secure,) = db.execute("PRAGMA secure_delete").fetchone()
+        db.execute("PRAGMA secure_delete = ON")
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(f"UPDATE {table} SET {column} = ? WHERE {where}", changed)
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        finally:
+            db.execute(f"PRAGMA secure_delete = {int(secure)}")
         db.execute("COMMIT")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return len(changed)
 
 
