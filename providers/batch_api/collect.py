@@ -44,7 +44,7 @@ def verdicts(
             result[request_id] = (DONE, None)
         elif remote.status == "failed":
             result[request_id] = (FAILED, f"the batch failed validation: {remote.errors or 'no reason given'}")
-        elif cancelled or remote.status == "cancelled":
+        elif cancelled:  # a batch cancelled while its job is not (resumed since) is sent again, like an expiry
             result[request_id] = (FAILED, "cancelled")
         elif outcome is not None and not outcome.retryable:
             result[request_id] = (FAILED, outcome.error)

@@ -25,7 +25,7 @@ __all__ = ["RequestOutcome", "read_file", "read_results"]
 
 # Answers a later identical request could get through; the rest fail for good.
 _RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-_RETRYABLE_CODES = frozenset({"batch_expired", "rate_limit_exceeded", "server_error", "timeout"})
+_RETRYABLE_CODES = frozenset({"batch_cancelled", "batch_expired", "rate_limit_exceeded", "server_error", "timeout"})
 
 
 @dataclass(frozen=True)
