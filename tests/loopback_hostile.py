@@ -27,6 +27,7 @@ class Request:
     method: str
     path: str
     headers: dict[str, str]
+    """By lower-case name."""
     body: bytes
 
     def json(self) -> Any:
@@ -84,7 +85,7 @@ def _handler(app: LoopbackHostile) -> type[BaseHTTPRequestHandler]:
 
         def _serve(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
-            request = Request(self.command, self.path, dict(self.headers.items()), body)
+            request = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
             app.requests.append(request)
             answer = app.answer(request)
             payload = answer.body

@@ -40,7 +40,7 @@ def hostile(failing: str, status: int = 400) -> LoopbackHostile:
     def answer(request: Request) -> Answer:
         step = {"/v1/files": "upload", "/v1/batches": "create"}.get(request.path, "retrieve")
         if step == failing:
-            said = f"invalid request; headers were Authorization: {request.headers.get('Authorization')}"
+            said = f"invalid request; headers were Authorization: {request.headers['authorization']}"
             return Answer(status, json_body({"error": {"message": said, "type": "invalid_request_error"}}))
         if step == "upload":
             return Answer(200, json_body(_file()))
