@@ -126,8 +126,8 @@ def _clean(value: object, json_list: bool) -> object:
     try:
         items = json.loads(value)
     except ValueError:
+        items = None
+    if not isinstance(items, list):  # not what was expected: cleaned as text
         return safe_message(value)
-    if not isinstance(items, list):
-        return value
     cleaned = [safe_message(item) if isinstance(item, str) else item for item in items]
     return value if cleaned == items else json.dumps(cleaned)

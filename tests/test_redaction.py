@@ -26,7 +26,7 @@ from providers.errors import AuthenticationError, EmbeddingError, InputError, Pr
 from providers.jobs.paths import AllowedRoots
 from providers.jobs.runner import JobRunner
 from providers.jobs.store import JobStore
-from providers.redaction import MAX_MESSAGE_CHARS, REDACTED, add_secret, cut, redact, safe_message
+from providers.redaction import MAX_MESSAGE_CHARS, REDACTED, add_secret, cut, redact, safe_message, scrub_column
 from server.commands.embed import add_commands, run_embed
 from tests.loopback_hostile import Answer, LoopbackHostile, Request, json_body
 
@@ -198,3 +198,16 @@ def test_keys_stored_by_an_older_version_are_scrubbed_at_open(tmp_path: Path) ->
     assert request.error is not None and KEY not in request.error and REDACTED in request.error
     for file in tmp_path.glob("*.sqlite3*"):
         assert KEY.encode() not in file.read_bytes(), file
+
+
+def test_scrubbing_leaves_what_is_no_message_alone_and_cleans_what_is() -> None:
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    db.execute("CREATE TABLE t (v)")
+    leaked = f"Bearer {KEY}"
+    values = [7, "not json: " + leaked, json.dumps({"a": leaked}), json.dumps([1, leaked]), json.dumps(["fine"])]
+    db.executemany("INSERT INTO t (v) VALUES (?)", [(v,) for v in values])
+    assert scrub_column(db, "t", "v", json_list=True) == 3
+    rows = [v for (v,) in db.execute("SELECT v FROM t ORDER BY rowid")]
+    assert rows[0] == 7 and rows[4] == values[4]  # a number and a clean list stay as they were
+    assert KEY not in rows[1] and KEY not in rows[2] and json.loads(rows[3]) == [1, f"Bearer {REDACTED}"]
+    db.close()
