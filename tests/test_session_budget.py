@@ -16,7 +16,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from providers import Settings
+from providers import EmbeddingService, Settings
 from providers.batch_api.entry import batch_engine
 from providers.compatible import CompatibleOptions
 from providers.settings import Budget
@@ -54,12 +54,19 @@ async def call(client: Client, tool: str, **arguments: Any) -> Any:
     return result
 
 
+@pytest.mark.parametrize("built", ["in the lifespan", "before the server, as `serve` does"])
 async def test_a_job_is_refused_once_the_servers_session_spent_its_budget(
-    settings: Settings, tei: LoopbackCompatible, project: Path
+    settings: Settings, tei: LoopbackCompatible, project: Path, built: str
 ) -> None:
     source = project / "in.jsonl"
     source.write_text(json.dumps({"id": "a", "text": text("file")}) + "\n")
-    async with Client(build_server(session_budget(settings, tei)), read_timeout_seconds=WAIT) as client:
+    chosen = session_budget(settings, tei)
+    if built == "in the lifespan":
+        server = build_server(chosen)
+    else:
+        service = EmbeddingService(settings=chosen)
+        server = build_server(chosen, lambda _: service)
+    async with Client(server, read_timeout_seconds=WAIT) as client:
         with anyio.fail_after(WAIT):
             first = await call(client, "embed_text", text=text("data"))
             assert not first.is_error and first.structured_content["cost_usd"] == pytest.approx(0.032)

@@ -8,7 +8,6 @@ are registered.
 from __future__ import annotations
 
 import dataclasses
-import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -75,14 +74,15 @@ EncodingArg = Annotated[Encoding, Field(description="'base64' (float32) takes ha
 def build_server(settings: Settings, service_factory: ServiceFactory | None = None) -> MCPServer[EmbeddingService]:
     """An MCP server whose tools embed with `service_factory(settings)` (default: `EmbeddingService`)."""
     make_service = service_factory or (lambda s: EmbeddingService(settings=s))
-    # One ledger session for the server: what its jobs and batches spend counts as its own.
-    settings = dataclasses.replace(settings, ledger_session=settings.ledger_session or uuid.uuid4().hex)
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[EmbeddingService]) -> AsyncIterator[EmbeddingService]:
         # The service is cheap to build: models and API clients load on first use.
-        async with make_service(settings) as service, run_jobs(service, settings):
-            yield service
+        async with make_service(settings) as service:
+            # One ledger session for the server: what its jobs and batches spend counts as its own.
+            jobs = dataclasses.replace(settings, ledger_session=service.ledger.session)
+            async with run_jobs(service, jobs):
+                yield service
 
     mcp: MCPServer[EmbeddingService] = AgentServer(
         "signal-hub-embeddings",
