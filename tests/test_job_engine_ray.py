@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -280,16 +279,18 @@ def test_each_actor_result_is_cached_as_it_arrives_not_when_its_shard_is_whole(
     cache.close()
 
 
-def test_a_ray_left_running_by_ray_start_is_reused_only_while_it_answers(tmp_path: Path) -> None:
+def test_a_ray_left_running_by_ray_start_is_reused_only_while_its_gcs_runs() -> None:
     from types import SimpleNamespace
 
-    listening = socket.create_server(("127.0.0.1", 0))
-    port = listening.getsockname()[1]
+    def ray_with(address: str | None, live: set[str]) -> Any:
+        return SimpleNamespace(
+            _private=SimpleNamespace(
+                utils=SimpleNamespace(read_ray_address=lambda: address),
+                services=SimpleNamespace(find_gcs_addresses=lambda: frozenset(live)),
+            )
+        )
 
-    def ray_with(address: str | None) -> Any:
-        return SimpleNamespace(_private=SimpleNamespace(utils=SimpleNamespace(read_ray_address=lambda: address)))
-
-    assert running_local_ray(ray_with(f"127.0.0.1:{port}")) == f"127.0.0.1:{port}"
-    listening.close()
-    assert running_local_ray(ray_with(f"127.0.0.1:{port}")) is None  # a stale file from a stopped Ray
-    assert running_local_ray(ray_with(None)) is None
+    assert running_local_ray(ray_with("127.0.0.1:6379", {"127.0.0.1:6379"})) == "127.0.0.1:6379"
+    assert running_local_ray(ray_with("127.0.0.1:6379", set())) is None  # a stale file from a stopped Ray
+    assert running_local_ray(ray_with(None, {"127.0.0.1:6379"})) is None
+    assert running_local_ray(SimpleNamespace()) is None  # a Ray without those helpers

@@ -71,7 +71,7 @@ def connect(address: str | None) -> Iterator[RayConnection]:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None and (running := running_local_ray(ray)) is not None:
         # A Ray left running by `ray start --head` saves this job Ray's start-up (seconds, each run).
-        ray.init(address=running, logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(address="auto", logging_level=logging.WARNING, log_to_driver=False)
         try:
             yield RayConnection(ray, f"the running local Ray at {running}", _cpus(ray))
         finally:
@@ -99,19 +99,13 @@ def connect(address: str | None) -> Iterator[RayConnection]:
 
 
 def running_local_ray(ray: ModuleType) -> str | None:
-    """The address of the Ray that `ray start` last left running on this machine, if it still answers."""
-    try:
+    """The address of the Ray that `ray start` last left running on this machine, if its GCS still runs."""
+    try:  # Ray's own look-ups (private helpers): the address file `ray start` writes, and live GCS processes
         address = ray._private.utils.read_ray_address()
-    except (AttributeError, OSError):  # a Ray without that (private) helper: start our own
+        live = ray._private.services.find_gcs_addresses() if address else ()
+    except (AttributeError, OSError):  # a Ray without them: start our own
         return None
-    if not address:
-        return None
-    host, _, port = str(address).rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=1.0).close()
-    except (OSError, ValueError):
-        return None  # a stale file from a Ray that has stopped
-    return str(address)
+    return str(address) if address and address in live else None  # else a stale file from a stopped Ray
 
 
 def _cpus(ray: ModuleType) -> float:

@@ -106,7 +106,9 @@ def run_ray_shards(args: argparse.Namespace, settings: Settings) -> int:
                 "vector is cached, so the same command again goes on from there.",
                 EXIT_INTERRUPTED,
             )
-    _say(f"wrote {report.rows:,} vectors in {report.shards:,} shards to {options.output} ({report.space})")
+    vectors = f"{report.rows:,} vector{'' if report.rows == 1 else 's'}"
+    shards = f"{report.shards:,} shard{'' if report.shards == 1 else 's'}"
+    _say(f"wrote {vectors} in {shards} to {options.output} ({report.space})")
     _say(_summary(report), prefix="  ")
     return EXIT_OK
 
