@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000])
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--one-pass", action="store_true", help="run each command once (a-b-c), not a-b-c then c-b-a")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ray-commands-") as tmp:
         work = Path(tmp)
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             texts = code_chunks(size)
             chunks.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
             times: dict[str, list[float]] = {"in-process": [], "ray": [], "running-ray": []}
-            for round_ in range(args.rounds * 2):
+            for round_ in range(1 if args.one_pass else args.rounds * 2):
                 order = ["in-process", "ray", "running-ray"]
                 for kind in order if round_ % 2 == 0 else reversed(order):
                     if kind == "running-ray":

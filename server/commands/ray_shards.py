@@ -28,9 +28,9 @@ __all__ = [
     "shard_arguments_misplaced",
 ]
 
-RAY_PAYS_OFF_ROWS = 10_000
-"""Below this many chunks, on a Ray this command starts itself, the in-process engine finishes first
-(`python -m benchmarks.ray_engine --commands`: Ray's start-up and planning outweigh its actors)."""
+RAY_PAYS_OFF_ROWS = 5_000
+"""Below this many chunks, on a Ray this command starts itself, the in-process engine usually finishes
+first: Ray's start-up and planning outweigh its actors (`python -m benchmarks.ray_commands`)."""
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _FILE_SUFFIXES = {".jsonl", ".ndjson", ".json", ".npy"}
