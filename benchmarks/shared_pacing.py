@@ -35,7 +35,7 @@ import anyio
 
 from benchmarks.corpus import code_chunks
 from providers.errors import ProviderError
-from providers.openai import OpenAIOptions, OpenAIProvider
+from providers.openai import OpenAIOptions, OpenAIProvider, openai_options
 from providers.remote.pacing import PACER_FILE, SharedPacer
 from providers.remote.ratelimit import RateLimiter
 from providers.settings import Settings
@@ -79,7 +79,7 @@ def settings(args: argparse.Namespace) -> Settings:
 
 async def batch_worker(args: argparse.Namespace) -> None:
     config = settings(args)
-    provider = OpenAIProvider.from_settings(config, options=config.openai)
+    provider = OpenAIProvider.from_settings(config, options=openai_options(config))
     chunks = corpus(args.corpus_tokens)[args.part :: args.parts]
     await provider.estimate_tokens(chunks[:1])  # the tokenizer loaded before the start
     print("ready", flush=True)
@@ -95,7 +95,7 @@ async def batch_worker(args: argparse.Namespace) -> None:
 
 async def agent_worker(args: argparse.Namespace) -> None:
     config = settings(args)
-    provider = OpenAIProvider.from_settings(config, options=config.openai)
+    provider = OpenAIProvider.from_settings(config, options=openai_options(config))
     texts = iter(code_chunks(20_000)[-5000:])  # not in any batch's share
 
     async def one_text_call() -> float:

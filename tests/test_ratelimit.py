@@ -41,6 +41,7 @@ def test_public_api_is_pinned() -> None:
     assert ratelimit.__all__ == [
         "INTERACTIVE_TOKENS",
         "Clock",
+        "PausedError",
         "RateLimiter",
         "Sleep",
         "WaitQueue",

@@ -322,7 +322,8 @@ class RemoteProvider(EmbeddingProvider):
         try:
             async for attempt in retrying:
                 with attempt:
-                    reply = await self._attempt([texts[i] for i in batch], estimated)
+                    left = self.options.max_retry_seconds - (self._clock() - started)
+                    reply = await self._attempt([texts[i] for i in batch], estimated, within=left)
                 outcome = attempt.retry_state.outcome
                 if outcome is not None and not outcome.failed:  # else tenacity holds the error: next attempt
                     await keep(batch, reply, estimated)
@@ -339,8 +340,9 @@ class RemoteProvider(EmbeddingProvider):
         await self._send(texts, counts, batch[:half], keep)
         await self._send(texts, counts, batch[half:], keep)
 
-    async def _attempt(self, texts: list[str], estimated: int) -> Reply:
-        charged = await self.limiter.acquire(estimated)
+    async def _attempt(self, texts: list[str], estimated: int, *, within: float | None = None) -> Reply:
+        # A pause or a queue longer than the request's retry budget is an outage, not a wait.
+        charged = await self.limiter.acquire(estimated, within=within)
         try:
             # The transport's timeout covers each network phase; this bounds the whole request.
             with anyio.fail_after(self.options.request_timeout):
