@@ -261,17 +261,45 @@ async def test_a_wrong_key_or_route_says_which_variable_to_check() -> None:
             CompatibleOptions(base_url=gated.base_url, model="m", api_key="wrong-key", dimensions=8)
         )
         wrong_route = CompatibleProvider(
-            CompatibleOptions(base_url=gated.base_url.removesuffix("/v1"), model="m", dimensions=8)
+            CompatibleOptions(base_url=f"{gated.base_url}/nowhere", model="m", api_key="right-key", dimensions=8)
         )
         try:
             with anyio.fail_after(WAIT), pytest.raises(AuthenticationError, match="COMPATIBLE_API_KEY") as raised:
                 await wrong_key.embed(["a"])
             assert "wrong-key" not in str(raised.value)
-            with anyio.fail_after(WAIT), pytest.raises(ConfigurationError, match="usually ends in /v1"):
+            # Both forms were tried (with /v1 and without), and the message names both.
+            with anyio.fail_after(WAIT), pytest.raises(ConfigurationError, match="COMPATIBLE_BASE_URL") as missing:
                 await wrong_route.embed(["a"])
+            assert f"{gated.base_url}/nowhere nor at {gated.base_url}/nowhere/v1" in str(missing.value)
+            assert "usually ends in /v1" not in str(missing.value)
         finally:
             await wrong_key.aclose()
             await wrong_route.aclose()
+
+
+@pytest.mark.parametrize("suffix", ["add", "remove"])
+async def test_a_404_tries_the_url_with_v1_added_or_removed_once_and_says_which_worked(
+    suffix: str, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    with LoopbackCompatible("tei", prefix="/v1" if suffix == "add" else "") as server:
+        configured = server.base_url.removesuffix("/v1") if suffix == "add" else f"{server.base_url}/v1"
+        working = server.base_url
+        first = CompatibleProvider(CompatibleOptions(base_url=configured, model="m"), state_dir=tmp_path)
+        try:
+            with anyio.fail_after(WAIT):
+                assert (await first.embed(["a b"])).count == 1
+            assert first.base_url == working
+            assert f"answers at {working}, not {configured}: using it" in caplog.text
+        finally:
+            await first.aclose()
+        server.requests.clear()
+        again = CompatibleProvider(CompatibleOptions(base_url=configured, model="m"), state_dir=tmp_path)
+        try:
+            with anyio.fail_after(WAIT):
+                await again.embed(["c d"])
+        finally:
+            await again.aclose()
+        assert server.statuses == [200]  # the form that worked was kept: no 404 first
 
 
 async def test_list_providers_shows_no_space_until_the_length_is_known(
@@ -299,3 +327,74 @@ async def test_processes_sharing_a_data_directory_pace_one_server_together(
     assert shared.limiter.shared  # opens the pacer every process with this data directory uses
     assert (tmp_path / PACER_FILE).exists()
     assert not isinstance(alone.limiter, SharedPacer)
+
+
+# --- issue 24, high 4: an answer served wholly from the cache names the same space ---------------
+
+
+def compatible_env(server: LoopbackCompatible, tmp_path: Path, model: str = "m") -> dict[str, str]:
+    return {
+        "SIGNAL_HUB_PROVIDER": "compatible",
+        "SIGNAL_HUB_DATA_DIR": str(tmp_path / "data"),
+        "SIGNAL_HUB_COMPATIBLE_BASE_URL": server.base_url,
+        "SIGNAL_HUB_COMPATIBLE_MODEL": model,
+    }
+
+
+async def test_every_tool_names_the_endpoint_in_its_space_when_the_cache_answers(
+    tei: LoopbackCompatible, tmp_path: Path
+) -> None:
+    from mcp import Client
+
+    from server import build_server
+
+    port = tei.base_url.split(":")[2].split("/")[0]
+    space = f"compatible:127.0.0.1:{port}/m:8:l2"
+    calls = [
+        ("embed_batch", {"texts": ["a b", "c d"]}),
+        ("embed_text", {"text": "e f"}),
+        ("rank_texts", {"query": "a b", "texts": ["c d", "e f"]}),
+    ]
+    settings = Settings.from_env(compatible_env(tei, tmp_path))
+    async with Client(build_server(settings), read_timeout_seconds=60) as client:
+        for name, arguments in calls:
+            for _ in range(2):  # fresh, then wholly from the cache
+                with anyio.fail_after(WAIT):
+                    result = await client.call_tool(name, arguments)
+                assert result.structured_content is not None, result
+                assert result.structured_content["space"] == space, (name, result.structured_content)
+                assert result.structured_content["cached"] in (0, 1, 2, 3)
+
+
+async def test_two_servers_serving_one_model_name_keep_their_own_space_from_the_cache(
+    tei: LoopbackCompatible, make_service: Callable[..., EmbeddingService]
+) -> None:
+    with LoopbackCompatible("tei", dimensions=8, seed=1) as other:
+        spaces = set()
+        for server in (tei, other):
+            env = {"SIGNAL_HUB_COMPATIBLE_BASE_URL": server.base_url, "SIGNAL_HUB_COMPATIBLE_MODEL": "bge-small"}
+            for _ in range(2):
+                with anyio.fail_after(WAIT):
+                    result = await make_service(env).embed(["a b"])
+                spaces.add(result.space)
+        assert result.cached == 1
+    assert len(spaces) == 2 and all("127.0.0.1:" in space for space in spaces)
+
+
+def test_running_the_same_embed_twice_over_a_compatible_server_succeeds(
+    tei: LoopbackCompatible, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from server.cli import main
+
+    for name, value in compatible_env(tei, tmp_path).items():
+        monkeypatch.setenv(name, value)
+    chunks = tmp_path / "chunks.jsonl"
+    chunks.write_text("".join(json.dumps({"id": i, "text": text}) + "\n" for i, text in enumerate(texts(5))))
+    for run in range(2):  # the second run is wholly cached
+        out = tmp_path / f"out{run}.jsonl"
+        assert main(["embed", str(chunks), "-o", str(out)]) == 0
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(rows) == 5 and {row["space"] for row in rows} == {rows[0]["space"]}
+        assert "127.0.0.1:" in rows[0]["space"]
