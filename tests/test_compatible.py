@@ -398,3 +398,178 @@ def test_running_the_same_embed_twice_over_a_compatible_server_succeeds(
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         assert len(rows) == 5 and {row["space"] for row in rows} == {rows[0]["space"]}
         assert "127.0.0.1:" in rows[0]["space"]
+
+
+# --- issue 24 (low): a 200 that is not an embeddings answer -----------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["html", "badjson"])
+async def test_a_200_with_an_html_page_is_an_outage_that_falls_back(fault: Any, tmp_path: Path) -> None:
+    fake = FakeProvider(name="fake")
+    factories = {"compatible": PROVIDER_FACTORIES["compatible"], "fake": lambda s, m, d: fake}
+    with LoopbackCompatible("tei") as server:
+        server.inject(fault)
+        env = {**compatible_env(server, tmp_path), "SIGNAL_HUB_COMPATIBLE_DIMENSIONS": "8"}
+        settings = replace(Settings.from_env(env), fallback=FallbackPolicy(chain=("compatible", "fake")))
+        service = EmbeddingService("compatible", settings=settings, factories=factories)
+        try:
+            with anyio.fail_after(WAIT):
+                result = await service.embed(["a b"])
+        finally:
+            await service.aclose()
+    assert result.provider == "fake"
+    assert "not an embeddings answer" in (result.fallback_reason or "")
+    assert "COMPATIBLE_BASE_URL" in (result.fallback_reason or "")
+
+
+# --- issue 25: `compatible` against a real server ---------------------------------------------------
+
+
+def test_a_hung_server_costs_one_first_byte_timeout_well_within_15_s_by_default() -> None:
+    options = CompatibleOptions()
+    # One attempt per timed-out request, and the requests in flight get finish_in_flight at most.
+    assert options.timeout_attempts == 1
+    assert options.first_byte_timeout + options.finish_in_flight <= 10.0
+    assert CompatibleOptions.from_env({"SIGNAL_HUB_COMPATIBLE_FIRST_BYTE_S": "3"}).first_byte_timeout == 3.0
+    with pytest.raises(ConfigurationError, match="SIGNAL_HUB_COMPATIBLE_FIRST_BYTE_S"):
+        CompatibleOptions.from_env({"SIGNAL_HUB_COMPATIBLE_FIRST_BYTE_S": "0"})
+
+
+async def test_a_hung_server_falls_back_after_one_timeout_and_opens_the_circuit(tmp_path: Path) -> None:
+    fake = FakeProvider(name="fake")
+    factories = {"compatible": PROVIDER_FACTORIES["compatible"], "fake": lambda s, m, d: fake}
+    with LoopbackCompatible("tei") as server:
+        for _ in range(4):
+            server.inject("hang")
+        env = {
+            **compatible_env(server, tmp_path),
+            "SIGNAL_HUB_COMPATIBLE_DIMENSIONS": "8",
+            "SIGNAL_HUB_COMPATIBLE_FIRST_BYTE_S": "0.5",
+        }
+        settings = replace(Settings.from_env(env), fallback=FallbackPolicy(chain=("compatible", "fake")))
+        service = EmbeddingService("compatible", settings=settings, factories=factories)
+        try:
+            with anyio.fail_after(WAIT):
+                first = await service.embed(["a b"])
+                second = await service.embed(["c d"])
+            circuit = {s.name: s.circuit for s in service.provider_statuses()}["compatible"]
+        finally:
+            await service.aclose()
+        hung = len(server.requests)
+    assert first.provider == second.provider == "fake"
+    assert "did not answer in time" in (first.fallback_reason or "")
+    assert circuit == "open"
+    assert hung == 1  # one attempt, then the circuit kept the second call away
+
+
+async def test_an_answer_from_another_model_is_warned_about_once(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    with LoopbackCompatible("infinity", prefix="", served_model="BAAI/bge-small-en-v1.5") as server:
+        wrong = CompatibleProvider(CompatibleOptions(base_url=server.base_url, model="no-such-model"))
+        right = CompatibleProvider(CompatibleOptions(base_url=server.base_url, model="bge-small-en-v1.5"))
+        try:
+            with anyio.fail_after(WAIT):
+                await wrong.embed(["a b"])
+                await wrong.embed(["c d"])
+                await right.embed(["e f"])
+        finally:
+            await wrong.aclose()
+            await right.aclose()
+    warnings = [r.getMessage() for r in caplog.records if "as asked" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "'BAAI/bge-small-en-v1.5', not 'no-such-model'" in warnings[0]
+    assert "SIGNAL_HUB_COMPATIBLE_MODEL=BAAI/bge-small-en-v1.5" in warnings[0]
+
+
+async def test_usage_in_characters_is_replaced_by_our_count_and_marked_estimated(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with LoopbackCompatible("infinity", prefix="") as server:
+        counting = CompatibleProvider(CompatibleOptions(base_url=server.base_url, model="all-MiniLM-L6-v2"))
+        items = texts(4)
+        try:
+            with anyio.fail_after(WAIT):
+                result = await counting.embed(items)
+                estimate = await counting.estimate_tokens(items)
+        finally:
+            await counting.aclose()
+    assert result.tokens_estimated and result.tokens == estimate
+    assert result.tokens < sum(len(t) for t in items) / 2  # not the characters the server reported
+    assert "not tokens as we count them" in caplog.text
+
+
+async def test_texts_over_the_input_limit_the_server_states_are_reported_truncated(tmp_path: Path) -> None:
+    long, short = "word " * 400, "def f(): pass"
+    for flavour, prefix in (("tei", "/v1"), ("infinity", "")):
+        with LoopbackCompatible(flavour, prefix=prefix, max_input_length=256) as server:  # type: ignore[arg-type]
+            limited = CompatibleProvider(
+                CompatibleOptions(base_url=server.base_url, model="all-MiniLM-L6-v2"), state_dir=tmp_path / flavour
+            )
+            try:
+                with anyio.fail_after(WAIT):
+                    result = await limited.embed([short, long])
+            finally:
+                await limited.aclose()
+        assert set(result.truncated) == {1}, flavour
+        assert result.truncated[1] > 0
+
+
+async def test_without_a_stated_limit_the_caller_is_told_truncation_is_unknown(
+    tei: LoopbackCompatible, caplog: pytest.LogCaptureFixture
+) -> None:
+    unknown = provider(tei)
+    try:
+        with anyio.fail_after(WAIT):
+            await unknown.embed(["a b"])
+    finally:
+        await unknown.aclose()
+    assert "does not state its input limit" in caplog.text
+
+
+# --- issue 25, protocol details: what was learnt survives a restart ---------------------------------
+
+
+async def test_after_a_restart_with_the_server_down_cached_texts_still_answer(tmp_path: Path) -> None:
+    items = texts(3)
+    with LoopbackCompatible("tei", dimensions=8) as server:
+        env = compatible_env(server, tmp_path)
+        service = EmbeddingService(settings=Settings.from_env(env))
+        try:
+            with anyio.fail_after(WAIT):
+                first = await service.embed(items)
+        finally:
+            await service.aclose()
+    # The server is gone; a new process on the same data directory.
+    restarted = EmbeddingService(settings=replace(Settings.from_env(env), fallback=FallbackPolicy(mode="never")))
+    try:
+        assert restarted.provider.space == first.space  # known before any request
+        with anyio.fail_after(WAIT):
+            again = await restarted.embed(items)
+    finally:
+        await restarted.aclose()
+    assert again.cached == 3 and again.space == first.space
+    np.testing.assert_allclose(again.vectors, first.vectors, atol=1e-6)
+
+
+async def test_a_kept_length_is_checked_against_the_first_real_answer(tmp_path: Path) -> None:
+    with LoopbackCompatible("tei", dimensions=8) as server:
+        options = CompatibleOptions(base_url=server.base_url, model="m")
+        learning = CompatibleProvider(options, state_dir=tmp_path)
+        try:
+            with anyio.fail_after(WAIT):
+                await learning.resolve_space()
+        finally:
+            await learning.aclose()
+        server.dimensions = 16  # the model behind the URL changed between two starts
+        restarted = CompatibleProvider(options, state_dir=tmp_path)
+        try:
+            assert restarted.dimensions == 8
+            with anyio.fail_after(WAIT), pytest.raises(ProviderError, match="at an earlier start it made 8"):
+                await restarted.embed(["a b"])
+            assert restarted.dimensions == 16
+            with anyio.fail_after(WAIT):
+                assert (await restarted.embed(["a b"])).dimensions == 16
+        finally:
+            await restarted.aclose()
+        assert CompatibleProvider(options, state_dir=tmp_path).dimensions == 16  # and kept for the next start
