@@ -94,8 +94,10 @@ def plan_batches(
 class BatchPacker:
     """`plan_batches` one text at a time, so requests can leave while later texts are still counted."""
 
-    def __init__(self, limits: RequestLimits) -> None:
+    def __init__(self, limits: RequestLimits, cap: int | None = None) -> None:
         self.limits = limits
+        self.cap = cap
+        """Tokens after which a request closes, below the endpoint's limit (pacing's choice); a longer text goes alone."""
         self._current: list[int] = []
         self._tokens = 0
         self._bytes = 0
@@ -109,10 +111,9 @@ class BatchPacker:
         if count < 0 or count > limits.max_input_tokens:
             raise ValueError(f"token count {count} at index {index} is outside 0..{limits.max_input_tokens}")
         too_big = limits.max_request_bytes is not None and self._bytes + size > limits.max_request_bytes
+        most = limits.max_request_tokens if self.cap is None else min(self.cap, limits.max_request_tokens)
         closed = None
-        if self._current and (
-            len(self._current) == limits.max_inputs or self._tokens + count > limits.max_request_tokens or too_big
-        ):
+        if self._current and (len(self._current) == limits.max_inputs or self._tokens + count > most or too_big):
             closed, self._current, self._tokens, self._bytes = self._current, [], 0, 0
         self._current.append(index)
         self._tokens += count

@@ -32,7 +32,6 @@ failure, but requests already in flight get `finish_in_flight` seconds to come b
 from __future__ import annotations
 
 import logging
-import math
 import time
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
@@ -63,6 +62,11 @@ _COUNT_STEP = 256
 # and while no TPM limit is known, at most this many tokens.
 _REQUESTS_PER_TPM = 32
 _UNPACED_REQUEST_TOKENS = 32_768
+# While no limit is known, the first request holds at most this many tokens and goes alone: its
+# answer's headers tell the limits (and its usage the token ratio) before the rest is packed.
+_PROBE_TOKENS = 1024
+# A request under a TPM limit holds at least this many tokens (a longer text still goes alone).
+_MIN_REQUEST_TOKENS = 256
 # JSON quotes, comma and escapes: bytes a text takes on the wire beyond its UTF-8 bytes (an allowance).
 _WIRE_OVERHEAD = 8
 
@@ -105,6 +109,8 @@ class RemoteProvider(EmbeddingProvider):
         )
         self._learnt_inputs: int | None = None
         """Texts per request the endpoint has shown it takes at most (lowered when it finds one too large)."""
+        self._answered = False
+        """Whether a request of this provider has come back (and with it any limits the endpoint reports)."""
 
     # what a provider supplies
 
@@ -152,13 +158,19 @@ class RemoteProvider(EmbeddingProvider):
         counts = [0] * len(texts)
         vectors: npt.NDArray[np.float32] | None = None
         run = _Run(total=len(texts))
-        send, receive = anyio.create_memory_object_stream[list[int]](math.inf)
-        limits = replace(self.limits(), max_request_tokens=self._request_cap())
+        # Requests are packed as workers take them, each with the limits known by then.
+        send, receive = anyio.create_memory_object_stream[list[int]](0)
+        limits = self.limits()
         sized = limits.max_request_bytes is not None
+        learnt = anyio.Event()
+        learning = not self._answered and self.limiter.rpm is None and self.limiter.tpm is None
+        if not learning:
+            learnt.set()
 
         async def plan() -> None:
             # Requests leave as soon as they are packed; counting the rest goes on meanwhile.
-            packer = BatchPacker(limits)
+            cap = _PROBE_TOKENS if learning else self._request_cap()
+            packer = BatchPacker(limits, cap)
             async with send:
                 for start in range(0, len(texts), _COUNT_STEP):
                     if run.error is not None:
@@ -169,6 +181,8 @@ class RemoteProvider(EmbeddingProvider):
                         size = _wire_bytes(texts[index]) if sized else 0
                         if batch := packer.add(index, counts[index], size):
                             await send.send(batch)
+                            await learnt.wait()  # the first request's answer tells the limits
+                            packer.cap = self._request_cap()
                 if batch := packer.flush():
                     await send.send(batch)
 
@@ -194,7 +208,11 @@ class RemoteProvider(EmbeddingProvider):
             async for batch in receive:  # one shared stream: each request is taken by one worker, in order
                 if run.error is not None:
                     return  # the call has failed: send nothing more
-                await self._send(texts, counts, batch, keep)
+                try:
+                    await self._send(texts, counts, batch, keep)
+                finally:
+                    self._answered = True
+                    learnt.set()
                 if progress is not None:
                     await progress(run.done, run.total)
 
@@ -300,8 +318,10 @@ class RemoteProvider(EmbeddingProvider):
         cap = self.options.request_tokens or limits.max_request_tokens
         if self.options.request_tokens is None:
             tpm = self.limiter.tpm
-            cap = min(cap, int(tpm / _REQUESTS_PER_TPM) if tpm is not None else _UNPACED_REQUEST_TOKENS)
-        return max(limits.max_input_tokens, int(min(cap, limits.max_request_tokens) / scale))
+            # Mid-sized even under a huge limit (an endpoint reporting "unlimited" as a big number).
+            cap = min(cap, _UNPACED_REQUEST_TOKENS, int(tpm / _REQUESTS_PER_TPM) if tpm is not None else cap)
+        # A text longer than the cap still goes, alone: the cap need not hold a full input.
+        return max(min(_MIN_REQUEST_TOKENS, limits.max_input_tokens), int(min(cap, limits.max_request_tokens) / scale))
 
     # sending
 
