@@ -97,7 +97,7 @@ class BatchPacker:
     def __init__(self, limits: RequestLimits, cap: int | None = None) -> None:
         self.limits = limits
         self.cap = cap
-        """Tokens after which a request closes, below the endpoint's limit (pacing's choice); a longer text goes alone."""
+        """Tokens after which a request closes, below the endpoint's limit (a longer text goes alone)."""
         self._current: list[int] = []
         self._tokens = 0
         self._bytes = 0
