@@ -86,10 +86,13 @@ class TimedLoopback(LoopbackOpenAI):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.answers: list[tuple[float, int | None]] = []
+        self.refusals: list[tuple[float, str]] = []
 
     def handle(self, path: str, authorization: str | None, body: bytes) -> Any:
         reply = super().handle(path, authorization, body)
         self.answers.append((time.monotonic(), reply.status if reply else None))
+        if reply is not None and reply.status == 429:
+            self.refusals.append((time.monotonic(), str(reply.body.get("error", {}).get("message", ""))[:90]))
         return reply
 
 
@@ -221,6 +224,9 @@ def run(n: int, args: argparse.Namespace) -> dict[str, float]:
         tokens, requests, refused = server.tokens_served, server.request_count, server.rate_limited_count
         minute = 60 / args.time_scale
         first = [status for at, status in server.answers if at - go <= minute]
+        if args.verbose:
+            for at, message in server.refusals:
+                print(f"    429 at {at - go:6.1f} s: {message}", flush=True)
     seconds = max(r["ended"] for r in reports) - min(r["started"] for r in reports)
     minutes = seconds * args.time_scale / 60
     best = max((tokens - args.tpm) / args.tpm, 0.0)
@@ -258,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--real-time", action="store_true", help="the real clock: a 60 s window, small limits")
     parser.add_argument("--separate-dirs", action="store_true", help="each batch process has its own data directory")
     parser.add_argument("--no-overhead", action="store_true", help="skip the coordination overhead test")
+    parser.add_argument("--verbose", action="store_true", help="print when each 429 came and why")
     parser.add_argument("--latency", type=float, default=0.3, help="virtual seconds each answer takes")
     parser.add_argument("--agent-interval", type=float, default=0.25, help="real seconds between one-text calls")
     parser.add_argument("--idle-calls", type=int, default=20)

@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 from providers.openai import OpenAIOptions, OpenAIProvider
+from providers.remote.batching import OPENAI_LIMITS, RequestLimits, request_cap
 from tests.loopback_openai import LoopbackOpenAI, count_tokens
 
 pytestmark = pytest.mark.anyio
@@ -58,3 +59,13 @@ async def test_a_first_call_larger_than_the_tpm_meets_no_429_and_embeds_everythi
     assert sum(count_tokens(str(text)) for text in first.inputs) <= 2_000  # a small probe goes first
     # Once the limit is known, no request holds more than a small share of it.
     assert max(sum(count_tokens(str(t)) for t in r.inputs) for r in server.requests) <= 20_000 / 10
+
+
+def test_requests_stay_a_small_share_of_the_tpm_and_mid_sized_under_any_limit() -> None:
+    assert request_cap(OPENAI_LIMITS, None, 30_000, 1.0) == 937  # 1/32 of the TPM, not a full 8,192-token input
+    assert request_cap(OPENAI_LIMITS, None, 1e12, 1.0) == 32_768  # "unlimited" reported as a huge number
+    assert request_cap(OPENAI_LIMITS, None, None, 1.0) == 32_768
+    assert request_cap(OPENAI_LIMITS, None, 30_000, 1.25) == 749  # room for an API that counts more
+    assert request_cap(OPENAI_LIMITS, None, 1_000, 1.0) == 256  # at least this many
+    assert request_cap(RequestLimits(max_input_tokens=50, max_request_tokens=100), None, 1_000, 1.0) == 50
+    assert request_cap(OPENAI_LIMITS, 20_000, 30_000, 1.0) == 20_000  # configured: as configured

@@ -45,7 +45,7 @@ import numpy.typing as npt
 from providers.base import EmbeddingProvider, EmbeddingResult, ProgressCallback, RequestHook
 from providers.cost import cost_usd
 from providers.errors import EmbeddingError, InputError, ProviderError
-from providers.remote.batching import BatchPacker, RequestLimits, overlong_items
+from providers.remote.batching import BatchPacker, RequestLimits, overlong_items, request_cap
 from providers.remote.options import RemoteOptions
 from providers.remote.ratelimit import Clock, RateLimiter, Sleep
 from providers.remote.retry import Failure, Reply, retry_policy
@@ -58,15 +58,9 @@ logger = logging.getLogger(__name__)
 
 # Texts counted per trip to a worker thread: the first request can leave after one step.
 _COUNT_STEP = 256
-# Under a TPM limit, a request holds at most this share of a minute's tokens (see `_request_cap`),
-# and while no TPM limit is known, at most this many tokens.
-_REQUESTS_PER_TPM = 32
-_UNPACED_REQUEST_TOKENS = 32_768
 # While no limit is known, the first request holds at most this many tokens and goes alone: its
 # answer's headers tell the limits (and its usage the token ratio) before the rest is packed.
 _PROBE_TOKENS = 1024
-# A request under a TPM limit holds at least this many tokens (a longer text still goes alone).
-_MIN_REQUEST_TOKENS = 256
 # JSON quotes, comma and escapes: bytes a text takes on the wire beyond its UTF-8 bytes (an allowance).
 _WIRE_OVERHEAD = 8
 
@@ -305,23 +299,8 @@ class RemoteProvider(EmbeddingProvider):
         return truncated
 
     def _request_cap(self) -> int:
-        """Tokens per request: the endpoint's limit, and under a TPM limit a small share of it.
-
-        Many mid-sized requests beat a few huge ones under a TPM limit: the burst an idle bucket
-        allows is spread over several round trips, so the limiter learns how the API counts
-        before the bucket runs low; a request the API counts higher than estimated overshoots
-        by less; and the last request, which the whole call waits for, is short.
-        """
-        limits = self.options.limits
-        # Where the API has been counting more tokens than we do, leave it room for that.
-        scale = max(1.0, self.limiter.token_ratio)
-        cap = self.options.request_tokens or limits.max_request_tokens
-        if self.options.request_tokens is None:
-            tpm = self.limiter.tpm
-            # Mid-sized even under a huge limit (an endpoint reporting "unlimited" as a big number).
-            cap = min(cap, _UNPACED_REQUEST_TOKENS, int(tpm / _REQUESTS_PER_TPM) if tpm is not None else cap)
-        # A text longer than the cap still goes, alone: the cap need not hold a full input.
-        return max(min(_MIN_REQUEST_TOKENS, limits.max_input_tokens), int(min(cap, limits.max_request_tokens) / scale))
+        """Tokens per request (see `batching.request_cap`), with the limits and token ratio known now."""
+        return request_cap(self.options.limits, self.options.request_tokens, self.limiter.tpm, self.limiter.token_ratio)
 
     # sending
 
