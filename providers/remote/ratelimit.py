@@ -64,6 +64,10 @@ _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs"
 _RATIO_DECAY = 0.7
 # Headroom, in spreads, kept over the charge of the requests the API has not yet counted.
 _HEADROOM_SPREADS = 2.0
+# Once the API's count is seen to stray at all, the spread the headroom assumes is at least this:
+# a few requests' spread underestimates the next one's, and other processes' requests in flight
+# stray too.
+_MIN_SPREAD = 0.05
 # Seconds a waiter whose turn has not come waits at least before it looks again.
 _MIN_POLL = 0.005
 INTERACTIVE_TOKENS = 4096
@@ -247,7 +251,8 @@ class RateLimiter:
         charge = self.charge_for(tokens)
         # When the estimate is not exact, keep headroom for how far the API's count of this
         # request and of those it has not yet answered may exceed their charge.
-        headroom = _HEADROOM_SPREADS * self._spread * (charge + self._outstanding)
+        spread = max(self._spread, _MIN_SPREAD) if self._spread > 0 else 0.0
+        headroom = _HEADROOM_SPREADS * spread * (charge + self._outstanding)
         now = self._clock()
         self._queue.expire(now, self.lease)
         ahead = self._queue.ahead(priority, ticket)
