@@ -573,3 +573,25 @@ async def test_a_kept_length_is_checked_against_the_first_real_answer(tmp_path: 
         finally:
             await restarted.aclose()
         assert CompatibleProvider(options, state_dir=tmp_path).dimensions == 16  # and kept for the next start
+
+
+async def test_a_job_whose_windows_are_all_cached_ends_done(tei: LoopbackCompatible, tmp_path: Path) -> None:
+    import json
+
+    from providers.jobs.engine import InProcessEngine
+    from providers.jobs.paths import AllowedRoots
+    from providers.jobs.runner import JobRunner
+
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "text": text}) + "\n" for i, text in enumerate(texts(6))))
+    settings = Settings.from_env(compatible_env(tei, tmp_path))
+    async with EmbeddingService(settings=settings) as service:
+        with anyio.fail_after(WAIT):
+            await service.embed(texts(6))  # every window of the job is in the cache now
+        async with JobRunner(settings, AllowedRoots((tmp_path,)), engine=InProcessEngine(service)) as runner:
+            started = await runner.start(str(source), "out.jsonl")
+            with anyio.fail_after(WAIT):
+                job = await runner.wait(started.job.id)
+    assert (job.status, job.done, job.cached) == ("done", 6, 6), job.errors
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and {row["space"] for row in rows} == {service.provider.space}
