@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,7 +39,15 @@ from providers.errors import (
 )
 from providers.registry import ProviderSpec
 from providers.remote.batching import RequestLimits
-from providers.remote.compatible_probe import AnswerChecks, FactStore, other_route, over_limit, stated_limit
+from providers.remote.compatible_probe import (
+    AnswerChecks,
+    FactStore,
+    endpoint_label,
+    other_route,
+    over_limit,
+    stated_limit,
+    truncation_unknown,
+)
 from providers.remote.engine import Failure, RemoteProvider, Reply
 from providers.remote.options import RemoteOptions, remote_fields_from_env
 from providers.remote.pacing import build_limiter
@@ -49,7 +57,7 @@ from providers.text.tokens import Tokenizer
 if TYPE_CHECKING:
     import openai
 
-    from providers.base import EmbeddingProvider
+    from providers.base import EmbeddingProvider, EmbeddingResult, ProgressCallback, RequestHook
     from providers.settings import Settings
 
 __all__ = ["TEI_LIMITS", "CompatibleOptions", "CompatibleProvider", "ServerHungError"]
@@ -70,8 +78,7 @@ _LIMIT_TIMEOUT = 2.0
 class ServerHungError(ProviderUnavailableError):
     """The server took a request and did not answer in time: the circuit opens at once."""
 
-    open_circuit_s = 0.0
-    """Open for the usual cool-down (see `fallback.CircuitBreaker`)."""
+    open_circuit_s = 0.0  # for the usual cool-down (see `fallback.CircuitBreaker`)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,9 +124,7 @@ class CompatibleOptions(RemoteOptions):
             dimensions=optional(env, f"{_PREFIX}_DIMENSIONS", int, POSITIVE_INT),
             price=number(env, f"{_PREFIX}_PRICE", float, NON_NEGATIVE_USD, 0.0),
             encoding_format=choice(env, f"{_PREFIX}_ENCODING", ("float", "base64"), "float"),
-            first_byte_timeout=number(
-                env, f"{_PREFIX}_FIRST_BYTE_S", float, positive("seconds"), default.first_byte_timeout
-            ),
+            first_byte_timeout=number(env, f"{_PREFIX}_FIRST_BYTE_S", float, positive("seconds"), 8.0),
             **remote_fields_from_env(env, _PREFIX, default),
         )
 
@@ -161,7 +166,7 @@ class CompatibleProvider(RemoteProvider):
         )
         super().__init__(options.model, options=options, tokenizer=tokenizer, clock=clock, sleep=sleep, limiter=limiter)
         self.options: CompatibleOptions = options
-        self.endpoint = _endpoint(options.base_url)
+        self.endpoint = endpoint_label(options.base_url)
         self.label = f"the server at {self.endpoint}"
         self._facts = FactStore(state_dir, options.base_url, options.model)
         known = self._facts.load()
@@ -204,15 +209,9 @@ class CompatibleProvider(RemoteProvider):
         if not self._limit_asked:
             self._limit_asked = True
             found = await stated_limit(self._sdk, self.base_url, self.model, timeout=_LIMIT_TIMEOUT)
-            if found is not None:
+            if found is not None:  # else results with long texts say truncation is unknown
                 self._input_limit = found
                 self._facts.update(input_limit=found)
-            else:
-                self._checks.warn_once(
-                    "limit",
-                    f"{self.label} does not state its input limit (TEI /info, /models): a text longer than its "
-                    "window may be cut by the server without `truncated` saying so.",
-                )
 
     def _client(self, base_url: str) -> openai.AsyncOpenAI:
         import openai
@@ -224,6 +223,14 @@ class CompatibleProvider(RemoteProvider):
             # A hung server is found out by its first byte, not by the whole request's timeout.
             timeout=openai.Timeout(self.options.request_timeout, read=self.options.first_byte_timeout),
         )
+
+    async def embed_each(
+        self, texts: Sequence[str], *, progress: ProgressCallback | None = None, on_request: RequestHook | None = None
+    ) -> EmbeddingResult:
+        result = await super().embed_each(texts, progress=progress, on_request=on_request)
+        if self._input_limit is None and (caveat := truncation_unknown(self.label, texts)):
+            result = replace(result, warning=caveat)
+        return result
 
     async def _attempt(self, texts: list[str], estimated: int, *, within: float | None = None) -> Reply:
         token = _ESTIMATED.set(estimated)  # read by `_request`, in this task only
@@ -359,14 +366,6 @@ class CompatibleProvider(RemoteProvider):
         if isinstance(exc, openai.APIStatusError | openai.APIConnectionError):
             return ProviderUnavailableError(f"{self.label} {outage(exc)} {tried}: {detail} Is the server running?")
         return ProviderError(f"the request to {where} failed: {detail}")
-
-
-def _endpoint(base_url: str) -> str:
-    """host[:port], and the path but for a final /v1 (two gateways on one host are two spaces)."""
-    parts = urlsplit(base_url)
-    host = parts.hostname or base_url
-    path = parts.path.rstrip("/").removesuffix("/v1")
-    return (f"{host}:{parts.port}" if parts.port else host) + path
 
 
 def _options(settings: Settings) -> CompatibleOptions:

@@ -515,16 +515,16 @@ async def test_texts_over_the_input_limit_the_server_states_are_reported_truncat
         assert result.truncated[1] > 0
 
 
-async def test_without_a_stated_limit_the_caller_is_told_truncation_is_unknown(
-    tei: LoopbackCompatible, caplog: pytest.LogCaptureFixture
+async def test_without_a_stated_limit_the_result_says_truncation_is_unknown(
+    tei: LoopbackCompatible, make_service: Callable[..., EmbeddingService]
 ) -> None:
-    unknown = provider(tei)
-    try:
-        with anyio.fail_after(WAIT):
-            await unknown.embed(["a b"])
-    finally:
-        await unknown.aclose()
-    assert "does not state its input limit" in caplog.text
+    service = make_service({"SIGNAL_HUB_COMPATIBLE_BASE_URL": tei.base_url, "SIGNAL_HUB_COMPATIBLE_MODEL": "m"})
+    with anyio.fail_after(WAIT):
+        short = await service.embed(["a b"])
+        long = await service.embed(["a b", "word " * 400])
+    assert short.warning is None  # nothing long enough to be cut
+    assert long.warning is not None and "truncation unknown" in long.warning and "1 long text" in long.warning
+    assert not long.truncated
 
 
 # --- issue 25, protocol details: what was learnt survives a restart ---------------------------------

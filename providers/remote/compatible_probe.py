@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,11 +34,13 @@ __all__ = [
     "AnswerChecks",
     "FactStore",
     "ServerFacts",
+    "endpoint_label",
     "other_route",
     "over_limit",
     "plausible_usage",
     "same_model",
     "stated_limit",
+    "truncation_unknown",
 ]
 
 logger = logging.getLogger("providers.compatible")
@@ -50,6 +52,8 @@ _LIMIT_KEYS = ("max_input_length", "max_model_len", "max_seq_length", "max_input
 # as we count them: another tokenizer differs by well under it, characters by about 4x.
 _USAGE_FACTOR = 2.5
 _USAGE_MARGIN = 8
+# Characters from which a text may pass the smallest window common servers have (256 tokens).
+_MAYBE_CUT_CHARS = 1024
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,25 @@ class FactStore:
         except (OSError, ValueError):
             return {}  # none yet, or unreadable: learnt again from the server
         return data if isinstance(data, dict) else {}
+
+
+def endpoint_label(base_url: str) -> str:
+    """host[:port], and the path but for a final /v1 (two gateways on one host are two spaces)."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or base_url
+    path = parts.path.rstrip("/").removesuffix("/v1")
+    return (f"{host}:{parts.port}" if parts.port else host) + path
+
+
+def truncation_unknown(label: str, texts: Sequence[str]) -> str | None:
+    """What a result says when the server states no input limit and some text may be over it."""
+    long = sum(1 for text in texts if len(text) > _MAYBE_CUT_CHARS)
+    if not long:
+        return None
+    return (
+        f"truncation unknown: {label} does not state its input limit, so {long} long text(s) may have been "
+        "cut by the server without `truncated` saying so."
+    )
 
 
 def other_route(base_url: str) -> str:

@@ -12,10 +12,10 @@ One call goes through four steps:
 
 1. *Check*: blank texts are refused, naming their positions, before any request.
 2. *Plan* (`batching`, `tokens`): cut or refuse over-long texts, then count tokens offline and
-   pack the texts into requests within the endpoint's limits. Requests leave as soon as they
-   are packed. Under a TPM limit a request holds at most 1/32 of a minute's tokens (many
-   mid-sized requests beat a few big ones). A request the endpoint still finds too large is
-   sent again in two halves.
+   pack the texts into requests within the endpoint's limits, each as a worker takes it, with
+   the limits known by then. Under a TPM limit a request holds at most 1/32 of a minute's tokens
+   (`batching.request_cap`). While no limit is known, a small first request goes alone and its
+   answer tells them. A request the endpoint still finds too large is sent again in two halves.
 3. *Send*: `concurrency` workers take requests in order; each waits for the `limiter`, and
    tenacity retries it alone on what `_classify` calls transient, honouring the server's
    retry-after, within `max_attempts` and `max_retry_seconds`. A refused connection (nothing
