@@ -121,9 +121,15 @@ async def agent_worker(args: argparse.Namespace) -> None:
     provider = OpenAIProvider.from_settings(config, options=openai_options(config))
     texts = iter(code_chunks(20_000)[-5000:])  # not in any batch's share
 
+    failed = 0
+
     async def one_text_call() -> float:
+        nonlocal failed
         started = time.perf_counter()
-        await provider.embed([next(texts)])
+        try:
+            await provider.embed([next(texts)])
+        except ProviderError:  # paced alone, an agent's call may give up on its 429s too
+            failed += 1
         return time.perf_counter() - started
 
     await one_text_call()  # warm: tokenizer, connection
@@ -138,7 +144,7 @@ async def agent_worker(args: argparse.Namespace) -> None:
     while not stop.exists():
         loaded.append(await one_text_call())
         await anyio.sleep(args.agent_interval)
-    print(json.dumps({"idle": idle, "loaded": loaded}), flush=True)
+    print(json.dumps({"idle": idle, "loaded": loaded, "failed": failed}), flush=True)
     await provider.aclose()
 
 
@@ -243,6 +249,7 @@ def run(n: int, args: argparse.Namespace) -> dict[str, float]:
         "idle_p95": p95(latencies["idle"]),
         "loaded_p95": p95(latencies["loaded"]),
         "loaded_calls": len(latencies["loaded"]),
+        "agent_failed": latencies.get("failed", 0),
     }
 
 
@@ -310,7 +317,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{n:>2} {r['seconds']:7.1f} {r['ceiling']:10.1%} {r['requests']:8.0f} {r['refused']:5.0f} "
             f"{r['refused'] / max(1, r['requests']):8.2%} {r['first_refused']:>3.0f}/{r['first_requests']:<5.0f} "
             f"{r['idle_p95']:8.3f} {r['loaded_p95']:8.3f} "
-            f"{r['loaded_calls']:5.0f}" + (f"  {r['failed']:.0f} process(es) gave up" if r["failed"] else ""),
+            f"{r['loaded_calls']:5.0f}"
+            + (f"  {r['failed']:.0f} process(es) gave up" if r["failed"] else "")
+            + (f"  {r['agent_failed']:.0f} one-text call(s) failed" if r["agent_failed"] else ""),
             flush=True,
         )
     if args.no_overhead:
