@@ -158,3 +158,18 @@ async def test_one_429_asking_an_hour_falls_back_in_every_later_call_and_after_a
         await restarted.aclose()
     assert third.provider == "fake" and "takes requests again" in (third.fallback_reason or "")
     assert openai_server.request_count == 1  # only the request that met the 429 was sent
+
+
+async def test_the_budget_counts_a_requests_own_turn_not_the_queue_of_its_process() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(tpm=600, clock=clock, sleep=clock.sleep)  # 10 tokens a second
+    await limiter.acquire(600)
+    charged: list[int] = []
+
+    async def one() -> None:
+        charged.append(await limiter.acquire(30, within=10))  # each waits 3 s once its turn comes
+
+    async with anyio.create_task_group() as group:
+        for _ in range(8):
+            group.start_soon(one)
+    assert charged == [30] * 8 and sum(clock.sleeps) == pytest.approx(24)

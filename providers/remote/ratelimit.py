@@ -209,8 +209,10 @@ class RateLimiter:
         the server takes requests again.
         """
         priority = 0 if (tokens <= self._interactive_tokens if interactive is None else interactive) else 1
-        started = self._clock()
         async with self._lanes[priority]:
+            # The budget counts this request's own turn: the lane holds this process's other
+            # requests of its kind, each bounded alike.
+            started = self._clock()
             ticket: int | None = None
             try:
                 while True:
