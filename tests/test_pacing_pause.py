@@ -143,13 +143,15 @@ async def test_one_429_asking_an_hour_falls_back_in_every_later_call_and_after_a
     try:
         with anyio.fail_after(WAIT):
             first = await service.embed(["def a(): pass"])
-            second = await service.embed(["def b(): pass"])
         circuit = {s.name: s.circuit for s in service.provider_statuses()}["openai"]
+        with anyio.fail_after(WAIT):
+            second = await service.embed(["def b(): pass"])
     finally:
         await service.aclose()
     assert first.provider == second.provider == "fake"
-    assert "takes requests again at about" in (second.fallback_reason or "")
-    assert circuit == "open"
+    assert "takes requests again at about" in (first.fallback_reason or "")
+    assert circuit == "open"  # at the first such answer
+    assert "unavailable" in (second.fallback_reason or "") and "tried again in" in (second.fallback_reason or "")
     restarted = build()  # another process, or the same after a restart
     try:
         with anyio.fail_after(WAIT):
@@ -173,3 +175,15 @@ async def test_the_budget_counts_a_requests_own_turn_not_the_queue_of_its_proces
         for _ in range(8):
             group.start_soon(one)
     assert charged == [30] * 8 and sum(clock.sleeps) == pytest.approx(24)
+
+
+def test_only_a_rate_limit_pause_longer_than_the_budget_becomes_an_outage() -> None:
+    from providers.remote.ratelimit import paused_if_long
+    from providers.remote.retry import Failure
+
+    error = RateLimitError("kept rate limiting")
+    assert paused_if_long(error, Failure(retry=True, rate_limited=True, retry_after=60), 120) is error
+    assert paused_if_long(error, Failure(retry=True, retry_after=3600), 120) is error  # a 503's, not a pause
+    long = paused_if_long(error, Failure(retry=True, rate_limited=True, retry_after=3600), 120)
+    assert isinstance(long, PausedError) and long.resume_in == 3600
+    assert str(long).startswith("kept rate limiting") and "takes requests again at about" in str(long)

@@ -47,6 +47,7 @@ def test_public_api_is_pinned() -> None:
         "WaitQueue",
         "parse_duration",
         "parse_retry_after",
+        "paused_if_long",
     ]
 
 

@@ -47,7 +47,7 @@ from providers.cost import cost_usd
 from providers.errors import EmbeddingError, InputError, ProviderError
 from providers.remote.batching import BatchPacker, RequestLimits, overlong_items, request_cap
 from providers.remote.options import RemoteOptions
-from providers.remote.ratelimit import Clock, RateLimiter, Sleep
+from providers.remote.ratelimit import Clock, RateLimiter, Sleep, paused_if_long
 from providers.remote.retry import Failure, Reply, retry_policy
 from providers.text.tokens import Tokenizer, default_tokenizer
 from providers.text.validation import blank_positions, positions
@@ -332,7 +332,8 @@ class RemoteProvider(EmbeddingProvider):
             if failure is None:
                 raise
             if not failure.too_large or len(batch) < 2:
-                raise self._translate(exc, attempts=retrying.statistics.get("attempt_number", 1)) from exc
+                error = self._translate(exc, attempts=retrying.statistics.get("attempt_number", 1))
+                raise paused_if_long(error, failure, self.options.max_retry_seconds) from exc
             logger.info("%s found a request of %d texts too large; sending it in two halves", self.label, len(batch))
             self._lower_limit(len(batch))
         half = len(batch) // 2

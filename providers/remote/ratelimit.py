@@ -34,7 +34,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
@@ -50,6 +50,7 @@ __all__ = [
     "WaitQueue",
     "parse_duration",
     "parse_retry_after",
+    "paused_if_long",
 ]
 
 Clock = Callable[[], float]
@@ -88,6 +89,22 @@ class PausedError(RateLimitError):
         super().__init__(message)
         self.resume_in = resume_in
         self.open_circuit_s = min(resume_in, _LONGEST_CIRCUIT)
+
+
+def paused_if_long(error: Exception, failure: Any, budget: float) -> Exception:
+    """`error` as a `PausedError` when the server asked to pause for longer than a request's `budget`.
+
+    `failure` is the engine's `retry.Failure` of the last attempt (rate_limited, retry_after).
+    """
+    seconds = failure.retry_after
+    if not failure.rate_limited or seconds is None or seconds <= budget:
+        return error
+    resume = time.strftime("%H:%M:%S UTC", time.gmtime(time.time() + seconds))
+    return PausedError(
+        f"{error} The server asked to pause every request for {seconds:.0f} s, longer than a request may wait "
+        f"(MAX_RETRY_S, {budget:.0f} s): it takes requests again at about {resume}.",
+        resume_in=seconds,
+    )
 
 
 def parse_duration(value: str | None) -> float | None:
