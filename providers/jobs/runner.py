@@ -142,6 +142,7 @@ class JobRunner:
         if out_format == "npy":
             roots.check_output(str(ids_path(target)), [source])
         chosen = self.engine_named(engine).provider(provider)
+        await chosen.resolve_space()  # the job's space must be final (a compatible server's length)
         scan = await anyio.to_thread.run_sync(self._scan, str(source), glob, target, out_format, roots)
         job = self.store.create(
             input=str(source),

@@ -343,6 +343,7 @@ async def _embed_with(
     engine: JobEngine, service: EmbeddingService, job: EmbedJob, settings: Settings, run: _Run
 ) -> str:
     provider = engine.provider(service.provider.name)
+    await provider.resolve_space()  # the file's space must be final (a compatible server's length) before it opens
     writer: VectorWriter = (
         NpyWriter(job.output, provider.dimensions)
         if job.npy and job.output is not None
