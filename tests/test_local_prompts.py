@@ -312,3 +312,65 @@ def test_a_hugging_face_id_that_cannot_be_downloaded_stops_the_server_with_one_l
     assert started.returncode == 2 and started.stdout == ""
     assert len(lines) == 1, started.stderr
     assert "example-org/code-model" in lines[0] and "SIGNAL_HUB_LOCAL_MODELS=example-org/code-model=DIR" in lines[0]
+
+
+# jobs and the command line
+
+
+def read_vectors(path: Path) -> tuple[list[str], np.ndarray]:
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [line["space"] for line in lines], np.asarray([line["embedding"] for line in lines])
+
+
+async def test_a_job_embeds_as_its_input_type_over_mcp(prompted_settings: Settings, project: Path) -> None:
+    import anyio
+
+    (project / "queries.jsonl").write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(CODE)))
+    async with Client(build_server(prompted_settings), read_timeout_seconds=300) as client:  # jobs read the roots
+        started = await call(
+            client, "start_embedding_job", input="queries.jsonl", output="queries.out.jsonl", input_type="query"
+        )
+        assert started["space"] == "local:prompted-mini:384:l2:query"
+        with anyio.fail_after(300):
+            while (status := await call(client, "job_status", job_id=started["job_id"]))["status"] in (
+                "queued",
+                "running",
+            ):
+                await anyio.sleep(0.05)
+        direct = await call(client, "embed_batch", texts=CODE, input_type="query")
+    assert status["status"] == "done"
+    spaces, vectors = read_vectors(project / "queries.out.jsonl")
+    assert set(spaces) == {"local:prompted-mini:384:l2:query"} and direct["cached"] == 2
+    np.testing.assert_allclose(vectors, direct["embeddings"], atol=1e-6)
+
+
+def test_a_job_resumes_as_the_input_type_its_space_names() -> None:
+    from providers.base import input_type_of
+
+    assert input_type_of("local:prompted-mini:384:l2:query") == "query"
+    assert input_type_of("local:all-MiniLM-L6-v2:384:l2:split64:query~1a2b3c4d") == "query"
+    assert input_type_of("voyage:voyage-code-3:1024:l2:document") == "document"
+    assert input_type_of("local:all-MiniLM-L6-v2:384:l2") == "document"
+
+
+async def test_the_embed_command_takes_the_input_type(prompted_settings: Settings, tmp_path: Path) -> None:
+    import argparse
+
+    import anyio.to_thread
+
+    from server.commands.embed import add_commands, run_embed
+
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+    chunks = tmp_path / "chunks.jsonl"
+    chunks.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(CODE)))
+    for kind in ("query", "document"):
+        args = parser.parse_args(["embed", str(chunks), "-o", str(tmp_path / f"{kind}.jsonl"), "--input-type", kind])
+        assert await anyio.to_thread.run_sync(run_embed, args, prompted_settings) == 0
+    query_spaces, queries = read_vectors(tmp_path / "query.jsonl")
+    document_spaces, documents = read_vectors(tmp_path / "document.jsonl")
+    assert set(query_spaces) == {"local:prompted-mini:384:l2:query"}
+    assert set(document_spaces) == {"local:prompted-mini:384:l2:document"}
+    by_hand = await LocalProvider.from_settings(prompted_settings).embed([QUERY_PROMPT + text for text in CODE])
+    np.testing.assert_allclose(queries, by_hand.vectors, atol=1e-6)
+    assert not np.allclose(queries, documents, atol=1e-3)
