@@ -374,3 +374,28 @@ async def test_the_embed_command_takes_the_input_type(prompted_settings: Setting
     by_hand = await LocalProvider.from_settings(prompted_settings).embed([QUERY_PROMPT + text for text in CODE])
     np.testing.assert_allclose(queries, by_hand.vectors, atol=1e-6)
     assert not np.allclose(queries, documents, atol=1e-3)
+
+
+def test_a_trusted_model_gets_the_code_repository_its_config_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    from providers.local_model.hub import hub_model_directory, is_hub_id
+
+    snapshot = hub_cache(tmp_path / "hub", "example-org/custom-model")
+    config = json.loads((snapshot / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "example-org/custom-code--modeling.CustomModel"}
+    (snapshot / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    assert hub_model_directory("example-org/custom-model", trust_remote_code=False) == snapshot
+    with pytest.raises(ConfigurationError, match="'example-org/custom-code' is not on this machine"):
+        hub_model_directory("example-org/custom-model", trust_remote_code=True)  # its code is fetched too
+    code = tmp_path / "hub" / "models--example-org--custom-code"
+    (code / "refs").mkdir(parents=True)
+    (code / "refs" / "main").write_text(REVISION)
+    (code / "snapshots" / REVISION).mkdir(parents=True)
+    (code / "snapshots" / REVISION / "modeling.py").write_text("class CustomModel: ...\n")
+    assert hub_model_directory("example-org/custom-model", trust_remote_code=True) == snapshot
+    assert is_hub_id("example-org/custom-model") and not is_hub_id(str(snapshot)) and not is_hub_id("a/b/c")
