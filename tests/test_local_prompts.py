@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from mcp import Client
 
-from providers import ConfigurationError, EmbeddingService, Settings
+from providers import ConfigurationError, EmbeddingService, InputError, Settings
 from providers.local import LocalProvider, packaged_model_path
 from providers.local_model.long_texts import plan_windows
 from providers.local_model.options import LocalOptions
@@ -399,3 +399,14 @@ def test_a_trusted_model_gets_the_code_repository_its_config_names(
     (code / "snapshots" / REVISION / "modeling.py").write_text("class CustomModel: ...\n")
     assert hub_model_directory("example-org/custom-model", trust_remote_code=True) == snapshot
     assert is_hub_id("example-org/custom-model") and not is_hub_id(str(snapshot)) and not is_hub_id("a/b/c")
+
+
+async def test_the_ray_engine_refuses_a_query_job_before_any_work(prompted_settings: Settings) -> None:
+    from providers.jobs.engine import EngineJob, build_engine
+    from providers.jobs.pipeline import Tally
+
+    provider = LocalProvider.from_settings(prompted_settings)
+    engine = build_engine("ray", prompted_settings, lambda name: provider)
+    job = EngineJob("queries", "local", provider.space_for("query"), input_type="query")
+    with pytest.raises(InputError, match="run this job in-process"):
+        await engine.run(job, [], None, Tally(), lambda done: None)  # type: ignore[arg-type]
