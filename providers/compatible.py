@@ -58,7 +58,7 @@ from providers.text.tokens import Tokenizer
 if TYPE_CHECKING:
     import openai
 
-    from providers.base import EmbeddingProvider, EmbeddingResult, ProgressCallback, RequestHook
+    from providers.base import EmbeddingProvider, EmbeddingResult, InputType
     from providers.settings import Settings
 
 __all__ = ["TEI_LIMITS", "CompatibleOptions", "CompatibleProvider", "ServerHungError"]
@@ -227,22 +227,22 @@ class CompatibleProvider(RemoteProvider):
             http_client=capped_client(),  # answers bounded in memory, decompressed
         )
 
-    async def embed_each(
-        self, texts: Sequence[str], *, progress: ProgressCallback | None = None, on_request: RequestHook | None = None
-    ) -> EmbeddingResult:
-        result = await super().embed_each(texts, progress=progress, on_request=on_request)
+    async def embed_each(self, texts: Sequence[str], **options: Any) -> EmbeddingResult:
+        result = await super().embed_each(texts, **options)
         if self._input_limit is None and (caveat := truncation_unknown(self.label, texts)):
             result = replace(result, warning=caveat)
         return result
 
-    async def _attempt(self, texts: list[str], estimated: int, *, within: float | None = None) -> Reply:
+    async def _attempt(
+        self, texts: list[str], estimated: int, input_type: InputType, *, within: float | None = None
+    ) -> Reply:
         token = _ESTIMATED.set(estimated)  # read by `_request`, in this task only
         try:
-            return await super()._attempt(texts, estimated, within=within)
+            return await super()._attempt(texts, estimated, input_type, within=within)
         finally:
             _ESTIMATED.reset(token)
 
-    async def _request(self, texts: list[str]) -> Reply:
+    async def _request(self, texts: list[str], input_type: InputType) -> Reply:
         import openai
 
         from providers.openai import collect_vectors, reported_tokens
