@@ -56,6 +56,7 @@ def serve(settings: Settings) -> int:
     import anyio
 
     from providers import EmbeddingService
+    from server.shutdown import serve_until_stopped
     from server.tools.app import build_server
     from server.transports.stdio import serve_stdio
 
@@ -68,7 +69,9 @@ def serve(settings: Settings) -> int:
         f"signal-hub-embeddings: ready on stdio (provider {active.name}, model {active.model}, "
         f"data in {settings.resolved_data_dir})"
     )
-    anyio.run(serve_stdio, build_server(settings, lambda _: service), ready)
+    server = build_server(settings, lambda _: service)
+    # SIGINT, SIGTERM or the end of stdin: calls in flight finish, jobs are checkpointed, exit 0.
+    anyio.run(serve_until_stopped, lambda shutdown: serve_stdio(server, ready, shutdown))
     return 0
 
 
