@@ -422,3 +422,36 @@ def test_signal_hub_vectors_is_read_and_checked() -> None:
     assert Settings.from_env({"SIGNAL_HUB_VECTORS": " On_Request "}).vectors == "on_request"
     with pytest.raises(ConfigurationError, match="SIGNAL_HUB_VECTORS must be one of: inline, on_request"):
         Settings.from_env({"SIGNAL_HUB_VECTORS": "never"})
+
+
+@pytest.mark.parametrize("vectors", ["inline", "on_request"])
+async def test_the_instructions_say_which_tool_answers_which_need_and_are_true_under_each_vectors_setting(
+    settings: Settings, vectors: str
+) -> None:
+    async with Client(fake_server(replace(settings, vectors=vectors))) as client:  # type: ignore[arg-type]
+        said = client.instructions
+        one = await client.call_tool("embed_text", {"text": "def f(): pass"})
+        many = await client.call_tool("embed_batch", {"texts": ["a", "b"]})
+        tools = {tool.name for tool in (await client.list_tools()).tools}
+    assert said is not None and len(said) < 600
+    inline = vectors == "inline"
+    assert ("embedding" in one.structured_content) is inline
+    assert ("embeddings" in many.structured_content) is inline
+    assert "raw vectors" not in said
+    assert ("(they return the vectors)" in said) is inline
+    assert ("include_vectors: true; without it they answer count, space, tokens and cost but no vectors" in said) is (
+        not inline
+    )
+    lines = said.splitlines()
+    needs = {
+        "match a query": "rank_texts",
+        "near-copies": "find_duplicates",
+        "index a file or directory": "start_embedding_job",
+        "price a job": "estimate_cost",
+        "money spent": "get_cost",
+        "vectors for a program": "embed_batch",
+    }
+    for need, tool in needs.items():
+        assert any(need in line and tool in line for line in lines), (need, tool)
+    named = {word.strip("`:;,()") for word in said.split() if "_" in word and word.islower()}
+    assert named - {"include_vectors"} <= tools

@@ -24,6 +24,7 @@ from providers import EmbeddingResult, EmbeddingService, Settings
 from providers.base import ProgressCallback
 from providers.registry import provider_names
 from providers.service.similarity import preview
+from providers.settings import VectorsMode
 from server.tools.answers import answer, call_meta, dump, embedding_meta, summary
 from server.tools.budget import fit_items
 from server.tools.encoding import Encoding, check_message_size, encode_vectors
@@ -46,7 +47,7 @@ from server.tools.models import (
 )
 from server.tools.registration import AgentServer, add_tool
 
-__all__ = ["build_server"]
+__all__ = ["build_server", "instructions"]
 
 # The registry's provider names: the tool schema lists them (mypy sees a plain str).
 if TYPE_CHECKING:
@@ -54,12 +55,25 @@ if TYPE_CHECKING:
 else:
     ProviderName = Literal[provider_names()]
 
-INSTRUCTIONS = """\
-Text embeddings for semantic code search. To compare texts use rank_texts (which snippets match a
-query) or find_duplicates (near-copies); embed_text and embed_batch return raw vectors for
-programs. Never mix vectors of two `space` ids: `fallback: true` means another provider answered.
-estimate_cost prices a job first; get_cost reports the spend. For a whole repository, start_embedding_job
-runs in the background: poll job_status."""
+_INSTRUCTIONS = """\
+Embeddings for semantic code search. Pick the tool by need:
+- which snippets match a query: rank_texts (ranked indexes and scores)
+- near-copies among texts: find_duplicates
+- index a file or directory: start_embedding_job, then poll job_status
+- price a job before running it: estimate_cost; money spent: get_cost
+{vectors}
+Never mix vectors of two `space` ids: `fallback: true` means another provider answered."""
+_VECTORS = {
+    "inline": "- vectors for a program to store: embed_text, embed_batch (they return the vectors)",
+    "on_request": "- vectors for a program to store: embed_text, embed_batch with include_vectors: true; "
+    "without it they answer count, space, tokens and cost but no vectors",
+}
+
+
+def instructions(vectors: VectorsMode) -> str:
+    """What `initialize` tells the model first (often all it sees before it picks a tool): true under `vectors`."""
+    return _INSTRUCTIONS.format(vectors=_VECTORS[vectors])
+
 
 ServiceFactory = Callable[[Settings], EmbeddingService]
 
@@ -82,7 +96,7 @@ def build_server(settings: Settings, service_factory: ServiceFactory | None = No
 
     mcp: MCPServer[EmbeddingService] = AgentServer(
         "signal-hub-embeddings",
-        instructions=INSTRUCTIONS,
+        instructions=instructions(settings.vectors),
         lifespan=lifespan,
         log_level="WARNING",
         secrets=lambda: (settings.openai_api_key,),
