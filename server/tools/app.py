@@ -7,7 +7,6 @@ are registered.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -15,7 +14,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio
 import anyio.to_thread
-from mcp import MCPDeprecationWarning
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import CallToolResult
 from pydantic import Field
@@ -27,6 +25,7 @@ from providers.service.similarity import preview
 from providers.settings import VectorsMode
 from server.tools.answers import answer, call_meta, dump, embedding_meta, summary
 from server.tools.budget import fit_items
+from server.tools.client_log import send_log
 from server.tools.encoding import Encoding, check_message_size, encode_vectors
 from server.tools.jobs import register_job_tools, run_jobs
 from server.tools.models import (
@@ -386,8 +385,4 @@ async def _embed(
 
 async def _warn(ctx: Context, result: EmbeddingResult) -> None:
     if result.warning:
-        # Log notifications are deprecated from protocol 2026-07-28 on, but hosts on the
-        # handshake-era protocol (and clients that opt in) still show them to the user.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", MCPDeprecationWarning)
-            await ctx.warning(result.warning, logger_name="signal-hub-embeddings.budget")
+        await send_log(ctx, "warning", result.warning, logger_name="signal-hub-embeddings.budget")
