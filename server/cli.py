@@ -19,11 +19,23 @@ def main(argv: list[str] | None = None) -> int:
         description="MCP server (stdio) that embeds text for Signal Hub, and batch jobs from the command line. "
         "Configured by SIGNAL_HUB_PROVIDER, SIGNAL_HUB_DATA_DIR, OPENAI_API_KEY and OPENAI_BASE_URL.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="{serve,embed,cache,prepare}")
-    commands.add_parser("serve", help="run the MCP server on stdio (the default)")
+    commands.add_parser(
+        "serve",
+        help="run the MCP server on stdio (the default)",
+        description="Serve the MCP tools over stdio: JSON-RPC on stdout, logs and the ready line on stderr. "
+        "Stop it with Ctrl-C, SIGTERM or by closing stdin: calls in flight get 2 s, running jobs are "
+        "checkpointed (resume_job goes on), and it exits 0. Exit 2: a configuration, ledger or cache problem, "
+        "named in one line.",
+    )
     add_commands(commands)
     commands.add_parser(
-        "prepare", help="check the local model and build its fast backend now (once), so the first call is quick"
+        "prepare",
+        help="check the local model and build its fast backend now (once), so the first call is quick",
+        description="Load the local model as the server would: check its weights and build its ONNX Runtime "
+        "export under the data directory (once, about 20 s), so the first embedding call does not wait. "
+        "Exit 0 ready, 1 the model is not usable, 2 a configuration problem.",
     )
     args = parser.parse_args(argv)
 
@@ -43,6 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command not in (None, "serve"):
         return int(args.run(args, settings))
     return serve(settings)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("signal-hub-embeddings")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree that was never installed
+        return "(not installed)"
 
 
 def refuse(problem: Exception) -> int:

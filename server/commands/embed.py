@@ -131,6 +131,9 @@ def add_commands(subparsers: Any) -> None:
         help="embed chunks from files or stdin into JSONL or .npy",
         description="Embed chunks and write their vectors. Progress and the summary go to stderr; stdout "
         "carries vectors only with --output -. Run again after a kill, it sends only chunks not yet cached.",
+        epilog=f"exit codes: {EXIT_OK} done, {EXIT_FAILED} the provider, the budget or writing failed, "
+        f"{EXIT_USAGE} bad usage or bad input (named by file and line), {EXIT_PENDING} batches still running "
+        f"(--no-wait), {EXIT_INTERRUPTED} interrupted.",
     )
     embed.add_argument(
         "inputs",
@@ -167,12 +170,19 @@ def add_commands(subparsers: Any) -> None:
     embed.add_argument("--no-progress", action="store_true", help="no progress bar; the summary is still printed")
     embed.set_defaults(run=run_embed)
 
-    cache = subparsers.add_parser("cache", help="inspect or prune the embedding cache")
+    cache = subparsers.add_parser(
+        "cache",
+        help="inspect or prune the embedding cache",
+        description="The vector cache (cache.sqlite3 under the data directory), shared by the server and embed.",
+    )
     actions = cache.add_subparsers(dest="cache_command", metavar="{stats,prune}", required=True)
-    actions.add_parser("stats", help="entries, bytes and entries per vector space").add_argument(
+    stats_help = "entries, bytes and entries per vector space"
+    actions.add_parser("stats", help=stats_help, description=stats_help.capitalize() + ".").add_argument(
         "--json", action="store_true", help="print JSON"
     )
-    prune = actions.add_parser("prune", help="delete cached vectors")
+    prune = actions.add_parser(
+        "prune", help="delete cached vectors", description="Delete cached vectors: by space, by age, or all."
+    )
     prune.add_argument("--space", help="only vectors of this space (see `cache stats`)")
     prune.add_argument("--older-than-days", type=float, metavar="N", help="only vectors stored over N days ago")
     prune.add_argument("--all", action="store_true", help="every cached vector")
