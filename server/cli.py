@@ -101,6 +101,8 @@ def prepare(settings: Settings) -> int:
     import anyio
 
     from providers.local import LocalProvider
+    from server.commands.progress import showing_notices
+    from server.wording import count
 
     async def load() -> str:
         provider = LocalProvider.from_settings(settings)
@@ -108,14 +110,17 @@ def prepare(settings: Settings) -> int:
             await provider.embed(["def warm_up(): pass"])
             runtime = provider.runtime
             assert runtime is not None
-            return f"{provider.model} ({runtime.backend} on {runtime.device}, {runtime.threads} threads)"
+            return f"{provider.model} ({runtime.backend} on {runtime.device}, {count(runtime.threads, 'thread')})"
         finally:
             await provider.aclose()
 
     try:
-        ready = anyio.run(load)
+        with showing_notices():
+            ready = anyio.run(load)
     except EmbeddingError as exc:
         print(f"signal-hub-embeddings: the local model is not usable: {exc}", file=sys.stderr)
         return 1
-    print(f"signal-hub-embeddings: local model ready: {ready}; data in {settings.resolved_data_dir}", file=sys.stderr)
+    # Not "ready": on a first `make serve` the server's own ready line follows this one.
+    prepared = f"local model prepared: {ready}; data in {settings.resolved_data_dir}"
+    print(f"signal-hub-embeddings: {prepared}", file=sys.stderr)
     return 0

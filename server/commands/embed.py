@@ -51,7 +51,7 @@ from providers.registry import provider_names
 from providers.settings import InputLimits
 from server.commands.cache import format_bytes, run_cache
 from server.commands.engines import EngineOptions, add_engine_arguments, default_provider, engine_options, open_engine
-from server.commands.progress import cost_text, format_seconds, format_usd, progress_bar, summary
+from server.commands.progress import cost_text, format_seconds, format_usd, progress_bar, say, showing_notices, summary
 from server.tools.encoding import Encoding
 
 __all__ = [
@@ -215,7 +215,8 @@ def run_embed(args: argparse.Namespace, settings: Settings) -> int:
             run.total = _preflight(job, settings.limits)
         except EmbeddingError as exc:
             return _fail(f"error: {exc}", run, started, EXIT_USAGE)
-        return _embed_and_report(job, settings, run, started, no_cache=args.no_cache)
+        with showing_notices():
+            return _embed_and_report(job, settings, run, started, no_cache=args.no_cache)
     finally:
         run.duplicates.close()
 
@@ -373,4 +374,4 @@ def _fail(message: str, run: _Run, started: float, code: int, *, resumable: bool
 
 
 def _say(message: str, *, prefix: str = f"{PROG}: ") -> None:
-    print(f"{prefix}{message}", file=sys.stderr, flush=True)
+    say(message, prefix=prefix)

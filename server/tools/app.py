@@ -45,6 +45,7 @@ from server.tools.models import (
     UsageOut,
 )
 from server.tools.registration import AgentServer, add_tool
+from server.wording import count, format_usd
 
 __all__ = ["build_server", "instructions"]
 
@@ -134,7 +135,7 @@ async def rank_texts(
 
     structured = await anyio.to_thread.run_sync(fit_items, build, len(shown))
     best = f"; best #{shown[0].index} ({shown[0].score})" if shown else ""
-    return answer(structured, f"Ranked {len(texts)} texts{best}.")
+    return answer(structured, f"Ranked {count(len(texts), 'text')}{best}.")
 
 
 async def find_duplicates(
@@ -164,7 +165,7 @@ async def find_duplicates(
             left -= len(group.indexes)
         notes = []
         if len(shown) < len(groups):
-            notes.append(f"and {len(groups) - len(shown)} more groups: raise threshold or pass fewer texts.")
+            notes.append(f"and {count(len(groups) - len(shown), 'more group')}: raise threshold or pass fewer texts.")
         if shown and len(shown[-1].indexes) < shown[-1].size:
             notes.append(f"the group of {shown[-1].size} shows {len(shown[-1].indexes)} of its indexes.")
         more = " ".join(notes) or None
@@ -179,7 +180,8 @@ async def find_duplicates(
         return dump(out, lean=True)
 
     structured = await anyio.to_thread.run_sync(fit_items, build, sum(sizes))
-    return answer(structured, f"{len(groups)} groups of near-duplicates among {len(texts)} texts.")
+    said = f"{count(len(groups), 'group')} of near-duplicates among {count(len(texts), 'text')}."
+    return answer(structured, said)
 
 
 async def embed_text(
@@ -216,7 +218,7 @@ async def embed_batch(
     with_vectors = _with_vectors(ctx, include_vectors)
     result = await _embed(ctx, texts, provider, encoding if with_vectors else None, _progress(ctx))
     truncated = [TruncatedText(index=i, dropped_tokens=n) for i, n in sorted(result.truncated.items())]
-    said = summary(result, f"{result.count} texts")
+    said = summary(result, count(result.count, "text"))
     if with_vectors:  # programs read every field: nothing is cut
         out = EmbedBatchResult(
             embeddings=encode_vectors(result.vectors, encoding),
@@ -325,12 +327,13 @@ async def get_cost(
         by_model={name: UsageOut(**vars(u)) for name, u in report.by_model.items()},
     )
     parts = [
-        f"{name}: {u.embeddings} embeddings, {u.tokens} tokens, ${u.usd:.6f}" for name, u in report.by_provider.items()
+        f"{name}: {count(u.embeddings, 'embedding')}, {count(u.tokens, 'token')}, {format_usd(u.usd)}"
+        for name, u in report.by_provider.items()
     ]
-    text = f"Total ${report.total_usd:.6f}" + (" (" + "; ".join(parts) + ")" if parts else "")
+    text = f"Total {format_usd(report.total_usd)}" + (" (" + "; ".join(parts) + ")" if parts else "")
     text += (
-        f". Session ${totals.session_usd:.6f}, this {totals.period} ${totals.period_usd:.6f}, "
-        f"all time ${totals.all_time_usd:.6f}."
+        f". Session {format_usd(totals.session_usd)}, this {totals.period} {format_usd(totals.period_usd)}, "
+        f"all time {format_usd(totals.all_time_usd)}."
     )
     return answer(dump(out), text)
 
@@ -344,11 +347,11 @@ async def estimate_cost(
     """Price a job without running it (tokens, USD): nothing is sent or spent.
     For money already spent use get_cost."""
     estimate = await _service(ctx).estimate_cost(texts, provider, model)
-    usd = "price unknown" if estimate.usd is None else f"${estimate.usd:.6f}"
-    batch = "" if estimate.batch_usd is None else f" (${estimate.batch_usd:.6f} through the Batch API)"
+    usd = "price unknown" if estimate.usd is None else format_usd(estimate.usd)
+    batch = "" if estimate.batch_usd is None else f" ({format_usd(estimate.batch_usd)} through the Batch API)"
+    said = f"{count(estimate.texts, 'text')} ≈ {count(estimate.tokens, 'token')} ≈ {usd}{batch}"
     return answer(
-        dump(CostEstimateResult(**vars(estimate)), lean=True),
-        f"{estimate.texts} texts ≈ {estimate.tokens} tokens ≈ {usd}{batch} with {estimate.provider}/{estimate.model}.",
+        dump(CostEstimateResult(**vars(estimate)), lean=True), f"{said} with {estimate.provider}/{estimate.model}."
     )
 
 
