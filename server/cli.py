@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from providers import EmbeddingError, Settings
@@ -93,6 +94,7 @@ def serve(settings: Settings) -> int:
     server = build_server(settings, lambda _: service)
     # SIGINT, SIGTERM or the end of stdin: calls in flight finish, jobs are checkpointed, exit 0.
     anyio.run(serve_until_stopped, lambda shutdown: serve_stdio(server, ready, shutdown))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopped: one more Ctrl-C on the way out prints no traceback
     return 0
 
 

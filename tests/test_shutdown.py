@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import io
+import json
 import os
 import signal
 
@@ -10,8 +13,10 @@ import pytest
 from mcp.shared.message import SessionMessage
 from mcp.types import JSONRPCError, JSONRPCNotification, JSONRPCRequest, JSONRPCResponse
 
+from providers import Settings
 from server.shutdown import Shutdown, serve_until_stopped
-from server.transports.stdio import SHUTTING_DOWN, _AnsweredWriter, _AnsweringReader
+from server.transports.stdio import SHUTTING_DOWN, _AnsweredWriter, _AnsweringReader, serve_stdio
+from tests.test_server import fake_server
 
 pytestmark = pytest.mark.anyio
 
@@ -117,3 +122,79 @@ async def test_stdio_counts_requests_in_flight_until_answered_and_refuses_new_on
     assert refusal.error.code == SHUTTING_DOWN
     assert refusal.error.message == "the server is shutting down (SIGINT); start a new session to call it again."
     assert shutdown.in_flight == 0
+
+
+class Wire:
+    """Two pipes standing in for a host: what it writes is the server's stdin, what it reads its stdout."""
+
+    def __init__(self) -> None:
+        self.server_in, self.host_out = os.pipe()
+        self.host_in, self.server_out = os.pipe()
+        self.stdout = anyio.wrap_file(io.TextIOWrapper(os.fdopen(self.server_out, "wb"), encoding="utf-8"))
+
+    def send(self, message: dict[str, object]) -> None:
+        os.write(self.host_out, (json.dumps({"jsonrpc": "2.0", **message}) + "\n").encode())
+
+    async def answers(self) -> list[dict[str, object]]:
+        """Every line the server wrote, once it has finished."""
+        await self.stdout.aclose()
+        with os.fdopen(self.host_in, "rb") as read:
+            return [json.loads(line) for line in read.read().splitlines()]
+
+    def end_input(self) -> None:
+        if self.host_out >= 0:
+            os.close(self.host_out)
+            self.host_out = -1
+
+    def close(self) -> None:
+        self.end_input()
+        os.close(self.server_in)  # the server never closes it: its reading thread may still hold it
+
+
+INITIALIZE = {
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
+
+
+async def test_stdin_ending_drains_the_call_in_flight_then_the_session_ends(settings: Settings) -> None:
+    wire = Wire()
+    shutdown, said = quiet()
+    try:
+        wire.send(INITIALIZE)
+        wire.send({"method": "notifications/initialized"})
+        wire.send({"id": 2, "method": "tools/call", "params": {"name": "embed_text", "arguments": {"text": "x"}}})
+        wire.end_input()  # the host is gone; its last call is still answered
+        with anyio.fail_after(30):
+            await serve_stdio(fake_server(settings), None, shutdown, wire=(wire.server_in, wire.stdout))
+        answers = {answer["id"]: answer for answer in await wire.answers()}
+    finally:
+        wire.close()
+    assert said[0].startswith("stopping (stdin closed)")
+    assert "result" in answers[2] and answers[2]["result"]["structuredContent"]["dimensions"] == 8  # type: ignore[index]
+
+
+async def test_a_stop_asked_for_while_stdin_stays_open_ends_the_session(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wire = Wire()
+    shutdown, said = quiet()
+
+    try:
+        wire.send(INITIALIZE)
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(
+                    functools.partial(
+                        serve_stdio, fake_server(settings), "ready", shutdown, wire=(wire.server_in, wire.stdout)
+                    )
+                )
+                await anyio.sleep(0)  # the server starts; stdin stays open throughout
+                shutdown.request("SIGINT")
+        answers = await wire.answers()
+    finally:
+        wire.close()
+    assert said == ["stopping (SIGINT)"]
+    assert capsys.readouterr().err.splitlines()[0] == "ready"
+    assert [answer.get("id") for answer in answers] in ([], [1])  # initialize, if it was read in time

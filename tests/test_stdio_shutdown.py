@@ -117,6 +117,8 @@ def test_sigint_alone_during_a_job_stops_the_server_while_stdin_stays_open(
     wait_for_progress(server, job_id, "done", 16)
 
     server.signal(signal.SIGINT)  # Ctrl-C in a terminal: stdin is never closed
+    server.stderr_line("stopping (SIGINT)", timeout=EXIT_S)
+    server.signal(signal.SIGINT)  # and a second, impatient one: still no traceback
     assert_clean_exit(server)
     assert reservations(data_dir) == 0
     assert job_status(start(servers, data_dir, project), 2, job_id)["status"] == "interrupted"

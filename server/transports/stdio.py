@@ -54,16 +54,23 @@ SHUTTING_DOWN = -32000
 """The JSON-RPC error code of a request that came after the server began to stop."""
 
 
-async def serve_stdio(server: MCPServer[Any], ready: str | None = None, shutdown: Shutdown | None = None) -> None:
+async def serve_stdio(
+    server: MCPServer[Any],
+    ready: str | None = None,
+    shutdown: Shutdown | None = None,
+    *,
+    wire: tuple[int, anyio.AsyncFile[str]] | None = None,
+) -> None:
     """Serve `server` on stdin/stdout until stdin closes or `shutdown` is asked for, then end the session.
 
     Either way the calls in flight get the shutdown's grace, and the server's lifespan cleans up
-    fully before this returns. `ready` is printed on stderr once listening.
+    fully before this returns. `ready` is printed on stderr once listening. `wire`: another
+    (input descriptor, output file) pair than the process's stdin and stdout.
     """
     shutdown = shutdown or Shutdown()
     # What `MCPServer.run_stdio_async` serves, over our transport; the SDK offers no public handle.
     lowlevel = server._lowlevel_server
-    async with stdio_server(shutdown) as (read_stream, write_stream):
+    async with stdio_server(shutdown, wire) as (read_stream, write_stream):
         if ready:
             print(ready, file=sys.stderr, flush=True)
         await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
@@ -71,19 +78,20 @@ async def serve_stdio(server: MCPServer[Any], ready: str | None = None, shutdown
 
 @asynccontextmanager
 async def stdio_server(
-    shutdown: Shutdown,
+    shutdown: Shutdown, wire: tuple[int, anyio.AsyncFile[str]] | None = None
 ) -> AsyncIterator[tuple[ReadStream[Incoming], WriteStream[SessionMessage]]]:
     """The SDK's stdio streams, over stdin lines that end once `shutdown` has drained the calls in flight.
 
     Unreadable request lines are answered instead of dropped, and requests that come after the
     stop began are refused.
     """
-    lines = _WireLines(shutdown)
+    lines = _WireLines(shutdown, None if wire is None else wire[0])
     try:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(lines.end_when_drained)
             stdin = cast("anyio.AsyncFile[str]", lines)  # the SDK only iterates it
-            async with sdk_stdio_server(stdin=stdin) as (read_stream, write_stream):
+            stdout = None if wire is None else wire[1]
+            async with sdk_stdio_server(stdin=stdin, stdout=stdout) as (read_stream, write_stream):
                 try:
                     yield (
                         _AnsweringReader(read_stream, write_stream, shutdown),
@@ -105,12 +113,14 @@ class _WireLines:
     request to stop: the calls in flight still get their grace before the session ends.
     """
 
-    def __init__(self, shutdown: Shutdown) -> None:
+    def __init__(self, shutdown: Shutdown, fd: int | None = None) -> None:
         self._shutdown = shutdown
         self._send, self._receive = anyio.create_memory_object_stream[str | None](16)
         self._ended = False
         self._waiting: anyio.CancelScope | None = None
-        fd, self.release = _claim_stdin()
+        self._restore: Callable[[], None] = lambda: None
+        if fd is None:
+            fd, self._restore = _claim_stdin()
         token = anyio.lowlevel.current_token()
         threading.Thread(target=self._read, args=(fd, token), name="stdin lines", daemon=True).start()
 
@@ -131,8 +141,14 @@ class _WireLines:
             if parts:
                 hand_over(b"".join(parts).decode("utf-8", "replace"))
             hand_over(None)
-        except Exception:  # the loop has finished, or stdin failed: either way nobody reads on
+        except BaseException:  # the loop has finished (a pending hand-over is cancelled) or stdin failed
             logger.debug("stopped reading stdin", exc_info=True)
+
+    def release(self) -> None:
+        """Give fd 0 back; a line the thread still reads after this goes nowhere."""
+        self._receive.close()
+        self._send.close()
+        self._restore()
 
     async def end_when_drained(self) -> None:
         await self._shutdown.drained()
