@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from providers.storage.cache import EmbeddingCache
 from tests.stdio_process import START_S, RawServer, server_env
 
 pytestmark = pytest.mark.slow
@@ -58,6 +59,13 @@ def wait_for_progress(server: RawServer, job_id: str, field: str, at_least: int)
     raise AssertionError(f"the job never reached {field} >= {at_least}")
 
 
+def stored_job(data_dir: Path, job_id: str) -> tuple[str, int]:
+    """The job's status and `done` as its server left them in the job store."""
+    with sqlite3.connect(data_dir / "jobs.sqlite3") as db:
+        status, done = db.execute("SELECT status, done FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return str(status), int(done)
+
+
 def reservations(data_dir: Path) -> int:
     with sqlite3.connect(data_dir / "ledger.sqlite3") as db:
         return int(db.execute("SELECT COUNT(*) FROM reservations").fetchone()[0])
@@ -96,16 +104,22 @@ def test_sigint_then_sigterm_answers_the_call_in_flight_checkpoints_the_job_and_
     assert "stopping (SIGINT)" in stderr and "stopped" in stderr
 
     assert reservations(data_dir) == 0
-    after = start(servers, data_dir, project)
-    checkpoint = job_status(after, 2, job_id)
-    assert checkpoint["status"] == "interrupted"
-    assert 32 <= checkpoint["done"] < CHUNKS
+    status, done = stored_job(data_dir, job_id)
+    assert status == "interrupted" and 32 <= done < CHUNKS
+    cache = EmbeddingCache(data_dir / "cache.sqlite3")
+    try:
+        assert cache.stats().entries >= done  # what it finished is kept
+    finally:
+        cache.close()
     assert not (project / "out.jsonl").exists()
 
-    # A resume goes on from the checkpoint: every chunk done before comes from the cache.
-    assert after.call(3, "resume_job", job_id=job_id)["result"]["structuredContent"]["status"] in ("queued", "running")
-    resumed = wait_for_progress(after, job_id, "done", checkpoint["done"] + 1)
-    assert resumed["cached"] >= checkpoint["done"]
+    # A resume goes on from the checkpoint: every chunk done before comes from the cache. (A free
+    # provider's job may resume by itself when the next server starts.)
+    after = start(servers, data_dir, project)
+    if job_status(after, 2, job_id)["status"] == "interrupted":
+        resumed = after.call(3, "resume_job", job_id=job_id)["result"]["structuredContent"]
+        assert resumed["status"] in ("queued", "running")
+    assert wait_for_progress(after, job_id, "cached", done)["cached"] >= done
 
 
 def test_sigint_alone_during_a_job_stops_the_server_while_stdin_stays_open(
@@ -121,7 +135,7 @@ def test_sigint_alone_during_a_job_stops_the_server_while_stdin_stays_open(
     server.signal(signal.SIGINT)  # and a second, impatient one: still no traceback
     assert_clean_exit(server)
     assert reservations(data_dir) == 0
-    assert job_status(start(servers, data_dir, project), 2, job_id)["status"] == "interrupted"
+    assert stored_job(data_dir, job_id)[0] == "interrupted"
 
 
 def test_stdin_closing_lets_the_call_in_flight_answer_and_exits_0(servers: list[RawServer], data_dir: Path) -> None:
