@@ -1,9 +1,10 @@
-"""`signal-hub-embeddings`: run the MCP server over stdio (default), a batch `embed` / `cache` job, or `prepare`."""
+"""`signal-hub-embeddings`: the MCP server over stdio (default) or HTTP, a batch `embed` / `cache` job, or `prepare`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from providers import EmbeddingError, Settings
@@ -20,7 +21,14 @@ def main(argv: list[str] | None = None) -> int:
         "Configured by SIGNAL_HUB_PROVIDER, SIGNAL_HUB_DATA_DIR, OPENAI_API_KEY and OPENAI_BASE_URL.",
     )
     commands = parser.add_subparsers(dest="command", metavar="{serve,embed,cache,prepare}")
-    commands.add_parser("serve", help="run the MCP server on stdio (the default)")
+    serving = commands.add_parser("serve", help="run the MCP server on stdio (the default) or streamable HTTP")
+    serving.add_argument(
+        "--transport",
+        choices=("stdio", "http"),
+        help="stdio (default; SIGNAL_HUB_TRANSPORT) or http: one server for many clients",
+    )
+    serving.add_argument("--host", help="http: the address to listen on (SIGNAL_HUB_HTTP_HOST, default 127.0.0.1)")
+    serving.add_argument("--port", type=int, help="http: the port (SIGNAL_HUB_HTTP_PORT, default 8000; 0 picks one)")
     add_commands(commands)
     commands.add_parser(
         "prepare", help="check the local model and build its fast backend now (once), so the first call is quick"
@@ -42,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         return prepare(settings)
     if args.command not in (None, "serve"):
         return int(args.run(args, settings))
+    transport = (
+        getattr(args, "transport", None) or os.environ.get("SIGNAL_HUB_TRANSPORT", "").strip().lower() or "stdio"
+    )
+    if transport == "http":
+        return serve_on_http(settings, getattr(args, "host", None), getattr(args, "port", None))
+    if transport != "stdio":
+        return refuse(EmbeddingError(f"SIGNAL_HUB_TRANSPORT={transport!r} is not a transport; use stdio or http."))
     return serve(settings)
 
 
@@ -69,6 +84,35 @@ def serve(settings: Settings) -> int:
         f"data in {settings.resolved_data_dir})"
     )
     anyio.run(serve_stdio, build_server(settings, lambda _: service), ready)
+    return 0
+
+
+def serve_on_http(settings: Settings, host: str | None, port: int | None) -> int:
+    """One server for many clients on streamable HTTP (server/transports/http.py); exit 0 on SIGTERM/SIGINT."""
+    import anyio
+
+    from providers import EmbeddingService
+    from server.tools.app import build_server
+    from server.transports.http import HttpOptions, serve_http
+
+    try:
+        options = HttpOptions.from_env(os.environ, host=host, port=port)
+        service = EmbeddingService(settings=settings)
+    except (EmbeddingError, OSError) as exc:
+        return refuse(exc)
+    active = service.provider
+    who = f"{len(options.tokens)} clients with tokens" if options.tokens else "no tokens: this machine only"
+
+    def ready(url: str) -> str:
+        return (
+            f"signal-hub-embeddings: ready on {url} (provider {active.name}, model {active.model}, {who}, "
+            f"data in {settings.resolved_data_dir})"
+        )
+
+    try:
+        anyio.run(serve_http, build_server(settings, lambda _: service), service, options, ready)
+    except EmbeddingError as exc:
+        return refuse(exc)
     return 0
 
 

@@ -31,7 +31,7 @@ from providers.jobs.runner import JobRunner, estimate_usd
 from providers.jobs.store import JobRecord, JobStatus
 from server.tools.registration import add_tool
 
-__all__ = ["JobListResult", "JobStarted", "JobStatusResult", "register_job_tools", "run_jobs"]
+__all__ = ["JobListResult", "JobStarted", "JobStatusResult", "register_job_tools", "run_jobs", "runner_of"]
 
 _RUNNERS: weakref.WeakKeyDictionary[EmbeddingService, JobRunner] = weakref.WeakKeyDictionary()
 _ROOTS_TIMEOUT_S = 2.0
@@ -47,6 +47,11 @@ async def run_jobs(service: EmbeddingService, settings: Settings) -> AsyncIterat
             yield runner
         finally:
             _RUNNERS.pop(service, None)
+
+
+def runner_of(service: EmbeddingService) -> JobRunner | None:
+    """The job runner serving beside `service`, while the server runs (for the HTTP server's metrics)."""
+    return _RUNNERS.get(service)
 
 
 class JobStatusResult(BaseModel):
