@@ -235,6 +235,7 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
+            await self._drain(receive, {"more_body": True})
             await self._refuse(send)
             return
         body, messages = 0, []
@@ -245,6 +246,7 @@ class BodyLimit:
                 break
             body += len(message.get("body", b""))
             if body > self.limit:
+                await self._drain(receive, message)
                 await self._refuse(send)
                 return
             if not message.get("more_body", False):
@@ -254,6 +256,16 @@ class BodyLimit:
             return messages.pop(0) if messages else await receive()
 
         await self.app(scope, replay, send)
+
+    async def _drain(self, receive: Receive, message: Message) -> None:
+        """Read (and drop) the rest of the body, up to as much again, so the client can read the answer:
+        one still sending when the connection closes sees a reset, not our error."""
+        dropped = 0
+        while message.get("more_body", False) and dropped <= self.limit:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            dropped += len(message.get("body", b""))
 
     async def _refuse(self, send: Send) -> None:
         error = {"jsonrpc": "2.0", "id": None, "error": {"code": INVALID_REQUEST, "message": self.message}}
