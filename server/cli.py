@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from providers import EmbeddingError, Settings
@@ -113,6 +114,10 @@ def serve_on_http(settings: Settings, host: str | None, port: int | None) -> int
         anyio.run(serve_http, build_server(settings, lambda _: service), service, options, ready)
     except EmbeddingError as exc:
         return refuse(exc)
+    finally:
+        # Stopped cleanly: one more SIGTERM or SIGINT while the interpreter winds down changes nothing.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
     return 0
 
 
