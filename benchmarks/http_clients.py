@@ -104,7 +104,7 @@ async def stdio_server_rss(data_dir: Path) -> float:
     params = StdioServerParameters(command=sys.executable, args=["-m", "server"], env=env, cwd=ROOT)
     before = set(_children())
     async with Client(params, mode="legacy", read_timeout_seconds=300) as client:
-        await client.call_tool("embed_batch", {"texts": code_chunks(BATCH), "encoding": "base64"})
+        await client.call_tool("embed_batch", {"texts": code_chunks(BATCH, lines=10), "encoding": "base64"})
         new = [pid for pid in _children() if pid not in before]
         return max(rss_mb(pid) for pid in new)
 
@@ -114,12 +114,12 @@ def _children() -> list[int]:
     return [int(pid) for pid in out.split()]
 
 
-async def main(batches: int, client_counts: list[int]) -> None:
+async def main(batches: int, client_counts: list[int], lines: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
         settings = Settings(data_dir=data_dir, cache=False)
         most = max(batches, *client_counts)
-        chunks = code_chunks(BATCH * most)
+        chunks = code_chunks(BATCH * most, lines=lines)
         every = [chunks[i : i + BATCH] for i in range(0, len(chunks), BATCH)]
         texts = [f"def helper_{i}(value): return value + {i}" for i in range(10_000)]
         reference = [await in_process(settings, every[:batches])]
@@ -161,8 +161,9 @@ async def main(batches: int, client_counts: list[int]) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=4, help="batches of 100 chunks, at least (default 4)")
+    parser.add_argument("--batches", type=int, default=2, help="batches of 100 chunks, at least (default 2)")
     parser.add_argument("--clients", default="1,8,32", help="client counts, comma-separated (default 1,8,32)")
+    parser.add_argument("--lines", type=int, default=10, help="lines per code chunk (default 10: a bounded run)")
     args = parser.parse_args()
     counts = [int(n) for n in args.clients.split(",")]
-    anyio.run(main, args.batches, counts)
+    anyio.run(main, args.batches, counts, args.lines)

@@ -30,6 +30,7 @@ from providers.jobs.paths import AllowedRoots
 from providers.jobs.runner import JobRunner, estimate_usd
 from providers.jobs.store import JobRecord, JobStatus
 from server.tools.registration import add_tool
+from server.wording import count, format_usd
 
 __all__ = ["JobListResult", "JobStarted", "JobStatusResult", "register_job_tools", "run_jobs", "runner_of"]
 
@@ -117,7 +118,8 @@ def _batches(runner: JobRunner, job: JobRecord) -> dict[str, Any] | None:
 
 
 def _line(job: JobStatusResult) -> str:
-    text = f"Job {job.job_id}: {job.status}, {job.done}/{job.total} chunks ({job.cached} cached), ${job.usd:.6f}"
+    text = f"Job {job.job_id}: {job.status}, {job.done:,}/{count(job.total, 'chunk')} ({job.cached:,} cached), "
+    text += format_usd(job.usd)
     if job.eta_s is not None:
         text += f", about {job.eta_s:.0f} s left"
     if job.batches is not None:
@@ -195,10 +197,11 @@ async def start_embedding_job(
     fields: dict[str, Any] = {"output": job.output, "space": job.space, "estimated_usd": job.estimated_usd}
     fields |= _prices(runner, job)
     out = JobStarted(**vars(_status(job)), estimated_tokens=job.estimated_tokens, **fields)
-    usd = "price unknown" if out.estimated_usd is None else f"${out.estimated_usd:.6f}"
-    text = f"Started job {out.job_id} ({engine}): {out.total} chunks, about {out.estimated_tokens} tokens, {usd}"
+    usd = "price unknown" if out.estimated_usd is None else format_usd(out.estimated_usd)
+    text = f"Started job {out.job_id} ({engine}): {count(out.total, 'chunk')}, about "
+    text += f"{count(out.estimated_tokens, 'token')}, {usd}"
     if out.sync_usd is not None and out.batch_usd is not None:
-        text += f" (synchronous ${out.sync_usd:.6f}, Batch API ${out.batch_usd:.6f})"
+        text += f" (synchronous {format_usd(out.sync_usd)}, Batch API {format_usd(out.batch_usd)})"
     text += "."
     if started.duplicate_ids:
         text += f" Warning: {started.duplicate_ids}."
@@ -228,7 +231,7 @@ async def list_jobs(ctx: Context) -> CallToolResult:
     Use it to find a job_id."""
     jobs = [_status(job) for job in _runner(ctx).list(10)]
     out = JobListResult(jobs=jobs)
-    return _answer(out, "; ".join(_line(job) for job in jobs) or "No jobs yet.")
+    return _answer(out, " ".join(_line(job) for job in jobs) or "No jobs yet.")  # each line ends with "."
 
 
 async def resume_job(job_id: JobId, ctx: Context) -> CallToolResult:

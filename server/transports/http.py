@@ -4,8 +4,9 @@ Endpoint `/mcp`, stateless (any replica can answer any request; both protocol er
 speaks), bearer tokens (`http_auth.py`), Host/Origin checks (the SDK's
 `TransportSecuritySettings`), a body limit that fits our own call limits with a JSON-RPC error
 over it, `GET /healthz` and `GET /metrics` (`http_metrics.py`). SIGINT and SIGTERM stop it
-cleanly: no new connections, in-flight calls get `grace_s` to finish, then the lifespan closes
-(running jobs are left `interrupted`, budget reservations released) and the process exits 0.
+through `server/shutdown.py`, shared with stdio: no new connections or calls, in-flight calls get
+`grace_s` to finish, then the lifespan closes (running jobs are left `interrupted`, budget
+reservations released) and the process exits 0.
 """
 
 from __future__ import annotations
@@ -14,24 +15,23 @@ import dataclasses
 import ipaddress
 import json
 import logging
-import signal
 import socket
 import sys
-import threading
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import anyio
 import uvicorn
+from mcp import MCPError
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.settings import AuthSettings
+from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp.types import INVALID_REQUEST
+from mcp.types import INTERNAL_ERROR, INVALID_REQUEST
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
@@ -44,6 +44,7 @@ from providers import EmbeddingService
 from providers.env import number, positive
 from providers.errors import ConfigurationError
 from providers.settings import InputLimits
+from server.shutdown import Shutdown, serve_until_stopped
 from server.tools.jobs import runner_of
 from server.transports.http_auth import ClientMiddleware, StaticTokens, read_tokens
 from server.transports.http_metrics import ServiceCollector, ToolMetrics, metrics_registry
@@ -276,7 +277,7 @@ class BodyLimit:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn, with one stop on SIGINT or SIGTERM (a host sends both, 100 ms apart) and no signal re-raised."""
+    """uvicorn, told to stop by `server/shutdown.py` (which catches SIGINT and SIGTERM), not by its own handlers."""
 
     def __init__(self, config: uvicorn.Config, ready: Callable[[str], None]) -> None:
         super().__init__(config)
@@ -284,18 +285,7 @@ class _Server(uvicorn.Server):
 
     @contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        originals = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in originals.items():
-                signal.signal(sig, handler)
-
-    def _stop(self, sig: int, frame: FrameType | None) -> None:
-        self.should_exit = True
+        yield  # `serve_until_stopped` has them: a second signal must not force an exit or be re-raised
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -311,10 +301,38 @@ def _address(servers: Iterable[Any]) -> str:
     return "?"  # pragma: no cover - uvicorn started with no socket
 
 
+class _InFlight(ServerMiddleware[Any]):
+    """Tool calls in flight, for the stop (`Shutdown.call`); once stopping, new ones are refused."""
+
+    def __init__(self, shutdown: Shutdown) -> None:
+        self._shutdown = shutdown
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.method != "tools/call":
+            return await call_next(ctx)
+        if self._shutdown.stopping:
+            raise MCPError(INTERNAL_ERROR, "the server is stopping; call again once it is back (or another replica).")
+        with self._shutdown.call(object()):
+            return await call_next(ctx)
+
+
 async def serve_http(
     server: MCPServer[Any], service: EmbeddingService, options: HttpOptions, ready: Callable[[str], str]
 ) -> None:
     """Serve until SIGINT or SIGTERM; `ready(url)` gives the line printed on stderr once listening."""
+    await serve_until_stopped(
+        lambda shutdown: _serve(server, service, options, ready, shutdown), grace_s=options.grace_s
+    )
+
+
+async def _serve(
+    server: MCPServer[Any],
+    service: EmbeddingService,
+    options: HttpOptions,
+    ready: Callable[[str], str],
+    shutdown: Shutdown,
+) -> None:
+    server.middleware.append(_InFlight(shutdown))
     app, _ = build_http_app(server, service, options)
     config = uvicorn.Config(
         app,
@@ -323,10 +341,23 @@ async def serve_http(
         log_level="warning",
         access_log=False,
         lifespan="on",
+        # uvicorn stops accepting at once, then waits this long for requests in flight (the grace).
         timeout_graceful_shutdown=max(1, round(options.grace_s)),
         server_header=False,
     )
     http = _Server(config, lambda url: print(ready(url), file=sys.stderr, flush=True))
-    await http.serve()
+
+    async def stop_when_asked() -> None:
+        await shutdown.requested.wait()
+        http.should_exit = True
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(stop_when_asked)
+        try:
+            await http.serve()
+        except SystemExit:  # uvicorn's answer to a port it cannot bind; it logged why
+            pass
+        finally:
+            tasks.cancel_scope.cancel()
     if not http.started:
         raise ConfigurationError(f"cannot listen on {options.host}:{options.port}; is the port in use?")
