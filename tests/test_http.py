@@ -246,9 +246,9 @@ async def test_healthz_is_503_until_the_model_is_warm_then_200(settings: Setting
 
     async with EmbeddingService(settings=settings) as service:
         health = Health(service)
-        before = health.answer(None)  # type: ignore[arg-type]
+        before = await health.answer(None)  # type: ignore[arg-type]
         assert before.status_code == 503 and json.loads(bytes(before.body))["status"] == "starting"
         await health.warm_up()
-        after = health.answer(None)  # type: ignore[arg-type]
+        after = await health.answer(None)  # type: ignore[arg-type]
         assert after.status_code == 200 and len(after.body) < 200
         assert json.loads(bytes(after.body)) == {"status": "ready", "provider": "local", "model": "all-MiniLM-L6-v2"}

@@ -155,7 +155,7 @@ class Health:
         if self.state == "starting":
             self.state = "ready"
 
-    def answer(self, _: Request) -> Response:
+    async def answer(self, _: Request) -> Response:
         provider = self.service.provider
         body: dict[str, Any] = {"status": self.state, "provider": provider.name, "model": provider.model}
         if self.error:
@@ -172,7 +172,7 @@ def build_http_app(server: MCPServer[Any], service: EmbeddingService, options: H
     server.middleware.append(ClientMiddleware())
     health = Health(service)
 
-    def metrics(request: Request) -> Response:
+    async def metrics(request: Request) -> Response:  # on the event loop, like every use of the job store
         if verifier is not None and not options.metrics_public and not isinstance(request.user, AuthenticatedUser):
             return _unauthorized()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
