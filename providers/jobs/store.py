@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from providers.clients import current_client
+from providers.redaction import scrub_column
 from providers.storage.sqlite import open_database, write_transaction
 
 __all__ = ["JOB_STATUSES", "JobRecord", "JobStatus", "JobStore"]
@@ -156,6 +157,9 @@ class JobStore:
                 self._db.execute("ALTER TABLE jobs ADD COLUMN engine TEXT NOT NULL DEFAULT 'in-process'")
             if "client" not in columns:  # ... and before jobs belonged to a client
                 self._db.execute("ALTER TABLE jobs ADD COLUMN client TEXT")
+        # Errors stored before provider messages were made safe may hold a key or a whole error page.
+        scrub_column(self._db, "jobs", "last_error")
+        scrub_column(self._db, "jobs", "errors", json_list=True)
 
     def create(self, **values: Any) -> JobRecord:
         now = self._now()
