@@ -1,36 +1,56 @@
 """Reading a job's chunks (the `embed` command and the MCP job tools).
 
 Sources are JSONL (`{"id", "text"}` per line), whole text files or one chunk per line, read lazily
-and checked against the input limits record by record.
+and checked against the input limits record by record; source files and directories are chunked
+by syntax (`chunks`, see `providers/chunking` and `jobs/repository.py`). Directories give the
+files `chunking.selection` picks: what git would track, less binary, minified, huge and build files.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import hashlib
 import json
-import os
 import sqlite3
 import sys
+from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from providers.chunking.selection import FileFilter, select_files
 from providers.errors import InputError
 from providers.settings import InputLimits
 
-__all__ = ["FORMATS", "Chunk", "DuplicateIds", "Invalid", "Source", "find_sources", "read_chunks", "windows"]
+__all__ = [
+    "FORMATS",
+    "Chunk",
+    "DuplicateIds",
+    "Invalid",
+    "Skipped",
+    "Source",
+    "find_sources",
+    "read_chunks",
+    "windows",
+]
 
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
-FORMATS = ("auto", "jsonl", "text", "lines")
+FORMATS = ("auto", "jsonl", "chunks", "text", "lines")
 
 
 @dataclass(frozen=True)
 class Chunk:
     id: str | int
     text: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file found in a directory that gives nothing to embed (e.g. not UTF-8): counted, not an error."""
+
+    where: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -49,7 +69,10 @@ class Source:
     path: Path | None
     """None: standard input."""
     format: str
-    """"jsonl" ({"id", "text"} per line), "text" (all of it is one chunk) or "lines" (a chunk per line)."""
+    """"jsonl" ({"id", "text"} per line), "chunks" (by syntax, or windows), "text" (all of it is one
+    chunk) or "lines" (a chunk per line)."""
+    relative: str | None = None
+    """The path chunk ids start with: relative to the directory it was found in (a file named alone: its name)."""
 
     @property
     def name(self) -> str:
@@ -62,38 +85,48 @@ class Source:
 def find_sources(
     inputs: Sequence[str],
     fmt: str,
-    glob: str,
+    glob: str | FileFilter,
     exclude: frozenset[Path],
     check: Callable[[Path], None] | None = None,
+    skipped: Counter[str] | None = None,
 ) -> Iterator[Source]:
-    """Each input as a source; directories are walked in sorted order, hidden entries skipped.
+    """Each input as a source; directories give the files `select_files` picks, in path order.
 
-    `check(path)` may refuse a file found in a directory (by raising), e.g. one outside the allowed roots.
+    `glob` is a `FileFilter` (or one name pattern). `check(path)` may refuse a file found in a
+    directory (by raising), e.g. one outside the allowed roots. What a directory leaves out is
+    counted in `skipped` by reason.
     """
+    wanted = glob if isinstance(glob, FileFilter) else FileFilter(globs=() if glob == "*" else (glob,))
     for raw in inputs:
         if raw == "-":
-            yield Source(None, "jsonl" if fmt == "auto" else fmt)
+            yield Source(None, "jsonl" if fmt in ("auto", "chunks") else fmt)
         elif not (path := Path(raw)).is_dir():
-            yield Source(path, _format_of(path, fmt))
+            yield Source(path, _format_of(path, fmt), path.name)
         else:
-            for folder, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in sorted(files):
-                    file = Path(folder, name)
-                    if not name.startswith(".") and fnmatch.fnmatch(name, glob) and file.resolve() not in exclude:
-                        if check is not None:
-                            check(file)
-                        yield Source(file, _format_of(file, fmt))
+            found = select_files(path, wanted)
+            if skipped is not None:
+                skipped.update(found.skipped)
+            for file, relative in found.files:
+                if file.resolve() in exclude:
+                    continue
+                if check is not None:
+                    check(file)
+                yield Source(file, "chunks" if fmt == "auto" else fmt, relative)
 
 
 def _format_of(path: Path, fmt: str) -> str:
     if fmt != "auto":
         return fmt
-    return "jsonl" if path.suffix.lower() in JSONL_SUFFIXES else "text"
+    return "jsonl" if path.suffix.lower() in JSONL_SUFFIXES else "chunks"
 
 
 def read_chunks(source: Source, limits: InputLimits) -> Iterator[Chunk | Invalid]:
-    """The chunks of one source, lazily; records that cannot be embedded come as `Invalid`."""
+    """The chunks of one source, lazily; records that cannot be embedded come as `Invalid`.
+
+    A "chunks" source is read by `jobs/repository.py`, which knows the model's token budget.
+    """
+    if source.format == "chunks":
+        raise ValueError("chunks sources are read by providers.jobs.repository")
     if source.format == "text":
         yield _whole(source, limits)
         return
