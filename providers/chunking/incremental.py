@@ -60,7 +60,6 @@ class IncrementalRun:
     to_read: list[tuple[Path, str]] = field(default_factory=list)
     entries: dict[str, FileEntry] = field(default_factory=dict)
     """The new manifest's files, as they are read."""
-    skipped: dict[str, int] = field(default_factory=dict)
 
     def plan(self, files: list[tuple[Path, str]]) -> None:
         """Sort `files` into carried (unchanged) and to read; count removed files."""
@@ -98,8 +97,6 @@ class IncrementalRun:
         """Read and chunk one file to embed, and note it for the next run."""
         read = read_file(path, relative, budget)
         key = str(path)
-        if read.skipped is not None:
-            self.skipped[read.skipped] = self.skipped.get(read.skipped, 0) + 1
         self._count(self.previous.files.get(key) if self.previous is not None else None, read)
         chunks = tuple(replace(chunk, text="") for chunk in read.chunks)
         self.entries[key] = FileEntry(relative, read.version, read.sha256, chunks)

@@ -36,6 +36,8 @@ class FileRead:
     chunks: list[FileChunk] = field(default_factory=list)
     skipped: str | None = None
     """Why the file gives no chunks (not UTF-8, blank), or None."""
+    detail: str | None = None
+    """More on why, e.g. where the bytes are not UTF-8."""
 
 
 def file_version(path: Path) -> FileVersion:
@@ -50,7 +52,8 @@ def read_file(path: Path, relative: str, budget: TokenBudget) -> FileRead:
     digest = hashlib.sha256(data).hexdigest()
     try:
         text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return FileRead(path, relative, version, digest, skipped="not UTF-8")
+    except UnicodeDecodeError as exc:
+        detail = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        return FileRead(path, relative, version, digest, skipped="not UTF-8", detail=detail)
     chunks = chunk_text(text, relative, budget)
     return FileRead(path, relative, version, digest, chunks, skipped=None if chunks else "blank")

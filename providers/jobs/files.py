@@ -30,6 +30,7 @@ __all__ = [
     "Invalid",
     "Skipped",
     "Source",
+    "checked",
     "find_sources",
     "read_chunks",
     "windows",
@@ -73,6 +74,8 @@ class Source:
     chunk) or "lines" (a chunk per line)."""
     relative: str | None = None
     """The path chunk ids start with: relative to the directory it was found in (a file named alone: its name)."""
+    in_directory: bool = False
+    """Found in a directory (so a file with nothing to embed is skipped, not refused)."""
 
     @property
     def name(self) -> str:
@@ -111,7 +114,7 @@ def find_sources(
                     continue
                 if check is not None:
                     check(file)
-                yield Source(file, "chunks" if fmt == "auto" else fmt, relative)
+                yield Source(file, "chunks" if fmt == "auto" else fmt, relative, in_directory=True)
 
 
 def _format_of(path: Path, fmt: str) -> str:
@@ -148,7 +151,7 @@ def read_chunks(source: Source, limits: InputLimits) -> Iterator[Chunk | Invalid
             if source.format == "jsonl":
                 yield _jsonl_chunk(line, where, limits)
             else:
-                yield _checked(f"{source.name}:{number}", line.rstrip("\r\n"), where, limits)
+                yield checked(f"{source.name}:{number}", line.rstrip("\r\n"), where, limits)
 
 
 def _numbered_lines(stream: IO[bytes], max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
@@ -186,7 +189,7 @@ def _whole(source: Source, limits: InputLimits) -> Chunk | Invalid:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         return Invalid(source.name, f"not UTF-8 text ({exc.reason} at byte {exc.start}); leave it out with --glob")
-    return _checked(source.name, text, source.name, limits)
+    return checked(source.name, text, source.name, limits)
 
 
 def _jsonl_chunk(line: str, where: str, limits: InputLimits) -> Chunk | Invalid:
@@ -203,10 +206,10 @@ def _jsonl_chunk(line: str, where: str, limits: InputLimits) -> Chunk | Invalid:
         return Invalid(where, f'"id" must be a string or an integer, not {json.dumps(chunk_id)}')
     if "text" not in record:
         return Invalid(where, f'no "text" field (id {json.dumps(chunk_id)})')
-    return _checked(chunk_id, record["text"], where, limits)
+    return checked(chunk_id, record["text"], where, limits)
 
 
-def _checked(chunk_id: str | int, text: object, where: str, limits: InputLimits) -> Chunk | Invalid:
+def checked(chunk_id: str | int, text: object, where: str, limits: InputLimits) -> Chunk | Invalid:
     label = f"(id {json.dumps(chunk_id)})"
     if not isinstance(text, str):
         return Invalid(where, f'"text" must be a string, not {type(text).__name__} {label}')

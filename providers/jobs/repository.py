@@ -27,7 +27,7 @@ from providers.chunking.selection import DEFAULT_MAX_FILE_BYTES, FileFilter
 from providers.chunking.source_file import file_version
 from providers.chunking.totals import InputTotals
 from providers.errors import InputError
-from providers.jobs.files import Chunk, Invalid, Skipped, Source, find_sources, read_chunks
+from providers.jobs.files import Chunk, Invalid, Skipped, Source, checked, find_sources, read_chunks
 from providers.jobs.writers import RowFields, VectorWriter, ids_path
 from providers.settings import InputLimits
 
@@ -104,7 +104,6 @@ class JobInput:
 
     def items(self, limits: InputLimits) -> Iterator[Chunk | Invalid | Skipped]:
         """Every chunk to embed, in source order; carried files give none (their rows come from the output)."""
-        self.run.skipped.clear()
         for source in self.sources:
             if source.format != "chunks":
                 yield from read_chunks(source, limits)
@@ -114,12 +113,16 @@ class JobInput:
             if str(path) in self.run.carried:
                 continue
             read = self.run.read(path, source.relative or source.path.name, self.budget)
-            if read.skipped is not None:
+            if read.skipped is not None and not source.in_directory:  # a file named alone: say why
+                yield Invalid(source.name, f"{read.detail or read.skipped}; leave it out of the inputs")
+            elif read.skipped is not None:
+                self.skipped[read.skipped] += 1
                 yield Skipped(source.name, read.skipped)
-                continue
             for chunk in read.chunks:
-                self.fields[chunk.id] = chunk.row()
-                yield Chunk(chunk.id, chunk.text)
+                item = checked(chunk.id, chunk.text, f"{source.name} lines {chunk.start_line}-{chunk.end_line}", limits)
+                if isinstance(item, Chunk):
+                    self.fields[chunk.id] = chunk.row()
+                yield item
 
     def totals(
         self, limits: InputLimits, invalid: Callable[[Invalid], None], seen: Callable[[Chunk], object]
@@ -142,8 +145,6 @@ class JobInput:
                 if path is not None:
                     counted.add(path)
         totals.files += len(counted) + sum(1 for source in self.sources if source.format != "chunks")
-        for reason, count in self.run.skipped.items():
-            self.skipped[reason] += count
         return totals
 
     def _tokens(self, text: str) -> int:
