@@ -84,7 +84,11 @@ def tokenizer_json_budget(path: Path, max_tokens: int) -> TokenBudget:
     overhead = len(tokenizer.encode("", add_special_tokens=True).ids)
 
     def count_many(texts: list[str]) -> list[int]:
-        return [len(encoding.ids) for encoding in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+        # Code repeats lines (blank ones, `return`, `}`): each distinct one is tokenized once.
+        distinct = list(dict.fromkeys(texts))
+        encoded = tokenizer.encode_batch_fast(distinct, add_special_tokens=False)
+        counts = {text: len(encoding.ids) for text, encoding in zip(distinct, encoded, strict=True)}
+        return [counts[text] for text in texts]
 
     if max_tokens <= overhead + MIN_CHUNK_TOKENS // 2:
         raise InputError(f"chunk tokens must be more than {overhead + MIN_CHUNK_TOKENS // 2} for this model.")

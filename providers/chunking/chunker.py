@@ -74,7 +74,7 @@ def chunk_text(text: str, path: str, budget: TokenBudget, language: str | None =
     spans = _syntax(text, lines, costs, limit, language)
     if spans is None:
         spans = [Span(a, b, None, False) for a, b in paragraph_windows(lines, costs, 0, len(lines) - 1, limit)]
-    spans = _without_blank_spans(spans, lines)
+    spans = _blank_lines_go_back(_without_blank_spans(spans, lines), lines)
     chunks = []
     for span in _within_budget(spans, lines, costs, budget):
         body = "".join(lines[span.first : span.last + 1])
@@ -119,6 +119,20 @@ def _without_blank_spans(spans: list[Span], lines: list[str]) -> list[Span]:
         else:
             pending = span
     return kept
+
+
+def _blank_lines_go_back(spans: list[Span], lines: list[str]) -> list[Span]:
+    """A span's leading blank lines end the span before it, so each chunk starts with code."""
+    for index in range(1, len(spans)):
+        span = spans[index]
+        first = span.first
+        while first < span.last and not lines[first].strip():
+            first += 1
+        if first != span.first:
+            before = spans[index - 1]
+            spans[index - 1] = Span(before.first, first - 1, before.symbol, before.defines)
+            spans[index] = Span(first, span.last, span.symbol, span.defines)
+    return spans
 
 
 def _within_budget(spans: list[Span], lines: list[str], costs: LineCosts, budget: TokenBudget) -> Iterator[Span]:

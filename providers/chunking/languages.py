@@ -91,8 +91,9 @@ def definition_name(node: Node, language: str) -> str | None:
         value = node.child_by_field_name("value")
         if value is None or value.type not in _FUNCTION_VALUES:
             return None
-    if node.type == "impl_item":  # Rust: `impl Trait for Type` is named by its type
-        return _text(node.child_by_field_name("type"))
+    if node.type == "impl_item":  # Rust: `impl<T> Trait for Type<T>` is named by its type, without generics
+        named = _text(node.child_by_field_name("type"))
+        return named.split("<", 1)[0] if named else None
     name = _text(node.child_by_field_name("name")) or _declarator_name(node)
     if name and node.type == "method_declaration" and language == "go":
         receiver = node.child_by_field_name("receiver")

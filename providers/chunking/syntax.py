@@ -89,6 +89,9 @@ class _Splitter:
         return self.merge(groups)
 
     def split_part(self, nodes: list[Node], first: int, last: int, scope: str | None) -> list[Span]:
+        definitions = [node for node in nodes if definition_name(node, self.language) is not None]
+        if len(nodes) > 1 and len(definitions) == 1:  # e.g. `export class X {`: the definition is the part
+            nodes = definitions
         if len(nodes) > 1:  # nodes sharing lines: split at their children together
             children = [child for node in nodes for child in (node.children or [node])]
             if len(children) == len(nodes):

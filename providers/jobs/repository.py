@@ -69,6 +69,8 @@ class JobInput:
     skipped: Counter[str] = field(default_factory=Counter)
     fields: RowFields = field(default_factory=dict)
     """Each chunk's row fields from when it is read until its row is written."""
+    tokens: dict[str, int] = field(default_factory=dict)
+    """Each chunk's tokens as the chunker counted them, while `totals` reads."""
 
     @classmethod
     def open(
@@ -102,7 +104,7 @@ class JobInput:
     def carried_count(self) -> int:
         return self.run.carried_count()
 
-    def items(self, limits: InputLimits) -> Iterator[Chunk | Invalid | Skipped]:
+    def items(self, limits: InputLimits, *, counting: bool = False) -> Iterator[Chunk | Invalid | Skipped]:
         """Every chunk to embed, in source order; carried files give none (their rows come from the output)."""
         for source in self.sources:
             if source.format != "chunks":
@@ -122,6 +124,8 @@ class JobInput:
                 item = checked(chunk.id, chunk.text, f"{source.name} lines {chunk.start_line}-{chunk.end_line}", limits)
                 if isinstance(item, Chunk):
                     self.fields[chunk.id] = chunk.row()
+                    if counting:
+                        self.tokens[chunk.id] = chunk.tokens
                 yield item
 
     def totals(
@@ -133,7 +137,7 @@ class JobInput:
         """
         totals = InputTotals(files=len(self.run.carried), chunks=self.carried_count())
         counted: set[str] = set()
-        for item in self.items(limits):
+        for item in self.items(limits, counting=True):
             if isinstance(item, Invalid):
                 totals.failed += 1
                 invalid(item)
@@ -141,7 +145,8 @@ class JobInput:
                 seen(item)
                 found = self.fields.pop(item.id, None)
                 path = str(found["path"]) if found else None
-                totals.add(path, self._tokens(item.text))
+                tokens = self.tokens.pop(str(item.id), None)
+                totals.add(path, self._tokens(item.text) if tokens is None else tokens)
                 if path is not None:
                     counted.add(path)
         totals.files += len(counted) + sum(1 for source in self.sources if source.format != "chunks")

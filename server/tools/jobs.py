@@ -26,7 +26,9 @@ from mcp.types import CallToolResult, ClientCapabilities, RootsCapability, TextC
 from pydantic import BaseModel, Field
 
 from providers import EmbeddingError, EmbeddingService, Settings
+from providers.chunking.selection import FileFilter
 from providers.jobs.paths import AllowedRoots
+from providers.jobs.repository import JobOptions
 from providers.jobs.runner import JobRunner, estimate_usd
 from providers.jobs.store import JobRecord, JobStatus
 from server.tools.registration import add_tool
@@ -64,6 +66,9 @@ class JobStatusResult(BaseModel):
     engine: str = "in-process"
     batches: dict[str, Any] | None = None
     """A batch-api job: its remote batches (each while few, else counts by status) and request counts."""
+    changes: dict[str, Any] | None = None
+    """A directory or source-file job: files and chunks added, changed, removed, unchanged since the
+    last run to its output, and files skipped by reason."""
 
 
 class JobStarted(JobStatusResult):
@@ -84,7 +89,9 @@ class JobListResult(BaseModel):
     jobs: list[JobStatusResult]
 
 
-def _status(job: JobRecord, batches: dict[str, Any] | None = None) -> JobStatusResult:
+def _status(
+    job: JobRecord, batches: dict[str, Any] | None = None, changes: dict[str, Any] | None = None
+) -> JobStatusResult:
     now = time.time()
     eta = job.eta_s(now)
     return JobStatusResult(
@@ -101,6 +108,7 @@ def _status(job: JobRecord, batches: dict[str, Any] | None = None) -> JobStatusR
         truncated=job.truncated,
         engine=job.engine,
         batches=batches,
+        changes=changes,
     )
 
 
@@ -167,6 +175,7 @@ def register_job_tools(mcp: MCPServer[Any]) -> None:
 
 
 JobId = Annotated[str, Field(description="From start_embedding_job or list_jobs.")]
+Patterns = Annotated[str | list[str] | None, Field(description="gitignore patterns, e.g. '*.py', 'src/**'")]
 
 
 async def start_embedding_job(
@@ -178,18 +187,32 @@ async def start_embedding_job(
     engine: Annotated[
         Literal["in-process", "batch-api", "ray"], Field(description="batch-api: OpenAI, half price, <=24 h")
     ] = "in-process",
+    glob: Patterns = None,
+    exclude: Patterns = None,
+    dry_run: Annotated[bool, Field(description="report files, chunks, tokens, cost; send nothing")] = False,
+    chunk_tokens: Annotated[int | None, Field(description="default: the model's window (local), 512")] = None,
 ) -> CallToolResult:
     """Embed a file or directory into a file in the background, for more than a call can carry.
-    Answers at once with job_id and estimated tokens/USD; poll job_status."""
+    Directories: the files git would track, chunked by syntax. Answers at once with job_id and
+    estimated tokens/USD; poll job_status. A rerun to the same output embeds only what changed."""
     runner = _runner(ctx)
     roots = await _roots(ctx, runner)
+    options = JobOptions(FileFilter(_patterns(glob), _patterns(exclude)), chunk_tokens)
+    if dry_run:
+        found = await _call(
+            lambda: runner.dry_run(input, output, provider=provider, roots=roots, engine=engine, options=options)
+        )
+        return _dry_run_answer(found.report(runner.settings))
     started = await _call(
-        lambda: runner.start(input, output, provider=provider, format=format, roots=roots, engine=engine)
+        lambda: runner.start(
+            input, output, provider=provider, format=format, roots=roots, engine=engine, options=options
+        )
     )
     job = started.job
     fields: dict[str, Any] = {"output": job.output, "space": job.space, "estimated_usd": job.estimated_usd}
     fields |= _prices(runner, job)
-    out = JobStarted(**vars(_status(job)), estimated_tokens=job.estimated_tokens, **fields)
+    status = _status(job, changes=runner.changes(job.id))
+    out = JobStarted(**vars(status), estimated_tokens=job.estimated_tokens, **fields)
     usd = "price unknown" if out.estimated_usd is None else f"${out.estimated_usd:.6f}"
     text = f"Started job {out.job_id} ({engine}): {out.total} chunks, about {out.estimated_tokens} tokens, {usd}"
     if out.sync_usd is not None and out.batch_usd is not None:
@@ -197,6 +220,8 @@ async def start_embedding_job(
     text += "."
     if started.duplicate_ids:
         text += f" Warning: {started.duplicate_ids}."
+    if out.changes is not None:
+        text += " " + _changes_text(out.changes)
     return _answer(out, text)
 
 
@@ -205,8 +230,9 @@ async def job_status(job_id: JobId, ctx: Context) -> CallToolResult:
     Poll it after start_embedding_job or resume_job."""
     runner = _runner(ctx)
     job = await _call(lambda: _async(runner.status, job_id))
-    out = _status(job, _batches(runner, job))
-    return _answer(out, _line(out))
+    out = _status(job, _batches(runner, job), runner.changes(job_id))
+    text = _line(out) if out.changes is None else f"{_line(out)} {_changes_text(out.changes)}"
+    return _answer(out, text)
 
 
 async def cancel_job(job_id: JobId, ctx: Context) -> CallToolResult:
@@ -248,3 +274,36 @@ def _prices(runner: JobRunner, job: JobRecord) -> dict[str, float | None]:
         for name in ("sync_usd", "batch_usd")
     }
     return {name: None if usd is None else round(usd, 6) for name, usd in both.items()}
+
+
+def _patterns(value: str | list[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    found = [value] if isinstance(value, str) else value
+    return tuple(pattern for pattern in found if pattern and pattern != "*")
+
+
+def _changes_text(changes: dict[str, Any]) -> str:
+    text = (
+        f"Files: {changes['files_added']} added, {changes['files_changed']} changed, "
+        f"{changes['files_removed']} removed, {changes['files_unchanged']} unchanged; chunks: "
+        f"{changes['chunks_added']} added, {changes['chunks_removed']} removed."
+    )
+    skipped = changes.get("skipped") or {}
+    if skipped:
+        text += f" Skipped {sum(skipped.values())}: " + ", ".join(f"{n} {why}" for why, n in skipped.items()) + "."
+    return text
+
+
+def _dry_run_answer(report: dict[str, Any]) -> CallToolResult:
+    usd = report["usd"]
+    text = (
+        f"Dry run, nothing sent: {report['files']} files, {report['chunks']} chunks; to embed "
+        f"{report['to_embed']} chunks, {report['tokens']} tokens, "
+        + ("price unknown" if usd is None else f"${usd:.6f}")
+        + ("" if report["batch_usd"] is None else f" (Batch API ${report['batch_usd']:.6f})")
+    )
+    if report["top_directories"]:
+        top = report["top_directories"][0]
+        text += f"; most in {top['directory']} ({top['share']:.0%})"
+    return CallToolResult(content=[TextContent(type="text", text=text + ".")], structured_content=report)
