@@ -43,7 +43,8 @@ class InputTotals:
 
     def top_directories(self, count: int = 10) -> list[dict[str, object]]:
         """The directories holding the most tokens to embed, with their share of all of them."""
+        ranked = sorted(self.by_directory.items(), key=lambda item: (-item[1], item[0].count("/"), item[0]))
         return [
             {"directory": name, "tokens": tokens, "share": round(tokens / self.tokens, 3) if self.tokens else 0.0}
-            for name, tokens in self.by_directory.most_common(count)
+            for name, tokens in ranked[:count]
         ]
