@@ -160,3 +160,40 @@ def test_the_local_budget_is_the_models_window_and_remote_ones_default_to_512() 
         name = "openai"
 
     assert chunk_budget(Remote(), settings).max_tokens == 512
+
+
+def test_a_chunk_the_tokenizer_counts_over_the_budget_as_a_whole_is_split_again() -> None:
+    # A tokenizer whose tokens span line breaks: a whole text costs more than its lines did apart.
+    def count_many(texts: list[str]) -> list[int]:
+        return [text.count("\n") ** 2 + 1 for text in texts]
+
+    budget = TokenBudget(10, 0, "spanning", count_many)
+    text = "".join(f"line {i}\n" for i in range(30))
+    chunks = chunk_text(text, "notes.txt", budget)
+    assert_tiles_the_file(chunks, text)
+    assert all(budget.count(chunk.text) <= 10 for chunk in chunks)
+
+
+@pytest.mark.parametrize(
+    ("language", "source", "name"),
+    [
+        ("c", b"static int *make_table(void) {\n  return 0;\n}\n", "make_table"),
+        ("cpp", b"namespace store {\nint f() { return 1; }\n}\n", "store"),
+        ("ruby", b"class Cart\n  def total\n    1\n  end\nend\n", None),
+    ],
+)
+def test_definitions_are_named_in_other_grammars(language: str, source: bytes, name: str | None) -> None:
+    parser = parser_for(language)
+    assert parser is not None
+    node = parser.parse(source).root_node.children[0]
+    assert definition_name(node, language) == name  # Ruby's `class` node ends in neither suffix
+
+
+def test_files_are_told_apart_by_name_and_suffix() -> None:
+    assert [language_of(Path(name)) for name in ("Dockerfile", "x.tsx", "README.md", "data.weird")] == [
+        "dockerfile",
+        "tsx",
+        "markdown",
+        "text",
+    ]
+    assert parser_for("markdown") is None  # text formats are windows
