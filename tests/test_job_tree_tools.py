@@ -84,7 +84,13 @@ async def test_glob_and_exclude_narrow_a_directory_job_and_binary_files_are_skip
 ) -> None:
     make_tree(project / "tree")
     result = await call(
-        client, "start_embedding_job", input="tree", output="out.jsonl", glob="*.py", exclude=["vendor/"], dry_run=True
+        client,
+        "start_embedding_job",
+        input="tree",
+        output="out.jsonl",
+        glob=["*.py"],
+        exclude=["vendor/"],
+        dry_run=True,
     )
     assert result.structured_content["files"] == 2
     assert result.structured_content["skipped"]["excluded"] == 1

@@ -175,7 +175,7 @@ def register_job_tools(mcp: MCPServer[Any]) -> None:
 
 
 JobId = Annotated[str, Field(description="From start_embedding_job or list_jobs.")]
-Patterns = Annotated[str | list[str] | None, Field(description="gitignore patterns, e.g. '*.py', 'src/**'")]
+Patterns = Annotated[list[str] | None, Field(description="gitignore patterns, e.g. *.py")]
 
 
 async def start_embedding_job(
@@ -190,7 +190,7 @@ async def start_embedding_job(
     glob: Patterns = None,
     exclude: Patterns = None,
     dry_run: Annotated[bool, Field(description="report files, chunks, tokens, cost; send nothing")] = False,
-    chunk_tokens: Annotated[int | None, Field(description="default: the model's window (local), 512")] = None,
+    chunk_tokens: int | None = None,
 ) -> CallToolResult:
     """Embed a file or directory into a file in the background, for more than a call can carry.
     Directories: the files git would track, chunked by syntax. Answers at once with job_id and
@@ -276,11 +276,8 @@ def _prices(runner: JobRunner, job: JobRecord) -> dict[str, float | None]:
     return {name: None if usd is None else round(usd, 6) for name, usd in both.items()}
 
 
-def _patterns(value: str | list[str] | None) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    found = [value] if isinstance(value, str) else value
-    return tuple(pattern for pattern in found if pattern and pattern != "*")
+def _patterns(value: list[str] | None) -> tuple[str, ...]:
+    return tuple(pattern for pattern in value or () if pattern and pattern != "*")
 
 
 def _changes_text(changes: dict[str, Any]) -> str:
