@@ -6,6 +6,7 @@ In process against the loopback OpenAI server (the real provider and SDK).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 from collections.abc import Iterator
 from dataclasses import replace
@@ -138,3 +139,21 @@ def test_an_output_changed_since_is_not_trusted_and_every_file_is_read_again(
     assert embed(openai, str(tree), "--no-cache", "-o", str(output)) == 0
     assert len(server.embedded_inputs()) - before == len(rows)
     assert len(output.read_text().splitlines()) == len(rows)
+
+
+def test_carried_rows_take_the_encoding_of_the_new_run(
+    openai: Settings, server: LoopbackOpenAI, tmp_path: Path
+) -> None:
+    tree, output = tmp_path / "tree", tmp_path / "out.jsonl"
+    make_tree(tree)
+    assert embed(openai, str(tree), "--no-cache", "-o", str(output)) == 0
+    floats = {row["id"]: row["embedding"] for row in map(json.loads, output.read_text().splitlines())}
+    before = len(server.embedded_inputs())
+    assert embed(openai, str(tree), "--no-cache", "--encoding", "base64", "-o", str(output)) == 0
+    assert len(server.embedded_inputs()) == before  # nothing changed: nothing sent
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert {row["id"] for row in rows} == set(floats)
+    for row in rows:
+        np.testing.assert_array_equal(
+            np.frombuffer(base64.b64decode(row["embedding"]), "<f4"), np.asarray(floats[row["id"]], np.float32)
+        )

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["previous_rows"]
+__all__ = ["previous_lines", "previous_rows"]
 
 _BLOCK = 1024
 
@@ -81,3 +81,30 @@ def _npy_rows(output: Path, ids_file: Path, wanted: set[str], dimensions: int) -
         block = picked[start : start + _BLOCK]
         vectors = np.asarray(matrix[[index for index, _, _ in block]], dtype=np.float32)
         yield [chunk_id for _, chunk_id, _ in block], vectors, [int(lost) for _, _, lost in block]
+
+
+def previous_lines(output: Path, wanted: set[str], base64: bool) -> Iterator[list[bytes]] | None:
+    """Blocks of the JSONL rows of `output` whose id is in `wanted`, as they are; None when their
+    embeddings are not in the encoding asked for (then they must be decoded and written again)."""
+    with output.open("rb") as stream:
+        first = stream.readline()
+    if first and (b'"embedding":"' in first) != base64:
+        return None
+    return _lines(output, wanted)
+
+
+def _lines(output: Path, wanted: set[str]) -> Iterator[list[bytes]]:
+    decoder = json.JSONDecoder()
+    block: list[bytes] = []
+    with output.open("rb") as stream:
+        for line in stream:
+            if not line.startswith(b'{"id":'):
+                raise ValueError(f"{output}: a row that does not start with its id")
+            chunk_id, _ = decoder.raw_decode(line[6:200].decode("utf-8", errors="replace"))
+            if chunk_id in wanted:
+                block.append(line)
+                if len(block) == _BLOCK:
+                    yield block
+                    block = []
+    if block:
+        yield block

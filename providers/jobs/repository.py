@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from providers.chunking.budget import TokenBudget
-from providers.chunking.carry import previous_rows
+from providers.chunking.carry import previous_lines, previous_rows
 from providers.chunking.incremental import Changes, IncrementalRun
 from providers.chunking.manifest import ManifestStore
 from providers.chunking.selection import DEFAULT_MAX_FILE_BYTES, FileFilter
@@ -28,7 +28,7 @@ from providers.chunking.source_file import file_version
 from providers.chunking.totals import InputTotals
 from providers.errors import InputError
 from providers.jobs.files import Chunk, Invalid, Skipped, Source, checked, find_sources, read_chunks
-from providers.jobs.writers import RowFields, VectorWriter, ids_path
+from providers.jobs.writers import JsonlWriter, RowFields, VectorWriter, ids_path
 from providers.settings import InputLimits
 
 __all__ = ["JobInput", "JobOptions"]
@@ -165,6 +165,15 @@ class JobInput:
         ids_file = ids_path(self.output) if self.output.suffix.lower() == ".npy" else None
         written = 0
         try:
+            if isinstance(writer, JsonlWriter) and ids_file is None:
+                lines = previous_lines(self.output, set(rows), writer.encoding == "base64")
+                if lines is not None:  # the rows as they are: nothing to decode and format again
+                    for block in lines:
+                        writer.write_lines(block)
+                        written += len(block)
+                    if written != len(rows):
+                        raise ValueError(f"it holds {written:,} of the {len(rows):,} rows its last run wrote")
+                    return written
             for ids, vectors, dropped in previous_rows(self.output, set(rows), dimensions, ids_file):
                 for chunk_id in ids:
                     self.fields[chunk_id] = rows[str(chunk_id)]

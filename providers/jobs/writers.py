@@ -111,6 +111,15 @@ class JsonlWriter:
         self._out.write("".join(lines).encode())
         self._out.flush()
 
+    @property
+    def encoding(self) -> VectorEncoding:
+        return self._encoding
+
+    def write_lines(self, lines: Sequence[bytes]) -> None:
+        """Rows this writer wrote before (in the same encoding and space), copied as they are."""
+        self._out.write(b"".join(line if line.endswith(b"\n") else line + b"\n" for line in lines))
+        self._out.flush()
+
     def _extra(self, chunk_id: str | int) -> str:
         found = self._fields.pop(chunk_id, None) if self._fields else None
         return f",{json.dumps(found)[1:-1]}" if found else ""
