@@ -97,7 +97,8 @@ class IncrementalRun:
         """Read and chunk one file to embed, and note it for the next run."""
         read = read_file(path, relative, budget)
         key = str(path)
-        self._count(self.previous.files.get(key) if self.previous is not None else None, read)
+        if key not in self.entries:  # read a second time (counted, then embedded): counted once
+            self._count(self.previous.files.get(key) if self.previous is not None else None, read)
         chunks = tuple(replace(chunk, text="") for chunk in read.chunks)
         self.entries[key] = FileEntry(relative, read.version, read.sha256, chunks)
         return read

@@ -352,7 +352,11 @@ async def _embed_with(
     provider = engine.provider(service.provider.name)
     checked = await anyio.to_thread.run_sync(tree.preflight, job.inputs, job.input_spec(), settings, provider)
     run.total = None if checked is None else checked.totals.chunks
-    job_input = await anyio.to_thread.run_sync(tree.open_input, job.inputs, job.input_spec(), settings, provider)
+    job_input = (  # the files as checked and counted: the same plan, read again as it is embedded
+        checked.job_input
+        if checked is not None
+        else await anyio.to_thread.run_sync(tree.open_input, job.inputs, job.input_spec(), settings, provider)
+    )
     writer: VectorWriter = (
         NpyWriter(job.output, provider.dimensions, job_input.fields)
         if job.npy and job.output is not None
