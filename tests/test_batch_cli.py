@@ -272,7 +272,7 @@ def test_bad_bytes_and_overlong_lines_are_named_too(
 def test_skip_invalid_skips_bad_records_and_counts_them_as_failed(
     openai: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(batch, "_MAX_REPORTED_SKIPS", 2)
+    monkeypatch.setattr("server.commands.tree._MAX_REPORTED_SKIPS", 2)
     records = [{"id": 1, "text": "good"}, "oops", {"id": 2}, {"id": 3, "text": ""}, {"id": 4, "text": "also good"}]
     source = write_jsonl(tmp_path / "in.jsonl", records)
     assert embed(openai, str(source), "--skip-invalid", "-o", str(tmp_path / "out.jsonl")) == 0

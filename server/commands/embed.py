@@ -50,9 +50,9 @@ from providers import ConfigurationError, EmbeddingError, EmbeddingService, Inpu
 from providers.batch_api.job_engine import BatchesRunning
 from providers.chunking.incremental import Changes
 from providers.jobs.engine import EngineJob, JobEngine
-from providers.jobs.files import FORMATS, Chunk, DuplicateIds, Invalid, Source, find_sources
+from providers.jobs.files import FORMATS, Chunk, DuplicateIds, Source, find_sources
 from providers.jobs.pipeline import Tally
-from providers.jobs.repository import JobInput, JobOptions
+from providers.jobs.repository import JobOptions
 from providers.jobs.writers import JsonlWriter, NpyWriter, VectorWriter, ids_path
 from providers.registry import provider_names
 from providers.settings import InputLimits
@@ -92,7 +92,6 @@ PROG = "signal-hub-embeddings"
 # 4 in flight 14 s, 8 in flight 13.5 s (and slower warm runs). Windows of 512-2048 were no faster
 # one at a time than 256 with 4 in flight, and make a killed run redo more.
 DEFAULT_WINDOW = 256
-_MAX_REPORTED_SKIPS = 20
 
 
 # --- the commands ----------------------------------------------------------------------------------
@@ -214,6 +213,10 @@ class _Run:
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
     changes: Changes | None = None
 
+    def saw(self, chunk: Chunk) -> None:
+        self.read += 1
+        self.duplicates.add(chunk.id)
+
     def undone(self) -> int:
         """Valid chunks with no vector written: what a failure left."""
         return (self.read if self.total is None else self.total) - self.tally.written
@@ -223,7 +226,7 @@ def run_embed(args: argparse.Namespace, settings: Settings) -> int:
     """The `embed` command. Progress, errors and the summary go to stderr; returns the exit code."""
     if misplaced := shard_arguments_misplaced(args):
         return _fail(f"error: {misplaced}", _Run(), time.monotonic(), EXIT_USAGE)
-    if args.engine == "ray" and is_directory_output(args.output):
+    if args.engine == "ray" and args.output is not None and is_directory_output(args.output):
         return run_ray_shards(args, settings)
     started = time.monotonic()
     run = _Run()
@@ -325,23 +328,6 @@ def _job_from(args: argparse.Namespace, limits: InputLimits) -> EmbedJob:
     )
 
 
-def _valid(job: EmbedJob, job_input: JobInput, limits: InputLimits, run: _Run) -> Iterator[Chunk]:
-    tally = run.tally
-    for item in job_input.items(limits):
-        if isinstance(item, Chunk):
-            run.read += 1
-            run.duplicates.add(item.id)
-            yield item
-        elif isinstance(item, Invalid):
-            if not job.skip_invalid:
-                raise InputError(f"{item}. Fix it, or pass --skip-invalid to skip bad records.")
-            tally.failed += 1
-            if tally.failed <= _MAX_REPORTED_SKIPS:
-                _say(f"skipped {item}")
-            elif tally.failed == _MAX_REPORTED_SKIPS + 1:
-                _say("skipping more bad records without naming them")
-
-
 async def _embed_all(job: EmbedJob, settings: Settings, run: _Run) -> str:
     async with EmbeddingService(job.provider or default_provider(job.engines), job.model, settings=settings) as service:
         if job.dry_run:  # no engine: nothing is sent
@@ -365,12 +351,8 @@ async def _embed_with(
     engine: JobEngine, service: EmbeddingService, job: EmbedJob, settings: Settings, run: _Run
 ) -> str:
     provider = engine.provider(service.provider.name)
-    checked = await anyio.to_thread.run_sync(tree.preflight, job.inputs, job.input_spec(), settings, provider)
-    run.total = None if checked is None else checked.totals.chunks
-    job_input = (  # the files as checked and counted: the same plan, read again as it is embedded
-        checked.job_input
-        if checked is not None
-        else await anyio.to_thread.run_sync(tree.open_input, job.inputs, job.input_spec(), settings, provider)
+    job_input, run.total = await anyio.to_thread.run_sync(
+        tree.prepare, job.inputs, job.input_spec(), settings, provider
     )
     writer: VectorWriter = (
         NpyWriter(job.output, provider.dimensions, job_input.fields)
@@ -388,7 +370,8 @@ async def _embed_with(
 
         try:
             tally.cached += await anyio.to_thread.run_sync(job_input.write_carried, writer, provider.dimensions)
-            await engine.run(engine_job, _valid(job, job_input, settings.limits, run), writer, tally, show)
+            chunks = tree.valid_chunks(job_input, settings.limits, job.skip_invalid, tally, run.saw, _say)
+            await engine.run(engine_job, chunks, writer, tally, show)
             writer.commit()
             job_input.commit()
         except BaseException:

@@ -8,18 +8,19 @@ signal-hub-embeddings embed src/ -o vectors.npy --chunk-tokens 384
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from providers import InputError, Settings
+from providers import InputError, InputLimits, Settings
 from providers.base import EmbeddingProvider
 from providers.chunking.budget import MIN_CHUNK_TOKENS, chunk_budget
 from providers.chunking.incremental import Changes
 from providers.chunking.manifest import ManifestStore
 from providers.chunking.selection import DEFAULT_MAX_FILE_BYTES, FileFilter
-from providers.jobs.files import Invalid
+from providers.jobs.files import Chunk, Invalid
+from providers.jobs.pipeline import Tally
 from providers.jobs.repository import JobInput, JobOptions
 from providers.jobs.scan import DryRun
 from server.commands.progress import format_usd
@@ -31,9 +32,13 @@ __all__ = [
     "dry_run_text",
     "open_input",
     "preflight",
+    "prepare",
     "skipped_line",
     "tree_options",
+    "valid_chunks",
 ]
+
+_MAX_REPORTED_SKIPS = 20
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,39 @@ def tree_options(args: argparse.Namespace) -> JobOptions:
         raise InputError(f"--max-file-bytes must be positive, not {args.max_file_bytes}.")
     globs = tuple(pattern for pattern in args.glob if pattern != "*")
     return JobOptions(FileFilter(globs, tuple(args.exclude), args.max_file_bytes), args.chunk_tokens)
+
+
+def prepare(
+    inputs: Sequence[str], spec: InputSpec, settings: Settings, provider: EmbeddingProvider
+) -> tuple[JobInput, int | None]:
+    """The input, checked and counted (None: stdin); the same plan is then read again as it is embedded."""
+    checked = preflight(inputs, spec, settings, provider)
+    if checked is None:
+        return open_input(inputs, spec, settings, provider), None
+    return checked.job_input, checked.totals.chunks
+
+
+def valid_chunks(
+    job_input: JobInput,
+    limits: InputLimits,
+    skip_invalid: bool,
+    tally: Tally,
+    saw: Callable[[Chunk], None],
+    say: Callable[[str], None],
+) -> Iterator[Chunk]:
+    """The chunks to embed; a bad record stops the run, or with `skip_invalid` is counted as failed."""
+    for item in job_input.items(limits):
+        if isinstance(item, Chunk):
+            saw(item)
+            yield item
+        elif isinstance(item, Invalid):
+            if not skip_invalid:
+                raise InputError(f"{item}. Fix it, or pass --skip-invalid to skip bad records.")
+            tally.failed += 1
+            if tally.failed <= _MAX_REPORTED_SKIPS:
+                say(f"skipped {item}")
+            elif tally.failed == _MAX_REPORTED_SKIPS + 1:
+                say("skipping more bad records without naming them")
 
 
 def skipped_line(skipped: dict[str, int]) -> str | None:
