@@ -197,3 +197,12 @@ def test_files_are_told_apart_by_name_and_suffix() -> None:
         "text",
     ]
     assert parser_for("markdown") is None  # text formats are windows
+
+
+def test_a_local_model_without_a_fast_tokenizer_counts_a_token_a_byte(tmp_path: Path) -> None:
+    model = tmp_path / "plain-model"
+    model.mkdir()
+    (model / "sentence_bert_config.json").write_text('{"max_seq_length": 128}')
+    settings = Settings(local_models={"plain": model})
+    budget = chunk_budget(LocalProvider("plain", path=model), settings)
+    assert (budget.max_tokens, budget.tokenizer, budget.count("abc")) == (128, "utf8-bytes", 5)

@@ -62,7 +62,10 @@ def chunk_budget(provider: EmbeddingProvider, settings: Settings, chunk_tokens: 
         if provider.model not in known:
             raise ConfigurationError(f"unknown local model {provider.model!r}.")
         path = known[provider.model][0]
-        return tokenizer_json_budget(path / "tokenizer.json", chunk_tokens or max_seq_length(path))
+        window = chunk_tokens or max_seq_length(path)
+        if not (path / "tokenizer.json").is_file():  # a model without a fast tokenizer: a byte a token, erring high
+            return TokenBudget(window, 2, "utf8-bytes", lambda texts: [len(t.encode()) for t in texts], True)
+        return tokenizer_json_budget(path / "tokenizer.json", window)
     tokenizer = default_tokenizer()
 
     def count_many(texts: list[str]) -> list[int]:
