@@ -47,6 +47,7 @@ class JobInputs:
         provider: str,
         engine: str,
         roots: AllowedRoots,
+        space: str | None = None,
     ) -> JobInput:
         """The job's input, its files sorted into unchanged (rows carried over) and to read."""
         options = JobOptions.from_column(column)
@@ -56,7 +57,7 @@ class JobInputs:
             output=output,
             budget=chunk_budget(chosen, self.settings, options.chunk_tokens),
             options=options,
-            space=chosen.space,
+            space=space or chosen.space,
             exclude=exclude,
             check=roots.check_file,
             manifests=self.manifests,

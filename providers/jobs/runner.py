@@ -29,6 +29,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
+from providers.base import InputType, input_type_of
 from providers.cost import batch_cost_usd, cost_usd
 from providers.errors import EmbeddingError, InputError
 from providers.jobs.engine import ENGINES, EngineJob, InProcessEngine, JobEngine, build_engine, job_settings
@@ -117,6 +118,7 @@ class JobRunner:
         roots: AllowedRoots | None = None,
         engine: str = "in-process",
         options: JobOptions | None = None,
+        input_type: InputType = "document",
     ) -> JobStart:
         """Check, count and price the job, then queue it; answers before any embedding."""
         options = options or JobOptions.from_column(glob)
@@ -129,8 +131,9 @@ class JobRunner:
         if out_format == "npy":
             roots.check_output(str(ids_path(target)), [source])
         chosen = self.engine_named(engine).provider(provider)
-        column = options.to_column()
-        job_input = self._job_input(str(source), target, out_format, column, chosen.name, engine, roots)
+        await chosen.resolve_space()  # the job's space must be final (a compatible server's length)
+        column, space = options.to_column(), chosen.space_for(input_type)
+        job_input = self._job_input(str(source), target, out_format, column, chosen.name, engine, roots, space)
         scan = await anyio.to_thread.run_sync(self.inputs.scan, job_input)
         found = await anyio.to_thread.run_sync(fingerprint, str(source), column, output_files(target, out_format))
         job = self.store.create(
@@ -140,7 +143,7 @@ class JobRunner:
             glob=column,
             provider=chosen.name,
             model=chosen.model,
-            space=chosen.space,
+            space=space,  # also what a resume embeds as (`input_type_of`)
             fingerprint=found,
             total=scan.totals.chunks,
             estimated_tokens=scan.totals.tokens,
@@ -306,12 +309,13 @@ class JobRunner:
         try:
             with scope:
                 job_input = await anyio.to_thread.run_sync(
-                    self._job_input, job.input, Path(job.output), job.format, job.glob, job.provider, job.engine
-                )
+                    self._job_input, job.input, Path(job.output), job.format, job.glob, job.provider, job.engine,
+                    None, job.space,
+                )  # fmt: skip
                 writer = await anyio.to_thread.run_sync(self._writer, job, job_input)
                 dimensions = self.engine.provider(job.provider).dimensions
                 tally.cached += await anyio.to_thread.run_sync(self.inputs.carry, job_input, writer, dimensions)
-                engine_job = EngineJob(job.id, job.provider, job.space)
+                engine_job = EngineJob(job.id, job.provider, job.space, input_type=input_type_of(job.space))
                 # `done` counts rows written, each already cached: after a kill it never claims more.
                 engine = self.engine_named(job.engine)
                 await engine.run(engine_job, self.inputs.chunks(job_input), writer, tally, lambda _: save())
@@ -362,18 +366,12 @@ class JobRunner:
         return JsonlWriter(output, job.space, fields=job_input.fields)
 
     def _job_input(
-        self,
-        source: str,
-        output: Path,
-        fmt: str,
-        column: str,
-        provider: str,
-        engine: str,
-        roots: AllowedRoots | None = None,
-    ) -> JobInput:
+        self, source: str, output: Path, fmt: str, column: str, provider: str, engine: str,
+        roots: AllowedRoots | None = None, space: str | None = None,
+    ) -> JobInput:  # fmt: skip
         # Read with the server's roots by default: a resumed job may not reach further than a new one.
-        excluded = output_files(output, fmt)
-        return self.inputs.open(source, output, excluded, column, provider, engine, roots or self.roots)
+        roots = roots or self.roots
+        return self.inputs.open(source, output, output_files(output, fmt), column, provider, engine, roots, space)
 
 
 def output_files(output: Path, out_format: str) -> frozenset[Path]:

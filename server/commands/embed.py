@@ -15,8 +15,7 @@ is read lazily and embedded in windows of `--window` texts, so memory does not g
 and every finished window is in the cache: a run that is killed and started again gets those
 windows from the cache and sends only the rest. Output goes to `<output>.partial`, renamed only
 when complete. Texts cut to the model's window are counted in the summary and marked on their rows.
-Source files and directories are chunked by syntax within the model's token budget; a rerun to the
-same output reads again only the files that changed (`server/commands/tree.py`, `providers/chunking`).
+Files and directories are chunked by syntax, and a rerun reads only what changed (`commands/tree.py`).
 
 `--engine batch-api` sends the chunks missing from the cache through the OpenAI Batch API (half
 price, within 24 h) and waits for the batches; killed and run again on the same input, it
@@ -33,8 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
-import json
 import os
 import sys
 import time
@@ -46,7 +43,7 @@ from typing import Any
 
 import anyio
 
-from providers import ConfigurationError, EmbeddingError, EmbeddingService, InputError, Settings
+from providers import INPUT_TYPES, ConfigurationError, EmbeddingError, EmbeddingService, InputError, InputType, Settings
 from providers.batch_api.job_engine import BatchesRunning
 from providers.chunking.incremental import Changes
 from providers.jobs.engine import EngineJob, JobEngine
@@ -59,7 +56,7 @@ from providers.settings import InputLimits
 from server.commands import tree
 from server.commands.cache import format_bytes, run_cache
 from server.commands.engines import EngineOptions, add_engine_arguments, default_provider, engine_options, open_engine
-from server.commands.progress import cost_text, format_seconds, format_usd, progress_bar, summary
+from server.commands.progress import cost_text, format_seconds, format_usd, progress_bar, say, showing_notices, summary
 from server.commands.ray_shards import (
     add_shard_arguments,
     is_directory_output,
@@ -111,6 +108,7 @@ class EmbedJob:
     provider: str | None = None
     model: str | None = None
     encoding: Encoding = "float"
+    input_type: InputType = "document"
     engines: EngineOptions = dataclasses.field(default_factory=EngineOptions)
 
     @property
@@ -118,13 +116,11 @@ class EmbedJob:
         return self.output is not None and self.output.suffix.lower() == ".npy"
 
     def sources(self) -> Iterator[Source]:
-        return find_sources(self.inputs, self.format, self.options.filter, self.excluded())
+        return find_sources(self.inputs, self.format, self.options.filter, self.input_spec().excluded)
 
     def input_spec(self) -> tree.InputSpec:
-        return tree.InputSpec(self.output, self.options, self.format, self.excluded(), self.skip_invalid)
-
-    def excluded(self) -> frozenset[Path]:
-        return frozenset(p.resolve() for p in self.output_files())
+        excluded = frozenset(p.resolve() for p in self.output_files())
+        return tree.InputSpec(self.output, self.options, self.format, excluded, self.skip_invalid)
 
     def output_files(self) -> list[Path]:
         if self.output is None:
@@ -133,14 +129,8 @@ class EmbedJob:
         return [*files, *(f.with_name(f.name + ".partial") for f in files)]
 
     def fingerprint(self, space: str) -> str:
-        """A stable id for this input in this space: each input file's path, size and mtime (a rerun re-attaches)."""
-        digest = hashlib.sha256(json.dumps([space, self.options.to_column(), self.format]).encode())
-        for source in self.sources():
-            if source.path is None:  # stdin: nothing to know it by again
-                return f"cli-stdin-{time.time_ns()}"
-            info = source.path.stat()
-            digest.update(json.dumps([str(source.path.resolve()), info.st_size, info.st_mtime_ns]).encode())
-        return f"cli-{digest.hexdigest()[:24]}"
+        """A stable id for this input in this space (a rerun re-attaches)."""
+        return tree.fingerprint(self.sources(), [space, self.options.to_column(), self.format])
 
 
 def add_commands(subparsers: Any) -> None:
@@ -150,6 +140,9 @@ def add_commands(subparsers: Any) -> None:
         help="embed chunks from files or stdin into JSONL or .npy",
         description="Embed chunks and write their vectors. Progress and the summary go to stderr; stdout "
         "carries vectors only with --output -. Run again after a kill, it sends only chunks not yet cached.",
+        epilog=f"exit codes: {EXIT_OK} done, {EXIT_FAILED} the provider, the budget or writing failed, "
+        f"{EXIT_USAGE} bad usage or bad input (named by file and line), {EXIT_PENDING} batches still running "
+        f"(--no-wait), {EXIT_INTERRUPTED} interrupted.",
     )
     embed.add_argument(
         "inputs",
@@ -179,6 +172,9 @@ def add_commands(subparsers: Any) -> None:
     embed.add_argument("--provider", choices=provider_names(), help="default: SIGNAL_HUB_PROVIDER")
     embed.add_argument("--model", help="the provider's model (default: as configured)")
     embed.add_argument(
+        "--input-type", choices=INPUT_TYPES, default="document", help="document (default), or query: search texts"
+    )
+    embed.add_argument(
         "--window", type=int, default=DEFAULT_WINDOW, help=f"texts per call and cache commit (default {DEFAULT_WINDOW})"
     )
     add_engine_arguments(embed)
@@ -188,12 +184,19 @@ def add_commands(subparsers: Any) -> None:
     embed.add_argument("--no-progress", action="store_true", help="no progress bar; the summary is still printed")
     embed.set_defaults(run=run_embed)
 
-    cache = subparsers.add_parser("cache", help="inspect or prune the embedding cache")
+    cache = subparsers.add_parser(
+        "cache",
+        help="inspect or prune the embedding cache",
+        description="The vector cache (cache.sqlite3 under the data directory), shared by the server and embed.",
+    )
     actions = cache.add_subparsers(dest="cache_command", metavar="{stats,prune}", required=True)
-    actions.add_parser("stats", help="entries, bytes and entries per vector space").add_argument(
+    stats_help = "entries, bytes and entries per vector space"
+    actions.add_parser("stats", help=stats_help, description=stats_help.capitalize() + ".").add_argument(
         "--json", action="store_true", help="print JSON"
     )
-    prune = actions.add_parser("prune", help="delete cached vectors")
+    prune = actions.add_parser(
+        "prune", help="delete cached vectors", description="Delete cached vectors: by space, by age, or all."
+    )
     prune.add_argument("--space", help="only vectors of this space (see `cache stats`)")
     prune.add_argument("--older-than-days", type=float, metavar="N", help="only vectors stored over N days ago")
     prune.add_argument("--all", action="store_true", help="every cached vector")
@@ -235,7 +238,8 @@ def run_embed(args: argparse.Namespace, settings: Settings) -> int:
             job = _job_from(args, settings.limits)
         except EmbeddingError as exc:
             return _fail(f"error: {exc}", run, started, EXIT_USAGE)
-        return _embed_and_report(job, settings, run, started, no_cache=args.no_cache)
+        with showing_notices():
+            return _embed_and_report(job, settings, run, started, no_cache=args.no_cache)
     finally:
         run.duplicates.close()
 
@@ -287,10 +291,8 @@ def _report(run: _Run, started: float) -> None:
         )
     if run.duplicates.count:
         _say(f"warning: {run.duplicates.describe()}; give each chunk its own id.")
-    if (skipped := tree.skipped_line(run.skipped)) is not None:
-        _say(skipped, prefix="  ")
-    if run.changes is not None:
-        _say(tree.changes_line(run.changes), prefix="  ")
+    for line in tree.report_lines(run.skipped, run.changes):
+        _say(line, prefix="  ")
 
 
 def _job_from(args: argparse.Namespace, limits: InputLimits) -> EmbedJob:
@@ -324,6 +326,7 @@ def _job_from(args: argparse.Namespace, limits: InputLimits) -> EmbedJob:
         provider=args.provider,
         model=args.model,
         encoding=args.encoding,
+        input_type=args.input_type,
         engines=engines,
     )
 
@@ -331,13 +334,7 @@ def _job_from(args: argparse.Namespace, limits: InputLimits) -> EmbedJob:
 async def _embed_all(job: EmbedJob, settings: Settings, run: _Run) -> str:
     async with EmbeddingService(job.provider or default_provider(job.engines), job.model, settings=settings) as service:
         if job.dry_run:  # no engine: nothing is sent
-            found = await anyio.to_thread.run_sync(
-                tree.preflight, job.inputs, job.input_spec(), settings, service.provider
-            )
-            if found is None:
-                raise InputError("--dry-run reads files and directories, not stdin.")
-            print(tree.dry_run_text(found.report(settings)), flush=True)
-            return service.provider.space
+            return await tree.dry_run(job.inputs, job.input_spec(), settings, service.provider)
         engine = open_engine(job.engines, settings, service)
         try:
             return await _embed_with(engine, service, job, settings, run)
@@ -351,17 +348,19 @@ async def _embed_with(
     engine: JobEngine, service: EmbeddingService, job: EmbedJob, settings: Settings, run: _Run
 ) -> str:
     provider = engine.provider(service.provider.name)
+    await provider.resolve_space()  # the file's space must be final (a compatible server's length) before it opens
+    space = provider.space_for(job.input_type)
     job_input, run.total = await anyio.to_thread.run_sync(
-        tree.prepare, job.inputs, job.input_spec(), settings, provider
+        tree.prepare, job.inputs, job.input_spec(), settings, provider, space
     )
     writer: VectorWriter = (
         NpyWriter(job.output, provider.dimensions, job_input.fields)
         if job.npy and job.output is not None
-        else JsonlWriter(job.output, provider.space, job.encoding, job_input.fields)
+        else JsonlWriter(job.output, space, job.encoding, job_input.fields)
     )
     tally = run.tally
-    job_id = "embed" if job.engines.engine == "in-process" else job.fingerprint(provider.space)
-    engine_job = EngineJob(job_id, provider.name, provider.space, window=job.window)
+    job_id = "embed" if job.engines.engine == "in-process" else job.fingerprint(space)
+    engine_job = EngineJob(job_id, provider.name, space, window=job.window, input_type=job.input_type)
     with progress_bar(run.total, enabled=job.progress) as bar:
 
         def show(done: int) -> None:
@@ -382,7 +381,7 @@ async def _embed_with(
             run.skipped = dict(job_input.skipped)
             if job_input.run.previous is not None:
                 run.changes = job_input.changes
-    return provider.space
+    return space
 
 
 def _fail(message: str, run: _Run, started: float, code: int, *, resumable: bool = False) -> int:
@@ -395,4 +394,4 @@ def _fail(message: str, run: _Run, started: float, code: int, *, resumable: bool
 
 
 def _say(message: str, *, prefix: str = f"{PROG}: ") -> None:
-    print(f"{prefix}{message}", file=sys.stderr, flush=True)
+    say(message, prefix=prefix)

@@ -8,10 +8,15 @@ signal-hub-embeddings embed src/ -o vectors.npy --chunk-tokens 384
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterator, Sequence
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import anyio.to_thread
 
 from providers import InputError, InputLimits, Settings
 from providers.base import EmbeddingProvider
@@ -19,7 +24,7 @@ from providers.chunking.budget import MIN_CHUNK_TOKENS, chunk_budget
 from providers.chunking.incremental import Changes
 from providers.chunking.manifest import ManifestStore
 from providers.chunking.selection import DEFAULT_MAX_FILE_BYTES, FileFilter
-from providers.jobs.files import Chunk, Invalid
+from providers.jobs.files import Chunk, Invalid, Source
 from providers.jobs.pipeline import Tally
 from providers.jobs.repository import JobInput, JobOptions
 from providers.jobs.scan import DryRun
@@ -29,10 +34,13 @@ __all__ = [
     "InputSpec",
     "add_tree_arguments",
     "changes_line",
+    "dry_run",
     "dry_run_text",
+    "fingerprint",
     "open_input",
     "preflight",
     "prepare",
+    "report_lines",
     "skipped_line",
     "tree_options",
     "valid_chunks",
@@ -52,24 +60,28 @@ class InputSpec:
     skip_invalid: bool
 
 
-def open_input(inputs: Sequence[str], spec: InputSpec, settings: Settings, provider: EmbeddingProvider) -> JobInput:
+def open_input(
+    inputs: Sequence[str], spec: InputSpec, settings: Settings, provider: EmbeddingProvider, space: str | None = None
+) -> JobInput:
     return JobInput.open(
         inputs,
         output=spec.output,
         budget=chunk_budget(provider, settings, spec.options.chunk_tokens),
         options=spec.options,
-        space=provider.space,
+        space=space or provider.space,
         fmt=spec.format,
         exclude=spec.excluded,
         manifests=ManifestStore(settings.resolved_data_dir / "chunk_manifests"),
     )
 
 
-def preflight(inputs: Sequence[str], spec: InputSpec, settings: Settings, provider: EmbeddingProvider) -> DryRun | None:
+def preflight(
+    inputs: Sequence[str], spec: InputSpec, settings: Settings, provider: EmbeddingProvider, space: str | None = None
+) -> DryRun | None:
     """Check every input file before anything is sent, and count the chunks (None: stdin is not countable)."""
     if "-" in inputs:
         return None
-    job_input = open_input(inputs, spec, settings, provider)
+    job_input = open_input(inputs, spec, settings, provider, space)
 
     def invalid(item: Invalid) -> None:
         if not spec.skip_invalid:
@@ -121,12 +133,12 @@ def tree_options(args: argparse.Namespace) -> JobOptions:
 
 
 def prepare(
-    inputs: Sequence[str], spec: InputSpec, settings: Settings, provider: EmbeddingProvider
+    inputs: Sequence[str], spec: InputSpec, settings: Settings, provider: EmbeddingProvider, space: str
 ) -> tuple[JobInput, int | None]:
     """The input, checked and counted (None: stdin); the same plan is then read again as it is embedded."""
-    checked = preflight(inputs, spec, settings, provider)
+    checked = preflight(inputs, spec, settings, provider, space)
     if checked is None:
-        return open_input(inputs, spec, settings, provider), None
+        return open_input(inputs, spec, settings, provider, space), None
     return checked.job_input, checked.totals.chunks
 
 
@@ -151,6 +163,32 @@ def valid_chunks(
                 say(f"skipped {item}")
             elif tally.failed == _MAX_REPORTED_SKIPS + 1:
                 say("skipping more bad records without naming them")
+
+
+async def dry_run(inputs: Sequence[str], spec: InputSpec, settings: Settings, provider: EmbeddingProvider) -> str:
+    """Print the dry run's report on stdout; the space it is for."""
+    found = await anyio.to_thread.run_sync(preflight, inputs, spec, settings, provider)
+    if found is None:
+        raise InputError("--dry-run reads files and directories, not stdin.")
+    print(dry_run_text(found.report(settings)), flush=True)
+    return provider.space
+
+
+def report_lines(skipped: dict[str, int], changes: Changes | None) -> list[str]:
+    """The summary's lines about files: what was skipped, and what changed since the last run."""
+    lines = [line] if (line := skipped_line(skipped)) is not None else []
+    return lines + ([changes_line(changes)] if changes is not None else [])
+
+
+def fingerprint(sources: Iterable[Source], settings: list[str]) -> str:
+    """Each input file's path, size and mtime under `settings`: the same input gives the same id."""
+    digest = hashlib.sha256(json.dumps(settings).encode())
+    for source in sources:
+        if source.path is None:  # stdin: nothing to know it by again
+            return f"cli-stdin-{time.time_ns()}"
+        info = source.path.stat()
+        digest.update(json.dumps([str(source.path.resolve()), info.st_size, info.st_mtime_ns]).encode())
+    return f"cli-{digest.hexdigest()[:24]}"
 
 
 def skipped_line(skipped: dict[str, int]) -> str | None:

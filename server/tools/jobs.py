@@ -33,6 +33,7 @@ from providers.jobs.runner import JobRunner, estimate_usd
 from providers.jobs.store import JobRecord, JobStatus
 from server.tools.budget import fit_items
 from server.tools.registration import add_tool
+from server.wording import count, format_usd
 
 __all__ = ["JobListResult", "JobStarted", "JobStatusResult", "register_job_tools", "run_jobs"]
 
@@ -123,7 +124,8 @@ def _batches(runner: JobRunner, job: JobRecord) -> dict[str, Any] | None:
 
 
 def _line(job: JobStatusResult) -> str:
-    text = f"Job {job.job_id}: {job.status}, {job.done}/{job.total} chunks ({job.cached} cached), ${job.usd:.6f}"
+    text = f"Job {job.job_id}: {job.status}, {job.done:,}/{count(job.total, 'chunk')} ({job.cached:,} cached), "
+    text += format_usd(job.usd)
     if job.eta_s is not None:
         text += f", about {job.eta_s:.0f} s left"
     if job.batches is not None:
@@ -190,6 +192,7 @@ async def start_embedding_job(
     engine: Annotated[
         Literal["in-process", "batch-api", "ray"], Field(description="batch-api: OpenAI, half price, <=24 h")
     ] = "in-process",
+    input_type: Literal["document", "query"] = "document",
     glob: Patterns = None,
     exclude: Patterns = None,
     dry_run: Annotated[bool, Field(description="report files, chunks, tokens, cost; send nothing")] = False,
@@ -208,18 +211,27 @@ async def start_embedding_job(
         return _dry_run_answer(found.report(runner.settings))
     started = await _call(
         lambda: runner.start(
-            input, output, provider=provider, format=format, roots=roots, engine=engine, options=options
+            input,
+            output,
+            provider=provider,
+            format=format,
+            roots=roots,
+            engine=engine,
+            options=options,
+            input_type=input_type,
         )
     )
     job = started.job
     fields: dict[str, Any] = {"output": job.output, "space": job.space, "estimated_usd": job.estimated_usd}
     fields |= _prices(runner, job)
-    status = _status(job, changes=runner.changes(job.id))
-    out = JobStarted(**vars(status), estimated_tokens=job.estimated_tokens, **fields)
-    usd = "price unknown" if out.estimated_usd is None else f"${out.estimated_usd:.6f}"
-    text = f"Started job {out.job_id} ({engine}): {out.total} chunks, about {out.estimated_tokens} tokens, {usd}"
+    out = JobStarted(
+        **vars(_status(job, changes=runner.changes(job.id))), estimated_tokens=job.estimated_tokens, **fields
+    )
+    usd = "price unknown" if out.estimated_usd is None else format_usd(out.estimated_usd)
+    text = f"Started job {out.job_id} ({engine}): {count(out.total, 'chunk')}, about "
+    text += f"{count(out.estimated_tokens, 'token')}, {usd}"
     if out.sync_usd is not None and out.batch_usd is not None:
-        text += f" (synchronous ${out.sync_usd:.6f}, Batch API ${out.batch_usd:.6f})"
+        text += f" (synchronous {format_usd(out.sync_usd)}, Batch API {format_usd(out.batch_usd)})"
     text += "."
     if started.duplicate_ids:
         text += f" Warning: {started.duplicate_ids}."
@@ -260,9 +272,9 @@ async def list_jobs(ctx: Context) -> CallToolResult:
     # Each job may carry five provider errors: cut whole jobs, as every list answer is.
     structured = await anyio.to_thread.run_sync(fit_items, first, len(jobs))
     shown = jobs[: len(structured["jobs"])]
-    text = "; ".join(_line(job) for job in shown) or "No jobs yet."
+    text = " ".join(_line(job) for job in shown) or "No jobs yet."  # each line ends with "."
     if structured["more"]:
-        text += f"; {structured['more']}"
+        text += f" {structured['more'][0].upper()}{structured['more'][1:]}"
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured)
 
 
