@@ -1,9 +1,10 @@
-"""`signal-hub-embeddings`: run the MCP server over stdio (default), a batch `embed` / `cache` job, or `prepare`."""
+"""`signal-hub-embeddings`: the MCP server over stdio (default) or HTTP, a batch `embed` / `cache` job, or `prepare`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -22,14 +23,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="{serve,embed,cache,prepare}")
-    commands.add_parser(
+    serving = commands.add_parser(
         "serve",
-        help="run the MCP server on stdio (the default)",
-        description="Serve the MCP tools over stdio: JSON-RPC on stdout, logs and the ready line on stderr. "
-        "Stop it with Ctrl-C, SIGTERM or by closing stdin: calls in flight get 2 s, running jobs are "
-        "checkpointed (resume_job goes on), and it exits 0. Exit 2: a configuration, ledger or cache problem, "
-        "named in one line.",
+        help="run the MCP server on stdio (the default) or streamable HTTP",
+        description="Serve the MCP tools over stdio (JSON-RPC on stdout, logs and the ready line on stderr) "
+        "or, with --transport http, on http://HOST:PORT/mcp for many clients. "
+        "Stop it with Ctrl-C or SIGTERM (or, on stdio, by closing stdin): calls in flight get 2 s on stdio, "
+        "SIGNAL_HUB_HTTP_GRACE_S (10 s) on HTTP, running jobs are checkpointed (resume_job goes on), and it "
+        "exits 0. Exit 2: a configuration, ledger or cache problem, named in one line.",
     )
+    serving.add_argument(
+        "--transport",
+        choices=("stdio", "http"),
+        help="stdio (default; SIGNAL_HUB_TRANSPORT) or http: one server for many clients",
+    )
+    serving.add_argument("--host", help="http: the address to listen on (SIGNAL_HUB_HTTP_HOST, default 127.0.0.1)")
+    serving.add_argument("--port", type=int, help="http: the port (SIGNAL_HUB_HTTP_PORT, default 8000; 0 picks one)")
     add_commands(commands)
     commands.add_parser(
         "prepare",
@@ -55,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         return prepare(settings)
     if args.command not in (None, "serve"):
         return int(args.run(args, settings))
+    transport = (
+        getattr(args, "transport", None) or os.environ.get("SIGNAL_HUB_TRANSPORT", "").strip().lower() or "stdio"
+    )
+    if transport == "http":
+        return serve_on_http(settings, getattr(args, "host", None), getattr(args, "port", None))
+    if transport != "stdio":
+        return refuse(EmbeddingError(f"SIGNAL_HUB_TRANSPORT={transport!r} is not a transport; use stdio or http."))
     return serve(settings)
 
 
@@ -95,6 +111,39 @@ def serve(settings: Settings) -> int:
     # SIGINT, SIGTERM or the end of stdin: calls in flight finish, jobs are checkpointed, exit 0.
     anyio.run(serve_until_stopped, lambda shutdown: serve_stdio(server, ready, shutdown))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopped: one more Ctrl-C on the way out prints no traceback
+    return 0
+
+
+def serve_on_http(settings: Settings, host: str | None, port: int | None) -> int:
+    """One server for many clients on streamable HTTP (server/transports/http.py); exit 0 on SIGTERM/SIGINT."""
+    import anyio
+
+    from providers import EmbeddingService
+    from server.tools.app import build_server
+    from server.transports.http import HttpOptions, serve_http
+
+    try:
+        options = HttpOptions.from_env(os.environ, host=host, port=port)
+        service = EmbeddingService(settings=settings)
+    except (EmbeddingError, OSError) as exc:
+        return refuse(exc)
+    active = service.provider
+    who = f"{len(options.tokens)} clients with tokens" if options.tokens else "no tokens: this machine only"
+
+    def ready(url: str) -> str:
+        return (
+            f"signal-hub-embeddings: ready on {url} (provider {active.name}, model {active.model}, {who}, "
+            f"data in {settings.resolved_data_dir})"
+        )
+
+    try:
+        anyio.run(serve_http, build_server(settings, lambda _: service), service, options, ready)
+    except EmbeddingError as exc:
+        return refuse(exc)
+    finally:
+        # Stopped cleanly: one more SIGTERM or SIGINT while the interpreter winds down changes nothing.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
     return 0
 
 

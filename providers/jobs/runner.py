@@ -30,6 +30,7 @@ import anyio.abc
 import anyio.to_thread
 
 from providers.base import InputType, input_type_of
+from providers.clients import as_client, current_client
 from providers.cost import batch_cost_usd, cost_usd
 from providers.errors import EmbeddingError, InputError
 from providers.jobs.engine import ENGINES, EngineJob, InProcessEngine, JobEngine, build_engine, job_settings
@@ -177,8 +178,9 @@ class JobRunner:
         return self.inputs.saved_changes(job_id)
 
     def status(self, job_id: str) -> JobRecord:
-        job = self.store.get(job_id)
-        if job is None:
+        job, caller = self.store.get(job_id), current_client()
+        # An HTTP client reaches only its own jobs; another's is answered as if it did not exist.
+        if job is None or (caller is not None and job.client != caller):
             raise InputError(f"no job {job_id!r}; list_jobs shows the known jobs.")
         return job
 
@@ -272,7 +274,9 @@ class JobRunner:
             while queue:
                 job_id = queue.popleft()
                 try:
-                    await self._run(job_id)
+                    record = self.store.get(job_id)  # each job runs, and is billed, as the client that owns it
+                    with as_client(record.client if record else None):
+                        await self._run(job_id)
                 finally:
                     self._finished[job_id].set()
         finally:

@@ -31,6 +31,7 @@ failure, but requests already in flight get `finish_in_flight` seconds to come b
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from abc import abstractmethod
@@ -54,9 +55,12 @@ from providers.remote.usage import check_usage
 from providers.text.tokens import Tokenizer, default_tokenizer
 from providers.text.validation import reject_blank
 
-__all__ = ["Failure", "RemoteProvider", "Reply"]
+__all__ = ["RATE_LIMITED", "Failure", "RemoteProvider", "Reply"]
 
 logger = logging.getLogger(__name__)
+
+RATE_LIMITED: collections.Counter[str] = collections.Counter()
+"""429 answers received by this process, by provider name (the HTTP server's metrics read it)."""
 
 # Texts counted per trip to a worker thread: the first request can leave after one step.
 _COUNT_STEP = 256
@@ -373,6 +377,7 @@ class RemoteProvider(EmbeddingProvider):
             self.limiter.settle(charged, estimated, 0 if failure is not None and failure.answered else None)
             if failure is not None:
                 self.limiter.update_from_headers(failure.headers)
+                RATE_LIMITED[self.name] += failure.rate_limited
                 if failure.rate_limited and failure.retry_after is not None:
                     self.limiter.pause(failure.retry_after)
             raise

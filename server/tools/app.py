@@ -335,6 +335,7 @@ async def get_cost(
         **vars(report.total),
         by_provider={name: UsageOut(**vars(u)) for name, u in report.by_provider.items()},
         by_model={name: UsageOut(**vars(u)) for name, u in report.by_model.items()},
+        by_client={name: UsageOut(**vars(u)) for name, u in report.by_client.items()},
     )
     parts = [
         f"{name}: {count(u.embeddings, 'embedding')}, {count(u.tokens, 'token')}, {format_usd(u.usd)}"

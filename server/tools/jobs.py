@@ -35,7 +35,7 @@ from server.tools.budget import fit_items
 from server.tools.registration import add_tool
 from server.wording import count, format_usd
 
-__all__ = ["JobListResult", "JobStarted", "JobStatusResult", "register_job_tools", "run_jobs"]
+__all__ = ["JobListResult", "JobStarted", "JobStatusResult", "register_job_tools", "run_jobs", "runner_of"]
 
 _RUNNERS: weakref.WeakKeyDictionary[EmbeddingService, JobRunner] = weakref.WeakKeyDictionary()
 _ROOTS_TIMEOUT_S = 2.0
@@ -51,6 +51,11 @@ async def run_jobs(service: EmbeddingService, settings: Settings) -> AsyncIterat
             yield runner
         finally:
             _RUNNERS.pop(service, None)
+
+
+def runner_of(service: EmbeddingService) -> JobRunner | None:
+    """The job runner serving beside `service`, while the server runs (for the HTTP server's metrics)."""
+    return _RUNNERS.get(service)
 
 
 class JobStatusResult(BaseModel):
