@@ -20,7 +20,7 @@ import hashlib
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -34,14 +34,17 @@ from providers.clients import as_client, current_client
 from providers.cost import batch_cost_usd, cost_usd
 from providers.errors import EmbeddingError, InputError
 from providers.jobs.engine import ENGINES, EngineJob, InProcessEngine, JobEngine, build_engine, job_settings
-from providers.jobs.files import Chunk, DuplicateIds, find_sources, read_chunks
+from providers.jobs.files import find_sources
+from providers.jobs.inputs import JobInputs
 from providers.jobs.paths import AllowedRoots
 from providers.jobs.pipeline import Tally
+from providers.jobs.repository import JobInput, JobOptions
+from providers.jobs.scan import DryRun, scan_input
 from providers.jobs.store import JobRecord, JobStore
 from providers.jobs.writers import JsonlWriter, NpyWriter, VectorWriter, ids_path
 from providers.settings import Settings
 
-__all__ = ["EngineJob", "InProcessEngine", "JobEngine", "JobRunner", "JobStart", "job_settings", "scan_chunks"]
+__all__ = ["DryRun", "EngineJob", "InProcessEngine", "JobEngine", "JobRunner", "JobStart", "job_settings"]
 
 OUTPUT_FORMATS = ("jsonl", "npy")
 
@@ -53,25 +56,6 @@ class JobStart:
     job: JobRecord
     duplicate_ids: str | None
     """A warning when ids repeat in the input."""
-
-
-@dataclass
-class _Scan:
-    total: int = 0
-    estimated_tokens: int = 0
-    fingerprint: str = ""
-    duplicates: str | None = None
-
-
-def scan_chunks(chunks: Iterable[Chunk]) -> tuple[int, int, DuplicateIds]:
-    """Count chunks and estimated tokens (about 3 bytes a token, erring high) and find repeated ids."""
-    total = tokens = 0
-    duplicates = DuplicateIds()
-    for chunk in chunks:
-        total += 1
-        tokens += len(chunk.text.encode()) // 3 + 1
-        duplicates.add(chunk.id)
-    return total, tokens, duplicates
 
 
 class JobRunner:
@@ -94,6 +78,7 @@ class JobRunner:
         self.engine: JobEngine = engine or InProcessEngine(job_settings(settings))
         self._engines: dict[str, JobEngine] = {"in-process": self.engine, **(engines or {})}
         self.store = store or JobStore(settings.resolved_data_dir / "jobs.sqlite3")
+        self.inputs = JobInputs(settings, lambda engine, name: self.engine_named(engine).provider(name))
         self._heartbeat_s = heartbeat_s
         self._progress_every_s = progress_every_s
         self._now = now
@@ -133,9 +118,11 @@ class JobRunner:
         glob: str = "*",
         roots: AllowedRoots | None = None,
         engine: str = "in-process",
+        options: JobOptions | None = None,
         input_type: InputType = "document",
     ) -> JobStart:
         """Check, count and price the job, then queue it; answers before any embedding."""
+        options = options or JobOptions.from_column(glob)
         roots = roots or self.roots
         source = roots.check_input(input)
         target = roots.check_output(output, [source])
@@ -146,27 +133,49 @@ class JobRunner:
             roots.check_output(str(ids_path(target)), [source])
         chosen = self.engine_named(engine).provider(provider)
         await chosen.resolve_space()  # the job's space must be final (a compatible server's length)
-        scan = await anyio.to_thread.run_sync(self._scan, str(source), glob, target, out_format, roots)
+        column, space = options.to_column(), chosen.space_for(input_type)
+        job_input = self._job_input(str(source), target, out_format, column, chosen.name, engine, roots, space)
+        scan = await anyio.to_thread.run_sync(self.inputs.scan, job_input)
+        found = await anyio.to_thread.run_sync(fingerprint, str(source), column, output_files(target, out_format))
         job = self.store.create(
             input=str(source),
             output=str(target),
             format=out_format,
-            glob=glob,
+            glob=column,
             provider=chosen.name,
             model=chosen.model,
-            space=chosen.space_for(input_type),  # also what a resume embeds as (`input_type_of`)
-            fingerprint=scan.fingerprint,
-            total=scan.total,
-            estimated_tokens=scan.estimated_tokens,
+            space=space,  # also what a resume embeds as (`input_type_of`)
+            fingerprint=found,
+            total=scan.totals.chunks,
+            estimated_tokens=scan.totals.tokens,
             estimated_usd=estimate_usd(
-                chosen.name, chosen.model, scan.estimated_tokens, self.settings, batch=engine == "batch-api"
+                chosen.name, chosen.model, scan.totals.tokens, self.settings, batch=engine == "batch-api"
             ),
             engine=engine,
         )
         if scan.duplicates:
             self.store.add_error(job.id, scan.duplicates)
+        self.inputs.save_changes(job.id, job_input)
         self._enqueue(job)
         return JobStart(self.status(job.id), scan.duplicates)
+
+    async def dry_run(
+        self, input: str, output: str, *, provider: str | None = None, roots: AllowedRoots | None = None,
+        engine: str = "in-process", options: JobOptions | None = None,
+    ) -> DryRun:  # fmt: skip
+        """What `start` would embed and cost: read, not queued, nothing sent (the output is only compared with)."""
+        roots = roots or self.roots
+        source, target = roots.check_input(input), roots.resolve(output)
+        chosen = self.engine_named(engine).provider(provider)
+        fmt = "npy" if target.suffix.lower() == ".npy" else "jsonl"
+        column = (options or JobOptions()).to_column()
+        job_input = self._job_input(str(source), target, fmt, column, chosen.name, engine, roots)
+        scan = await anyio.to_thread.run_sync(scan_input, job_input, self.settings.limits)
+        return DryRun(scan.totals, job_input, chosen.name, chosen.model, chosen.space, job_input.budget)
+
+    def changes(self, job_id: str) -> dict[str, object] | None:
+        """What a file-tree job found changed since the last run to its output (None: not a file-tree job)."""
+        return self.inputs.saved_changes(job_id)
 
     def status(self, job_id: str) -> JobRecord:
         job, caller = self.store.get(job_id), current_client()
@@ -303,13 +312,21 @@ class JobRunner:
         status, error, committed = "done", None, False
         try:
             with scope:
-                writer = await anyio.to_thread.run_sync(self._writer, job)
+                job_input = await anyio.to_thread.run_sync(
+                    self._job_input, job.input, Path(job.output), job.format, job.glob, job.provider, job.engine,
+                    None, job.space,
+                )  # fmt: skip
+                writer = await anyio.to_thread.run_sync(self._writer, job, job_input)
+                dimensions = self.engine.provider(job.provider).dimensions
+                tally.cached += await anyio.to_thread.run_sync(self.inputs.carry, job_input, writer, dimensions)
                 engine_job = EngineJob(job.id, job.provider, job.space, input_type=input_type_of(job.space))
                 # `done` counts rows written, each already cached: after a kill it never claims more.
                 engine = self.engine_named(job.engine)
-                await engine.run(engine_job, self._chunks(job), writer, tally, lambda _: save())
+                await engine.run(engine_job, self.inputs.chunks(job_input), writer, tally, lambda _: save())
                 await anyio.to_thread.run_sync(writer.commit)
                 writer, committed = None, True
+                await anyio.to_thread.run_sync(job_input.commit)
+                self.inputs.save_changes(job.id, job_input)
             if scope.cancelled_caught and not committed:  # a cancel during the commit came too late
                 status = "cancelled"
                 await self._cancel_remote(job)
@@ -346,37 +363,19 @@ class JobRunner:
                     scope.cancel()
             await anyio.sleep(self._heartbeat_s)
 
-    def _writer(self, job: JobRecord) -> VectorWriter:
+    def _writer(self, job: JobRecord, job_input: JobInput) -> VectorWriter:
         output = Path(job.output)
         if job.format == "npy":
-            return NpyWriter(output, self.engine.provider(job.provider).dimensions)
-        return JsonlWriter(output, job.space)
+            return NpyWriter(output, self.engine.provider(job.provider).dimensions, job_input.fields)
+        return JsonlWriter(output, job.space, fields=job_input.fields)
 
-    def _chunks(self, job: JobRecord) -> Iterator[Chunk]:
-        # Read with the server's roots: a resumed job may not reach further than a new one.
-        for item in self._items(job.input, job.glob, Path(job.output), job.format, self.roots):
-            if not isinstance(item, Chunk):
-                raise InputError(f"{item}. Fix it and start the job again.")
-            yield item
-
-    def _items(self, source: str, glob: str, output: Path, out_format: str, roots: AllowedRoots) -> Iterator[object]:
-        excluded = output_files(output, out_format)
-        for found in find_sources([source], "auto", glob, excluded, roots.check_file):
-            yield from read_chunks(found, self.settings.limits)
-
-    def _scan(self, source: str, glob: str, output: Path, out_format: str, roots: AllowedRoots) -> _Scan:
-        def valid() -> Iterator[Chunk]:
-            for item in self._items(source, glob, output, out_format, roots):
-                if not isinstance(item, Chunk):
-                    raise InputError(f"{item}. Fix it and start the job again.")
-                yield item
-
-        total, tokens, duplicates = scan_chunks(valid())
-        try:
-            repeated = duplicates.describe() if duplicates.count else None
-        finally:
-            duplicates.close()
-        return _Scan(total, tokens, fingerprint(source, glob, output_files(output, out_format)), repeated)
+    def _job_input(
+        self, source: str, output: Path, fmt: str, column: str, provider: str, engine: str,
+        roots: AllowedRoots | None = None, space: str | None = None,
+    ) -> JobInput:  # fmt: skip
+        # Read with the server's roots by default: a resumed job may not reach further than a new one.
+        roots = roots or self.roots
+        return self.inputs.open(source, output, output_files(output, fmt), column, provider, engine, roots, space)
 
 
 def output_files(output: Path, out_format: str) -> frozenset[Path]:
@@ -388,7 +387,7 @@ def output_files(output: Path, out_format: str) -> frozenset[Path]:
 def fingerprint(source: str, glob: str, excluded: frozenset[Path]) -> str:
     """Each input file's path, size and modification time: a changed input is a new job."""
     digest = hashlib.sha256()
-    for found in find_sources([source], "auto", glob, excluded):
+    for found in find_sources([source], "auto", JobOptions.from_column(glob).filter, excluded):
         if found.path is not None:
             info = found.path.stat()
             digest.update(json.dumps([str(found.path), info.st_size, info.st_mtime_ns]).encode())
