@@ -49,7 +49,7 @@ from providers.text.tokens import Tokenizer
 if TYPE_CHECKING:
     import openai
 
-    from providers.base import EmbeddingProvider
+    from providers.base import EmbeddingProvider, InputType
     from providers.settings import Settings
 
 __all__ = ["TEI_LIMITS", "CompatibleOptions", "CompatibleProvider"]
@@ -174,7 +174,7 @@ class CompatibleProvider(RemoteProvider):
                 timeout=self.options.request_timeout,
             )
 
-    async def _request(self, texts: list[str]) -> Reply:
+    async def _request(self, texts: list[str], input_type: InputType) -> Reply:
         from providers.openai import collect_vectors, reported_tokens
 
         assert self._sdk is not None  # `_prepare` ran

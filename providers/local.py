@@ -28,7 +28,7 @@ import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 
-from providers.base import EmbeddingProvider, EmbeddingResult, ProgressCallback
+from providers.base import EmbeddingProvider, EmbeddingResult, InputType, ProgressCallback
 from providers.errors import ConfigurationError, ProviderError
 from providers.local_model.encoders import (
     LOCAL_BACKENDS,
@@ -204,7 +204,9 @@ class LocalProvider(EmbeddingProvider):
         """How the model runs, once it is loaded (None before the first call)."""
         return self._loaded.runtime if self._loaded is not None else None
 
-    async def embed(self, texts: Sequence[str], *, progress: ProgressCallback | None = None) -> EmbeddingResult:
+    async def embed(
+        self, texts: Sequence[str], *, input_type: InputType = "document", progress: ProgressCallback | None = None
+    ) -> EmbeddingResult:
         loaded = await self._loaded_model()
         async with self._encode_limiter:
             plan = await anyio.to_thread.run_sync(self._plan, loaded, list(texts))

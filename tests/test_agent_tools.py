@@ -43,7 +43,7 @@ class RaisingProvider(FakeProvider):
         super().__init__()
         self.error = error
 
-    async def embed(self, texts: Sequence[str], *, progress=None) -> EmbeddingResult:  # type: ignore[no-untyped-def]
+    async def embed(self, texts: Sequence[str], *, input_type="document", progress=None) -> EmbeddingResult:  # type: ignore[no-untyped-def]
         raise self.error
 
 
@@ -357,8 +357,8 @@ async def test_estimate_cost_and_list_providers_fit_the_budget(settings: Setting
 class TruncatingProvider(FakeProvider):
     """Reports every text as cut to the model's window."""
 
-    async def embed(self, texts: Sequence[str], *, progress=None) -> EmbeddingResult:  # type: ignore[no-untyped-def]
-        result = await super().embed(texts, progress=progress)
+    async def embed(self, texts: Sequence[str], *, input_type="document", progress=None) -> EmbeddingResult:  # type: ignore[no-untyped-def]
+        result = await super().embed(texts, input_type=input_type, progress=progress)
         return replace(result, truncated={i: 40 + i for i in range(len(texts))})
 
 

@@ -2,7 +2,8 @@
 
 A provider subclasses `RemoteProvider` and supplies three things:
 
-- `_request(texts)`: send one request, return a `Reply` (vectors, reported usage, headers);
+- `_request(texts, input_type)`: send one request, return a `Reply` (vectors, reported usage,
+  headers); a provider with `input_types = True` maps the input type to its API's word;
 - `_classify(exc)`: what one of its failures means (`Failure`: retry it? split it? refused?),
   and `_translate(exc, attempts)`: the one place its exceptions become ours (outage, quota,
   input, configuration);
@@ -43,7 +44,7 @@ import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 
-from providers.base import EmbeddingProvider, EmbeddingResult, ProgressCallback, RequestHook
+from providers.base import EmbeddingProvider, EmbeddingResult, InputType, ProgressCallback, RequestHook
 from providers.cost import cost_usd
 from providers.errors import EmbeddingError, InputError, ProviderError
 from providers.remote.batching import BatchPacker, RequestLimits, overlong_items
@@ -109,8 +110,8 @@ class RemoteProvider(EmbeddingProvider):
     # what a provider supplies
 
     @abstractmethod
-    async def _request(self, texts: list[str]) -> Reply:
-        """Send one request for `texts`; raise the transport's own exceptions."""
+    async def _request(self, texts: list[str], input_type: InputType) -> Reply:
+        """Send one request for `texts` embedded as `input_type`; raise the transport's own exceptions."""
 
     @abstractmethod
     def _classify(self, exc: BaseException) -> Failure | None:
@@ -135,16 +136,23 @@ class RemoteProvider(EmbeddingProvider):
             limits = replace(limits, max_inputs=self._learnt_inputs)
         return limits
 
-    async def embed(self, texts: Sequence[str], *, progress: ProgressCallback | None = None) -> EmbeddingResult:
-        return await self.embed_each(texts, progress=progress)
+    async def embed(
+        self, texts: Sequence[str], *, input_type: InputType = "document", progress: ProgressCallback | None = None
+    ) -> EmbeddingResult:
+        return await self.embed_each(texts, input_type=input_type, progress=progress)
 
     async def embed_each(
-        self, texts: Sequence[str], *, progress: ProgressCallback | None = None, on_request: RequestHook | None = None
+        self,
+        texts: Sequence[str],
+        *,
+        input_type: InputType = "document",
+        progress: ProgressCallback | None = None,
+        on_request: RequestHook | None = None,
     ) -> EmbeddingResult:
         texts = list(texts)
         _reject_blank(texts)
         if not texts:
-            return self._result(np.empty((0, self.dimensions), dtype=np.float32), _Run(total=0), {})
+            return self._result(np.empty((0, self.dimensions), dtype=np.float32), _Run(total=0), {}, input_type)
         await self._prepare()
         tokenizer = await self._loaded_tokenizer()
         # Every refusal (blank, or over-long under the "error" policy) comes before the first request.
@@ -188,13 +196,13 @@ class RemoteProvider(EmbeddingProvider):
                 piece = _Run(total=len(batch), done=len(batch), tokens=used, requests=1, estimated=reply.tokens is None)
                 kept = {n: truncated[i] for n, i in enumerate(batch) if i in truncated}
                 with anyio.CancelScope(shield=True):  # what was paid for is written down, even when cancelled
-                    await on_request(batch, self._result(reply.vectors, piece, kept))
+                    await on_request(batch, self._result(reply.vectors, piece, kept, input_type))
 
         async def work() -> None:
             async for batch in receive:  # one shared stream: each request is taken by one worker, in order
                 if run.error is not None:
                     return  # the call has failed: send nothing more
-                await self._send(texts, counts, batch, keep)
+                await self._send(texts, counts, batch, keep, input_type)
                 if progress is not None:
                     await progress(run.done, run.total)
 
@@ -214,8 +222,8 @@ class RemoteProvider(EmbeddingProvider):
         if vectors is None:
             vectors = np.empty((len(texts), self.dimensions), dtype=np.float32)
         if run.error is not None:
-            raise self._with_partial(run.error, vectors, run, truncated)
-        return self._result(vectors, run, truncated)
+            raise self._with_partial(run.error, vectors, run, truncated, input_type)
+        return self._result(vectors, run, truncated, input_type)
 
     async def estimate_tokens(self, texts: Sequence[str]) -> int:
         """Tokens `texts` will cost as the tokenizer counts them, over-long ones cut to the limit."""
@@ -224,7 +232,9 @@ class RemoteProvider(EmbeddingProvider):
         counts = await anyio.to_thread.run_sync(_count_all, tokenizer, list(texts))
         return sum(min(count, limit) for count in counts)
 
-    def _result(self, vectors: npt.NDArray[np.float32], run: _Run, truncated: dict[int, int]) -> EmbeddingResult:
+    def _result(
+        self, vectors: npt.NDArray[np.float32], run: _Run, truncated: dict[int, int], input_type: InputType
+    ) -> EmbeddingResult:
         return EmbeddingResult(
             vectors=vectors,
             provider=self.name,
@@ -237,10 +247,11 @@ class RemoteProvider(EmbeddingProvider):
             # At list price; the service prices it again with the configured prices.
             cost_usd=cost_usd(self.name, self.model, run.tokens),
             endpoint=self.endpoint,
+            qualifiers=self.space_qualifiers(input_type),
         )
 
     def _with_partial(
-        self, error: Exception, vectors: npt.NDArray[np.float32], run: _Run, truncated: dict[int, int]
+        self, error: Exception, vectors: npt.NDArray[np.float32], run: _Run, truncated: dict[int, int], kind: InputType
     ) -> Exception:
         """Attach to a provider failure the vectors of the requests that had succeeded before it.
 
@@ -253,7 +264,7 @@ class RemoteProvider(EmbeddingProvider):
         position = {index: n for n, index in enumerate(indexes)}
         # `truncated` of the partial result is keyed by position within `partial_indexes`.
         kept = {position[i]: dropped for i, dropped in truncated.items() if i in position}
-        error.partial = self._result(vectors[list(indexes)], run, kept)
+        error.partial = self._result(vectors[list(indexes)], run, kept, kind)
         error.partial_indexes = indexes
         return error
 
@@ -311,6 +322,7 @@ class RemoteProvider(EmbeddingProvider):
         counts: list[int],
         batch: list[int],
         keep: Callable[[list[int], Reply, int], Awaitable[None]],
+        input_type: InputType,
     ) -> None:
         """One request for the texts at `batch`, with its retries; `keep(batch, reply, estimated)` takes the answer.
 
@@ -322,7 +334,7 @@ class RemoteProvider(EmbeddingProvider):
         try:
             async for attempt in retrying:
                 with attempt:
-                    reply = await self._attempt([texts[i] for i in batch], estimated)
+                    reply = await self._attempt([texts[i] for i in batch], estimated, input_type)
                 outcome = attempt.retry_state.outcome
                 if outcome is not None and not outcome.failed:  # else tenacity holds the error: next attempt
                     await keep(batch, reply, estimated)
@@ -336,15 +348,15 @@ class RemoteProvider(EmbeddingProvider):
             logger.info("%s found a request of %d texts too large; sending it in two halves", self.label, len(batch))
             self._lower_limit(len(batch))
         half = len(batch) // 2
-        await self._send(texts, counts, batch[:half], keep)
-        await self._send(texts, counts, batch[half:], keep)
+        await self._send(texts, counts, batch[:half], keep, input_type)
+        await self._send(texts, counts, batch[half:], keep, input_type)
 
-    async def _attempt(self, texts: list[str], estimated: int) -> Reply:
+    async def _attempt(self, texts: list[str], estimated: int, input_type: InputType) -> Reply:
         charged = await self.limiter.acquire(estimated)
         try:
             # The transport's timeout covers each network phase; this bounds the whole request.
             with anyio.fail_after(self.options.request_timeout):
-                reply = await self._request(texts)
+                reply = await self._request(texts, input_type)
         except BaseException as exc:
             failure = self._classify(exc) if isinstance(exc, Exception) else None
             # A refused request counted no tokens; a timeout or dropped connection may have.
