@@ -6,12 +6,14 @@
 
 Each flavour answers as its vendor documents it:
 
-| flavour | route | key header | input-type field | limits (texts / tokens per request) | usage |
-|---|---|---|---|---|---|
-| voyage | POST /v1/embeddings | `Authorization: Bearer` | `input_type` query/document | 1,000 / 120,000 | `usage.total_tokens` |
-| gemini | POST /v1beta/models/{m}:batchEmbedContents | `x-goog-api-key` | `taskType` per request | 100 / — | none |
-| cohere | POST /v2/embed | `Authorization: Bearer` | `input_type` search_query/search_document (required) | 96 / — | `meta.billed_units.input_tokens` |
-| mistral | POST /v1/embeddings | `Authorization: Bearer` | none (an unknown field is a 422) | 512 / 16,384 | `usage.prompt_tokens` + rate-limit headers |
+- voyage: POST /v1/embeddings, `Authorization: Bearer`, `input_type` query/document; at most
+  1,000 texts and 120,000 tokens; `usage.total_tokens`.
+- gemini: POST /v1beta/models/{m}:batchEmbedContents, `x-goog-api-key`, `taskType` per request;
+  at most 100 requests; no usage.
+- cohere: POST /v2/embed, `Authorization: Bearer`, `input_type` search_query/search_document
+  (required); at most 96 texts; `meta.billed_units.input_tokens`.
+- mistral: POST /v1/embeddings, `Authorization: Bearer`, no input-type field (an unknown field is
+  a 422); at most 512 texts and 16,384 tokens; `usage.prompt_tokens` and rate-limit headers.
 
 Over a limit, each answers with its own 400 and message. A wrong key gets the vendor's refusal
 (Gemini: 400 with `ErrorInfo.reason` `API_KEY_INVALID`). `inject("429")` queues a rate limit in
@@ -34,6 +36,8 @@ import numpy as np
 
 Flavour = Literal["voyage", "gemini", "cohere", "mistral"]
 FLAVOURS: tuple[Flavour, ...] = ("voyage", "gemini", "cohere", "mistral")
+SMALLEST: dict[Flavour, int] = {"voyage": 256, "gemini": 128, "cohere": 256, "mistral": 8}
+"""The shortest vectors each vendor's default model makes: what the tests ask for."""
 KEY = "test-key-0123"
 LIMITS: dict[Flavour, tuple[int, int | None]] = {
     "voyage": (1000, 120_000),
@@ -202,7 +206,9 @@ class LoopbackVendor:
         if word not in ("search_query", "search_document", "classification", "clustering"):
             return 400, {"id": "e5", "message": "invalid request: input_type is required for embed-v4.0"}, {}
         if len(texts) > self.max_inputs:
-            message = f"invalid request: total number of texts must be at most {self.max_inputs} - received {len(texts)}"
+            message = (
+                f"invalid request: total number of texts must be at most {self.max_inputs} - received {len(texts)}"
+            )
             return 400, {"id": "e6", "message": message}, {}
         if body.get("embedding_types") != ["float"]:
             return 400, {"id": "e7", "message": "this loopback answers embedding_types ['float'] only"}, {}
@@ -232,13 +238,20 @@ class LoopbackVendor:
         }
         if fault := self._fault():
             if fault == "429":
-                return 429, {"message": "Requests rate limit exceeded"}, {**limits, "x-ratelimit-remaining-req-minute": "0"}
+                return (
+                    429,
+                    {"message": "Requests rate limit exceeded"},
+                    {**limits, "x-ratelimit-remaining-req-minute": "0"},
+                )
             if fault == "quota":
                 return 402, {"message": "Payment required: no active subscription"}, {}
             return 500, {"object": "error", "message": "Internal server error", "type": "internal_error"}, {}
         unknown = set(body) - {"model", "input", "output_dimension", "output_dtype", "encoding_format"}
         if unknown:
-            detail = [{"type": "extra_forbidden", "loc": ["body", name], "msg": "Extra inputs are not permitted"}]
+            detail = [
+                {"type": "extra_forbidden", "loc": ["body", name], "msg": "Extra inputs are not permitted"}
+                for name in sorted(unknown)
+            ]
             return 422, {"object": "error", "message": {"detail": detail}, "type": "invalid_request_error"}, {}
         texts = body["input"]
         if len(texts) > self.max_inputs:

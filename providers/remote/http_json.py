@@ -148,6 +148,8 @@ def api_detail(body: Any) -> str:
             ),
             "",
         )
+        if isinstance(found, Mapping):  # Mistral nests FastAPI's {"detail": [...]} in "message"
+            return api_detail(found)
         if isinstance(found, list):  # FastAPI's validation errors
             found = "; ".join(str(item.get("msg", item)) if isinstance(item, Mapping) else str(item) for item in found)
     return _cut(str(found)) if found else ""

@@ -164,7 +164,7 @@ class VendorProvider(RemoteProvider):
     """An embedding API spoken as JSON over HTTP, on the remote-request engine."""
 
     vendor: ClassVar[Vendor]
-    input_types: ClassVar[bool] = True
+    input_types = True
     """Whether the API takes a query/document word (Mistral's does not)."""
 
     def __init__(
@@ -298,7 +298,7 @@ class VendorProvider(RemoteProvider):
         except (KeyError, TypeError, IndexError, AttributeError) as exc:
             what = f"{self.label} answered without the expected vectors ({exc!r}); nothing was kept."
             raise ProviderError(what) from exc
-        if rows and not hasattr(rows[0], "index"):  # a plain list in request order
+        if rows and not isinstance(rows[0], SimpleNamespace):  # a plain list in request order
             rows = [SimpleNamespace(index=i, embedding=row) for i, row in enumerate(rows)]
         vectors: npt.NDArray[np.float32] = collect_vectors(rows, len(texts), self.dimensions, label=self.label)
         return Reply(vectors, _usage(tokens), self._rate_headers(answer.headers))
