@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from providers.registry import ProviderSpec
 from providers.remote.batching import RequestLimits
 from providers.remote.http_json import HttpStatusError
-from providers.remote.vendor import Model, Vendor, VendorProvider, indexed, read_vendor_options, vendor_factory
+from providers.remote.vendor import VendorProvider, indexed, vendor_factory
+from providers.remote.vendor_spec import Model, Vendor, read_vendor_options
 
 if TYPE_CHECKING:
     from providers.base import InputType

@@ -23,7 +23,8 @@ from providers.errors import (
 from providers.fallback import FallbackPolicy
 from providers.registry import provider_spec
 from providers.remote.batching import RequestLimits
-from providers.remote.vendor import VendorOptions, VendorProvider
+from providers.remote.vendor import VendorProvider
+from providers.remote.vendor_spec import VendorOptions
 from providers.service.facade import PROVIDER_FACTORIES
 from providers.text.tokens import Utf8ByteEstimate
 from tests.fakes import FakeProvider

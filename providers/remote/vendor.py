@@ -1,15 +1,16 @@
-"""What the four JSON embedding APIs share: a vendor's description, its options and one provider class.
+"""The one provider class the four JSON embedding APIs share (Voyage, Gemini, Cohere, Mistral).
 
-A vendor module (`providers/voyage.py`, ...) declares a `Vendor` (key variable, base URL, models
-with their vector lengths, prices and request limits, the words its API uses for a query and a
-document) and subclasses `VendorProvider` with three small methods: the request (`_payload`),
-the reading of the answer (`_read`) and, where the vendor says it its own way, what an error
-means (`_too_large`, `_retry_after`, `_is_quota`, `_is_auth`). Everything else is here once:
+A vendor module (`providers/voyage.py`, ...) declares a `Vendor` (`vendor_spec`: key variable,
+base URL, models with their vector lengths, prices and request limits) and subclasses
+`VendorProvider` with small methods: the request (`_payload`), the reading of the answer
+(`_read`) and, where the vendor says it its own way, what an error means (`_too_large`,
+`_retry_after`, `_is_quota`, `_is_auth`). Everything else is here once:
 
 - the key, read from `<KEY_VARIABLE>` at the first request through `env.read_api_key`
   (a malformed one is refused when the provider is built), never put in a message;
 - `SIGNAL_HUB_<NAME>_BASE_URL`, `_MODEL`, `_DIMENSIONS` and the engine's `_RPM`, `_TPM`,
-  `_MAX_INPUTS`, ... variables (`read_vendor_options`);
+  `_MAX_INPUTS`, ... variables (`vendor_spec.read_vendor_options`);
+- the input-type word: each module maps `document`/`query` to its API's in `_payload`;
 - the request limits of the model in force, never above what the vendor documents;
 - the checks on every answer (count, length, finite, non-zero) and the translation of failures
   into our errors, which the fallback and circuit breaker act on as for every provider.
@@ -21,18 +22,17 @@ import dataclasses
 import os
 import time
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import urlsplit
 
 import anyio
 import httpx2
 import numpy as np
 import numpy.typing as npt
 
-from providers.env import POSITIVE_INT, optional, read_api_key
+from providers.env import read_api_key
 from providers.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -46,9 +46,9 @@ from providers.errors import (
 from providers.remote.batching import RequestLimits
 from providers.remote.engine import Failure, RemoteProvider, Reply
 from providers.remote.http_json import HttpStatusError, JsonApi, classify_http, outage
-from providers.remote.options import RemoteOptions, remote_fields_from_env
 from providers.remote.pacing import build_limiter
 from providers.remote.ratelimit import Clock, RateLimiter, Sleep
+from providers.remote.vendor_spec import Vendor, VendorOptions, vendor_options
 from providers.text.tokens import Tokenizer
 
 if TYPE_CHECKING:
@@ -56,108 +56,7 @@ if TYPE_CHECKING:
     from providers.registry import ProviderFactory
     from providers.settings import Settings
 
-__all__ = [
-    "Model",
-    "Vendor",
-    "VendorOptions",
-    "VendorProvider",
-    "indexed",
-    "read_vendor_options",
-    "vendor_factory",
-    "vendor_options",
-]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Model:
-    """One model of a vendor, as its documentation states it."""
-
-    dimensions: int
-    """The vector length it makes unless asked for another."""
-    price: float
-    """USD per 1M input tokens."""
-    limits: RequestLimits
-    """Texts per request, tokens per text (its context) and tokens per request."""
-    lengths: Collection[int] = ()
-    """The other vector lengths it can make (empty: only `dimensions`)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Vendor:
-    """What the shared code needs to know of one embedding API."""
-
-    name: str
-    """The provider name (`voyage`); the variables are `SIGNAL_HUB_<NAME>_*`."""
-    label: str
-    """How messages name it ("Voyage AI")."""
-    key_variable: str
-    base_url: str
-    default_model: str
-    models: Mapping[str, Model]
-    rpm: float | None = None
-    """Requests per minute to pace to before any header tells (the documented first tier), None: unknown."""
-    tpm: float | None = None
-    rate_headers: Mapping[str, str] = field(default_factory=dict)
-    """The vendor's rate-limit header names → the `x-ratelimit-*` names the pacer reads."""
-
-    @property
-    def prefix(self) -> str:
-        return f"SIGNAL_HUB_{self.name.upper()}"
-
-    def ceiling(self) -> RequestLimits:
-        """The loosest limits of any of its models: the defaults, which each model's own then lower."""
-        every = [model.limits for model in self.models.values()]
-        return RequestLimits(
-            max_inputs=max(limits.max_inputs for limits in every),
-            max_input_tokens=max(limits.max_input_tokens for limits in every),
-            max_request_tokens=max(limits.max_request_tokens for limits in every),
-        )
-
-    def price(self, settings: Settings, model: str) -> float | None:
-        known = self.models.get(model)
-        return None if known is None else known.price
-
-
-@dataclass(frozen=True, kw_only=True)
-class VendorOptions(RemoteOptions):
-    """A vendor provider's options; every `SIGNAL_HUB_<NAME>_*` variable is a field."""
-
-    base_url: str | None = None
-    """None: the vendor's own API."""
-    model: str | None = None
-    dimensions: int | None = None
-    """Shorter (or longer) vectors where the model makes them; None: its default length."""
-
-
-def read_vendor_options(vendor: Vendor, env: Mapping[str, str]) -> VendorOptions:
-    """The vendor's `SIGNAL_HUB_<NAME>_*` variables, checked (a bad one raises naming it)."""
-    prefix = vendor.prefix
-    default = vendor_options(vendor)
-    base_url = env.get(f"{prefix}_BASE_URL", "").strip() or None
-    if base_url is not None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigurationError(
-                f"{prefix}_BASE_URL must be an http(s) URL such as {vendor.base_url}, got {base_url!r}."
-            )
-    fields = remote_fields_from_env(env, prefix, default)
-    # Unset, the pacing limits stay the vendor's documented ones rather than none.
-    fields["rpm"] = fields["rpm"] or default.rpm
-    fields["tpm"] = fields["tpm"] or default.tpm
-    return VendorOptions(
-        base_url=base_url,
-        model=env.get(f"{prefix}_MODEL", "").strip() or None,
-        dimensions=optional(env, f"{prefix}_DIMENSIONS", int, POSITIVE_INT),
-        **fields,
-    )
-
-
-def vendor_options(vendor: Vendor, settings: Settings | None = None) -> VendorOptions:
-    """The options `Settings.from_env` read for this vendor, else its defaults."""
-    found: Any = settings.provider_options.get(vendor.name) if settings is not None else None
-    if isinstance(found, VendorOptions):
-        return found
-    return VendorOptions(limits=vendor.ceiling(), rpm=vendor.rpm, tpm=vendor.tpm)
+__all__ = ["VendorProvider", "indexed", "vendor_factory"]
 
 
 class VendorProvider(RemoteProvider):
