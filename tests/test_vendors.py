@@ -17,12 +17,15 @@ from providers.errors import (
     AuthenticationError,
     ConfigurationError,
     InputError,
+    ProviderError,
     ProviderUnavailableError,
     QuotaExceededError,
+    RateLimitError,
 )
 from providers.fallback import FallbackPolicy
 from providers.registry import provider_spec
 from providers.remote.batching import RequestLimits
+from providers.remote.http_json import JsonApi
 from providers.remote.vendor import VendorProvider
 from providers.remote.vendor_spec import VendorOptions
 from providers.service.facade import PROVIDER_FACTORIES
@@ -382,3 +385,45 @@ async def test_an_unreachable_vendor_falls_back_and_opens_its_circuit(
     assert result.provider == "fake" and result.fallback
     assert "Cohere" in (result.fallback_reason or "") and "connection refused" in (result.fallback_reason or "")
     assert circuits["cohere"] == "open"
+
+
+async def test_a_429_that_never_ends_is_a_rate_limit_error_naming_the_pacing_variables(server: LoopbackVendor) -> None:
+    for _ in range(3):
+        server.inject("429")
+    embedder = provider(server, max_attempts=3)
+    try:
+        with anyio.fail_after(WAIT), pytest.raises(RateLimitError, match=f"SIGNAL_HUB_{server.flavour.upper()}_RPM"):
+            await embedder.embed(texts(1))
+    finally:
+        await embedder.aclose()
+    assert server.statuses == [429, 429, 429]
+
+
+async def test_a_wrong_base_url_says_which_variables_to_check(server: LoopbackVendor) -> None:
+    embedder = provider(server, base_url=server.base_url.rsplit("/", 1)[0] + "/nowhere")
+    try:
+        with anyio.fail_after(WAIT), pytest.raises(ConfigurationError, match="_BASE_URL"):
+            await embedder.embed(texts(1))
+    finally:
+        await embedder.aclose()
+
+
+@pytest.mark.parametrize("fault", ["garbage", "not json"])
+async def test_an_answer_without_vectors_keeps_nothing(server: LoopbackVendor, fault: Any) -> None:
+    server.inject(fault)
+    embedder = provider(server, max_attempts=1)
+    try:
+        with anyio.fail_after(WAIT), pytest.raises(ProviderError, match=r"nothing was kept|not JSON"):
+            await embedder.embed(texts(2))
+    finally:
+        await embedder.aclose()
+
+
+async def test_an_answer_over_the_size_cap_is_dropped_not_held() -> None:
+    with LoopbackVendor("mistral", dimensions=512) as server:
+        api = JsonApi(server.base_url, {"Authorization": f"Bearer {KEY}"}, timeout=WAIT, max_bytes=4096)
+        try:
+            with anyio.fail_after(WAIT), pytest.raises(ProviderError, match="passed 4,096 bytes"):
+                await api.post("embeddings", {"model": "codestral-embed", "input": ["a", "b"]})
+        finally:
+            await api.aclose()
