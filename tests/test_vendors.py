@@ -427,3 +427,37 @@ async def test_an_answer_over_the_size_cap_is_dropped_not_held() -> None:
                 await api.post("embeddings", {"model": "codestral-embed", "input": ["a", "b"]})
         finally:
             await api.aclose()
+
+
+async def test_rank_texts_over_mcp_sends_the_query_as_a_query_and_the_texts_as_documents(
+    server: LoopbackVendor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcp import Client
+
+    from server import build_server
+
+    name = server.flavour
+    prefix = f"SIGNAL_HUB_{name.upper()}"
+    monkeypatch.setenv(KEY_VARIABLES[name], KEY)
+    settings = Settings.from_env(
+        {
+            "SIGNAL_HUB_PROVIDER": name,
+            "SIGNAL_HUB_DATA_DIR": str(tmp_path),
+            f"{prefix}_BASE_URL": server.base_url,
+            f"{prefix}_DIMENSIONS": str(server.dimensions),
+        }
+    )
+    chunks = texts(3)
+    async with Client(build_server(settings)) as client:
+        with anyio.fail_after(WAIT):
+            result = await client.call_tool("rank_texts", {"query": "handler of event 1", "texts": chunks})
+    assert not result.is_error, result.content
+    content = result.structured_content or {}
+    assert content["candidates"] == 3 and not content["fallback"]
+    expected = INPUT_FIELD[name]
+    if expected is None:  # one request: without input types, the query is embedded with the texts
+        [seen] = server.seen
+        assert "handler of event 1" in body_texts(name, seen.body) and "input_type" not in seen.body
+        return
+    sent = {input_word(name, seen.body): body_texts(name, seen.body) for seen in server.seen}
+    assert sent == {expected[1]: chunks, expected[2]: ["handler of event 1"]}
