@@ -176,11 +176,12 @@ def classify_http(
     if isinstance(exc, HttpStatusError):
         status = exc.status
         rate_limited = status == 429 and not quota(exc)
+        asked = retry_after(exc)
         return Failure(
             retry=rate_limited or status in (408, 503) or status >= 500,
             answered=True,  # the server refused the request, so it counted none of its tokens
             too_large=too_large(exc),
-            retry_after=retry_after(exc) if retry_after(exc) is not None else parse_retry_after(exc.headers),
+            retry_after=asked if asked is not None else parse_retry_after(exc.headers),
             rate_limited=rate_limited,
             headers=headers(exc.headers),
         )
