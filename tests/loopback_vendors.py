@@ -19,7 +19,7 @@ Over a limit, each answers with its own 400 and message. A wrong key gets the ve
 (Gemini: 400 with `ErrorInfo.reason` `API_KEY_INVALID`). `inject("429")` queues a rate limit in
 the vendor's shape: Gemini's carries `RetryInfo.retryDelay` "7s", Mistral's its rate-limit
 headers, Voyage's and Cohere's no hint (as theirs). `inject("quota")`, `inject("500")` likewise;
-`inject("garbage")` and `inject("not json")` answer 200 without vectors.
+`inject("garbage")`, `inject("not json")` and `inject("bad gzip")` answer 200 without vectors.
 Vectors are deterministic in (text, input-type word) and not unit length; one token per word.
 """
 
@@ -93,7 +93,7 @@ class LoopbackVendor:
     def statuses(self) -> list[int]:
         return [seen.status for seen in self.seen]
 
-    def inject(self, kind: Literal["429", "quota", "500", "garbage", "not json"]) -> None:
+    def inject(self, kind: Literal["429", "quota", "500", "garbage", "not json", "bad gzip"]) -> None:
         self._faults.append(kind)
 
     def __enter__(self) -> LoopbackVendor:
@@ -115,6 +115,9 @@ class LoopbackVendor:
             return status, answer, extra
 
     def _answer(self, path: str, headers: dict[str, str], body: Any) -> _Answer:
+        if self._faults and self._faults[0] == "bad gzip":  # says gzip, is not: the client cannot decode it
+            self._faults.pop(0)
+            return 200, {"data": []}, {"content-encoding": "gzip"}
         if self._faults and self._faults[0] in ("garbage", "not json"):  # a 200 without vectors
             fault = self._faults.pop(0)
             return 200, ({"unexpected": []} if fault == "garbage" else "<html>502 Bad Gateway</html>"), {}  # type: ignore[return-value]

@@ -187,6 +187,8 @@ def classify_http(
         )
     if isinstance(exc, httpx2.TransportError | TimeoutError):
         return Failure(retry=True, refused=is_refused(exc))
+    if isinstance(exc, httpx2.RequestError):  # an answer that cannot be decoded (or is over a cap): final
+        return Failure(retry=False)
     return None
 
 

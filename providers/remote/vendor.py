@@ -228,6 +228,8 @@ class VendorProvider(RemoteProvider):
                 return ProviderUnavailableError(
                     f"{where} {outage(exc)} {tried}: {detail} Check the network and {prefix}_BASE_URL, or retry later."
                 )
+            if isinstance(exc, httpx2.RequestError):  # DecodingError, an answer over its cap
+                return ProviderError(f"{where} sent an answer that could not be read: {detail} Nothing was kept.")
             return ProviderError(f"the request to {where} failed: {detail}")
         detail, status = self._redact(exc.detail), exc.status
         if self._is_auth(exc):
