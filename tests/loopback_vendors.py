@@ -142,7 +142,12 @@ class LoopbackVendor:
             return 500, {"detail": "Internal Server Error"}, {}
         texts, word = body["input"], body.get("input_type")
         if word not in (None, "query", "document"):
-            return 400, {"detail": f"Value '{word}' is not a valid input_type: use query or document."}, {}
+            message = (
+                "The request body is not valid JSON, or some arguments were not specified properly. In particular, "
+                f"Value '{word}' supplied for argument 'input_type' is not valid -- "
+                "accepted values are 'query' or 'document'"
+            )
+            return 400, {"detail": message}, {}
         if len(texts) > self.max_inputs:
             return 400, {"detail": f"The batch size limit is {self.max_inputs}. Your batch size is {len(texts)}."}, {}
         tokens = sum(words(text) for text in texts)
