@@ -17,6 +17,7 @@ __all__ = [
     "InputType",
     "ProgressCallback",
     "RequestHook",
+    "input_type_of",
     "space_id",
 ]
 
@@ -45,6 +46,11 @@ def space_id(
     where = f"{endpoint}/" if endpoint else ""
     tail = "".join(f":{part}" for part in qualifiers)
     return f"{provider}:{where}{model}:{dimensions}:{'l2' if normalized else 'raw'}{tail}"
+
+
+def input_type_of(space: str) -> InputType:
+    """The input type a space's vectors were made for: "query" only where the space says so (see `space_id`)."""
+    return "query" if space.rsplit(":", 1)[-1].split("~")[0] == "query" else "document"
 
 
 @dataclass(frozen=True)

@@ -8,27 +8,29 @@ result.truncated   # {} with "split"; {index: dropped tokens} with "truncate"
 
 The default backend on a CPU is int8 ONNX Runtime, exported from the packaged weights on first
 use (in a child process, `local_model/onnx_export.py`) and cached under the data directory; this
-process then needs only onnxruntime and tokenizers, never torch. Texts are tokenized once, cut
-into model windows (`local_model/long_texts.py`), run longest first in a worker thread, and put
-back in input order.
+process then needs only onnxruntime and tokenizers, never torch. Texts (after the model's prompt
+for their input type, `local_model/prompts.py`) are tokenized once, cut into model windows
+(`local_model/long_texts.py`), run longest first in a worker thread, and put back in input order.
+A model may also be a Hugging Face id (`local_model/hub.py`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 
-from providers.base import EmbeddingProvider, EmbeddingResult, InputType, ProgressCallback
+from providers.base import INPUT_TYPES, EmbeddingProvider, EmbeddingResult, InputType, ProgressCallback
 from providers.errors import ConfigurationError, ProviderError
 from providers.local_model.encoders import (
     LOCAL_BACKENDS,
@@ -52,12 +54,15 @@ from providers.local_model.model_dir import (
     PACKAGED_MODEL_SHA256,
     available_local_models,
     dimensions_from_config,
+    find_local_model,
     max_seq_length,
     packaged_model_path,
     verify_weights,
     weights_file,
 )
-from providers.local_model.onnx_export import cached_onnx_model, sha256_of_file
+from providers.local_model.onnx_export import cached_onnx_model, export_in_subprocess, sha256_of_file
+from providers.local_model.options import LocalOptions
+from providers.local_model.prompts import Prompts, model_prompts
 from providers.registry import ProviderSpec, one_length_only
 from providers.settings import DEFAULT_LOCAL_MODEL, Settings
 
@@ -108,6 +113,8 @@ class _LoadedModel:
     tokenizer: Tokenizer
     specials: tuple[int, int]
     """Special tokens the tokenizer puts before and after a text."""
+    prompt_ids: dict[InputType, list[int]]
+    """Each input type's prompt as tokens (repeated in every window of a split text)."""
 
 
 class LocalProvider(EmbeddingProvider):
@@ -128,6 +135,9 @@ class LocalProvider(EmbeddingProvider):
         split_overlap: int = 64,
         threads: int | None = None,
         data_dir: Path | None = None,
+        query_prompt: str | None = None,
+        document_prompt: str | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         super().__init__(model)
         if long_texts not in LONG_TEXT_POLICIES:
@@ -147,6 +157,9 @@ class LocalProvider(EmbeddingProvider):
         self._split_overlap = split_overlap
         self._threads = threads
         self._data_dir = data_dir
+        self._prompt_overrides = (query_prompt, document_prompt)
+        self._prompts: Prompts | None = None
+        self._trust_remote_code = trust_remote_code
         self._loaded: _LoadedModel | None = None
         self.model_calls = 0
         """Calls into the model so far (a batch of windows each), for tests and diagnostics."""
@@ -157,15 +170,11 @@ class LocalProvider(EmbeddingProvider):
 
     @classmethod
     def from_settings(cls, settings: Settings, model: str | None = None) -> LocalProvider:
-        """Build the provider for a configured model name; paths and URLs are not model names."""
+        """Build the provider for a configured model name or a Hugging Face id (fetched once if not cached)."""
         name = model or settings.local_model
-        known = available_local_models(settings)
-        if name not in known:
-            raise ConfigurationError(
-                f"unknown local model {name!r}; available: {', '.join(sorted(known))}. "
-                "Add models with SIGNAL_HUB_LOCAL_MODELS=name=/path/to/model."
-            )
-        path, sha256 = known[name]
+        found: Any = settings.provider_options.get("local")
+        options = found if isinstance(found, LocalOptions) else LocalOptions()
+        path, sha256 = find_local_model(settings, name, options)
         return cls(
             name,
             path=path,
@@ -177,6 +186,9 @@ class LocalProvider(EmbeddingProvider):
             split_overlap=settings.local_split_overlap,
             threads=settings.local_threads,
             data_dir=settings.resolved_data_dir,
+            query_prompt=options.query_prompt,
+            document_prompt=options.document_prompt,
+            trust_remote_code=options.trust_remote_code,
         )
 
     @property
@@ -184,6 +196,23 @@ class LocalProvider(EmbeddingProvider):
         if self._dimensions is None:
             self._dimensions = dimensions_from_config(self._path)
         return self._dimensions
+
+    @property
+    def prompts(self) -> Prompts:
+        """The text put before each input type's texts: the model's own prompts, or the configured ones."""
+        if self._prompts is None:
+            self._prompts = model_prompts(self._path).with_overrides(*self._prompt_overrides)
+        return self._prompts
+
+    @property
+    def input_types(self) -> bool:  # type: ignore[override]
+        """A model with prompts embeds queries and documents differently; one without ignores the type."""
+        return self.prompts.any
+
+    def space_qualifiers(self, input_type: InputType) -> tuple[str, ...]:
+        """The long-text mode where it is not the default (`split` and its overlap), then the input type."""
+        mode = (f"split{self._split_overlap}",) if self.long_texts == "split" else ()
+        return mode + ((self.prompts.qualifier(input_type),) if self.input_types else ())
 
     def check(self) -> None:
         """A look at the model directory, without loading it: a sentence-transformers model with weights."""
@@ -197,6 +226,7 @@ class LocalProvider(EmbeddingProvider):
                 f"local model {self.model!r}: no model.safetensors or pytorch_model.bin at {self._path}."
             )
         max_seq_length(self._path)
+        _ = self.prompts  # a malformed config_sentence_transformers.json is reported now
         super().check()
 
     @property
@@ -208,8 +238,9 @@ class LocalProvider(EmbeddingProvider):
         self, texts: Sequence[str], *, input_type: InputType = "document", progress: ProgressCallback | None = None
     ) -> EmbeddingResult:
         loaded = await self._loaded_model()
+        prompt = self.prompts.of(input_type)
         async with self._encode_limiter:
-            plan = await anyio.to_thread.run_sync(self._plan, loaded, list(texts))
+            plan = await anyio.to_thread.run_sync(self._plan, loaded, [prompt + text for text in texts], input_type)
             windows = plan.windows
             # Longest first, so each batch holds windows of similar length and little padding.
             order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids), reverse=True)
@@ -233,13 +264,14 @@ class LocalProvider(EmbeddingProvider):
             model=self.model,
             tokens=plan.tokens,
             truncated=plan.dropped,
+            qualifiers=self.space_qualifiers(input_type),
         )
 
     async def aclose(self) -> None:
         async with self._load_lock:
             self._loaded = None
 
-    def _plan(self, loaded: _LoadedModel, texts: list[str]) -> InputPlan:
+    def _plan(self, loaded: _LoadedModel, texts: list[str], input_type: InputType) -> InputPlan:
         token_ids = [encoding.ids for encoding in loaded.tokenizer.encode_batch(texts, add_special_tokens=True)]
         return plan_windows(
             token_ids,
@@ -247,6 +279,7 @@ class LocalProvider(EmbeddingProvider):
             max_length=loaded.runtime.max_length,
             policy=self.long_texts,
             overlap=self._split_overlap,
+            prompt_ids=loaded.prompt_ids[input_type],
         )
 
     async def _loaded_model(self) -> _LoadedModel:
@@ -260,7 +293,7 @@ class LocalProvider(EmbeddingProvider):
             raise ConfigurationError(f"local model {self.model!r}: no sentence-transformers model at {self._path}.")
         weights_sha256 = None
         if self._expected_sha256 is not None:
-            weights_sha256 = verify_weights(self._path / "model.safetensors", self._expected_sha256)
+            weights_sha256 = verify_weights(weights_file(self._path), self._expected_sha256)
         device = resolve_device(self._device)
         backend = resolve_backend(self._backend, device)
         threads = self._threads or usable_cores()
@@ -286,7 +319,10 @@ class LocalProvider(EmbeddingProvider):
                 f"split overlap {self._split_overlap} must be smaller than the model's window of {max_length} tokens."
             )
         runtime = LocalRuntime(backend, device, encoder.threads, batch_size, max_length)
-        loaded = _LoadedModel(runtime, encoder, tokenizer, specials)
+        prompt_ids = {
+            kind: tokenizer.encode(self.prompts.of(kind), add_special_tokens=False).ids for kind in INPUT_TYPES
+        }
+        loaded = _LoadedModel(runtime, encoder, tokenizer, specials, prompt_ids)
         _encode_windows(loaded, [tokenizer.encode("warm up").ids])  # first-call allocations happen now
         return loaded
 
@@ -295,7 +331,9 @@ class LocalProvider(EmbeddingProvider):
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-        model = SentenceTransformer(str(self._path), device=device, local_files_only=True, trust_remote_code=False)
+        model = SentenceTransformer(
+            str(self._path), device=device, local_files_only=True, trust_remote_code=self._trust_remote_code
+        )
         model.eval()
         max_length = int(model.max_seq_length or model.tokenizer.model_max_length)
         return TorchEncoder(model, threads=threads), model.tokenizer.backend_tokenizer.to_str(), max_length
@@ -303,8 +341,10 @@ class LocalProvider(EmbeddingProvider):
     def _load_onnx(
         self, device: str, threads: int, backend: str, source_sha256: str
     ) -> tuple[SentenceEncoder, str, int]:
+        exporter = functools.partial(export_in_subprocess, trust_remote_code=self._trust_remote_code)
+        quantized = backend == "onnx-int8"
         cached = cached_onnx_model(
-            self._path, source_sha256, _onnx_cache_root(self._data_dir), quantized=backend == "onnx-int8"
+            self._path, source_sha256, _onnx_cache_root(self._data_dir), quantized=quantized, exporter=exporter
         )
         if cached.exported:
             logger.info("exported %s to %s", self.model, cached.directory)
@@ -352,5 +392,6 @@ PROVIDER = ProviderSpec(
     summary="sentence-transformers models on this machine (all-MiniLM-L6-v2 packaged); free, no network",
     order=0,
     price=lambda settings, model: 0.0,
+    read_options=LocalOptions.from_env,
     variables=("SIGNAL_HUB_LOCAL_MODEL", "SIGNAL_HUB_LOCAL_MODELS"),
 )

@@ -151,3 +151,22 @@ async def test_a_fallback_answers_in_its_own_space_of_the_asked_type(settings: S
     async with EmbeddingService("primary", settings=settings, factories=factories) as service:
         result = await service.embed(["x"], input_type="query")
     assert result.space == "other:fake-small:8:l2:query" and result.requested_space == "primary:fake-small:8:l2:query"
+
+
+async def test_rank_texts_asks_a_fallback_that_tells_types_apart_for_a_query_vector(settings: Settings) -> None:
+    primary, other = FakeProvider(name="primary"), FakeProvider(name="other", input_types=True)
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise ProviderUnavailableError("down")
+
+    primary.embed = down  # type: ignore[method-assign]
+    factories = {"primary": lambda s, m, d: primary, "other": lambda s, m, d: other}
+    settings = replace(settings, fallback=FallbackPolicy(chain=("primary", "other")))
+    async with EmbeddingService("primary", settings=settings, factories=factories) as service:
+        ranked = await service.rank_texts("parse", ["render", "parse"], top_k=2)
+        query = await service.embed(["parse"], input_type="query", provider="other")
+    assert other.types == ["document", "query"] and other.calls == [["parse", "render"], ["parse"]]
+    assert ranked.embedding.fallback and ranked.embedding.space == "other:fake-small:8:l2:document"
+    assert query.cached == 1
+    np.testing.assert_array_equal(ranked.embedding.vectors[0], query.vectors[0])
+    assert ranked.embedding.vectors.shape == (3, 8)

@@ -278,6 +278,7 @@ async def test_list_providers_shows_spaces_health_and_the_active_one(client: Cli
         "dimensions": 384,
         "space": "local:all-MiniLM-L6-v2:384:l2",
         "active": True,
+        "input_types": False,  # the packaged model has no prompts: queries and documents embed alike
         "circuit": "closed",
         "last_error": None,
         "retry_in_s": 0.0,

@@ -29,6 +29,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
+from providers.base import InputType, input_type_of
 from providers.cost import batch_cost_usd, cost_usd
 from providers.errors import EmbeddingError, InputError
 from providers.jobs.engine import ENGINES, EngineJob, InProcessEngine, JobEngine, build_engine, job_settings
@@ -131,6 +132,7 @@ class JobRunner:
         glob: str = "*",
         roots: AllowedRoots | None = None,
         engine: str = "in-process",
+        input_type: InputType = "document",
     ) -> JobStart:
         """Check, count and price the job, then queue it; answers before any embedding."""
         roots = roots or self.roots
@@ -150,7 +152,7 @@ class JobRunner:
             glob=glob,
             provider=chosen.name,
             model=chosen.model,
-            space=chosen.space,
+            space=chosen.space_for(input_type),  # also what a resume embeds as (`input_type_of`)
             fingerprint=scan.fingerprint,
             total=scan.total,
             estimated_tokens=scan.estimated_tokens,
@@ -297,7 +299,7 @@ class JobRunner:
         try:
             with scope:
                 writer = await anyio.to_thread.run_sync(self._writer, job)
-                engine_job = EngineJob(job.id, job.provider, job.space)
+                engine_job = EngineJob(job.id, job.provider, job.space, input_type=input_type_of(job.space))
                 # `done` counts rows written, each already cached: after a kill it never claims more.
                 engine = self.engine_named(job.engine)
                 await engine.run(engine_job, self._chunks(job), writer, tally, lambda _: save())

@@ -260,6 +260,7 @@ class EmbeddingService:
                     circuit=breaker.state.value,
                     last_error=breaker.last_error,
                     retry_in_s=round(breaker.retry_in_s, 3),
+                    input_types=provider.input_types,
                 )
             )
         return statuses

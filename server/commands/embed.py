@@ -41,7 +41,7 @@ from typing import Any
 
 import anyio
 
-from providers import ConfigurationError, EmbeddingError, EmbeddingService, InputError, Settings
+from providers import INPUT_TYPES, ConfigurationError, EmbeddingError, EmbeddingService, InputError, InputType, Settings
 from providers.batch_api.job_engine import BatchesRunning
 from providers.jobs.engine import EngineJob, JobEngine
 from providers.jobs.files import FORMATS, Chunk, DuplicateIds, Source, find_sources, read_chunks
@@ -97,6 +97,7 @@ class EmbedJob:
     provider: str | None = None
     model: str | None = None
     encoding: Encoding = "float"
+    input_type: InputType = "document"
     engines: EngineOptions = dataclasses.field(default_factory=EngineOptions)
 
     @property
@@ -158,6 +159,9 @@ def add_commands(subparsers: Any) -> None:
     embed.add_argument("--glob", default="*", help="names of the files to take from directories, e.g. '*.py'")
     embed.add_argument("--provider", choices=provider_names(), help="default: SIGNAL_HUB_PROVIDER")
     embed.add_argument("--model", help="the provider's model (default: as configured)")
+    embed.add_argument(
+        "--input-type", choices=INPUT_TYPES, default="document", help="document (default), or query: search texts"
+    )
     embed.add_argument(
         "--window", type=int, default=DEFAULT_WINDOW, help=f"texts per call and cache commit (default {DEFAULT_WINDOW})"
     )
@@ -283,6 +287,7 @@ def _job_from(args: argparse.Namespace, limits: InputLimits) -> EmbedJob:
         provider=args.provider,
         model=args.model,
         encoding=args.encoding,
+        input_type=args.input_type,
         engines=engines,
     )
 
@@ -328,14 +333,15 @@ async def _embed_with(
     engine: JobEngine, service: EmbeddingService, job: EmbedJob, settings: Settings, run: _Run
 ) -> str:
     provider = engine.provider(service.provider.name)
+    space = provider.space_for(job.input_type)
     writer: VectorWriter = (
         NpyWriter(job.output, provider.dimensions)
         if job.npy and job.output is not None
-        else JsonlWriter(job.output, provider.space, job.encoding)
+        else JsonlWriter(job.output, space, job.encoding)
     )
     tally = run.tally
-    job_id = "embed" if job.engines.engine == "in-process" else job.fingerprint(provider.space)
-    engine_job = EngineJob(job_id, provider.name, provider.space, window=job.window)
+    job_id = "embed" if job.engines.engine == "in-process" else job.fingerprint(space)
+    engine_job = EngineJob(job_id, provider.name, space, window=job.window, input_type=job.input_type)
     with progress_bar(run.total, enabled=job.progress) as bar:
 
         def show(done: int) -> None:
@@ -350,7 +356,7 @@ async def _embed_with(
             raise
         finally:
             show(tally.written)
-    return provider.space
+    return space
 
 
 def _fail(message: str, run: _Run, started: float, code: int, *, resumable: bool = False) -> int:

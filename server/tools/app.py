@@ -21,7 +21,7 @@ from mcp.types import CallToolResult
 from pydantic import Field
 
 from providers import EmbeddingResult, EmbeddingService, Settings
-from providers.base import ProgressCallback
+from providers.base import InputType, ProgressCallback
 from providers.registry import provider_names
 from providers.service.similarity import preview
 from server.tools.answers import answer, call_meta, dump, embedding_meta, summary
@@ -68,6 +68,9 @@ IncludeVectors = Annotated[
     bool | None, Field(description="Return vectors (default: SIGNAL_HUB_VECTORS); ~2,800 tokens each as floats.")
 ]
 EncodingArg = Annotated[Encoding, Field(description="'base64' (float32) takes half the tokens of 'float'.")]
+InputTypeArg = Annotated[
+    InputType, Field(description="'query' for what a search looks for; 'document': what is searched.")
+]
 
 
 def build_server(settings: Settings, service_factory: ServiceFactory | None = None) -> MCPServer[EmbeddingService]:
@@ -175,11 +178,12 @@ async def embed_text(
     provider: ProviderArg = None,
     encoding: EncodingArg = "float",
     include_vectors: IncludeVectors = None,
+    input_type: InputTypeArg = "document",
 ) -> Annotated[CallToolResult, EmbedTextResult]:
     """Embed one text into a vector, for programs that store vectors.
     To compare texts use rank_texts or find_duplicates instead."""
     with_vectors = _with_vectors(ctx, include_vectors)
-    result = await _embed(ctx, [text], provider, encoding if with_vectors else None)
+    result = await _embed(ctx, [text], provider, encoding if with_vectors else None, input_type=input_type)
     dropped = result.truncated.get(0, 0)
     out = EmbedTextResult(
         embedding=encode_vectors(result.vectors, encoding)[0] if with_vectors else None,
@@ -197,11 +201,12 @@ async def embed_batch(
     provider: ProviderArg = None,
     encoding: EncodingArg = "float",
     include_vectors: IncludeVectors = None,
+    input_type: InputTypeArg = "document",
 ) -> Annotated[CallToolResult, EmbedBatchResult]:
     """Embed many texts into vectors, for programs that index them (progress is reported).
     Without vectors it warms the cache and prices the job; to compare texts use rank_texts."""
     with_vectors = _with_vectors(ctx, include_vectors)
-    result = await _embed(ctx, texts, provider, encoding if with_vectors else None, _progress(ctx))
+    result = await _embed(ctx, texts, provider, encoding if with_vectors else None, _progress(ctx), input_type)
     truncated = [TruncatedText(index=i, dropped_tokens=n) for i, n in sorted(result.truncated.items())]
     said = summary(result, f"{result.count} texts")
     if with_vectors:  # programs read every field: nothing is cut
@@ -271,6 +276,7 @@ async def list_providers(ctx: Context) -> CallToolResult:
                 dimensions=st.dimensions,
                 space=st.space,
                 active=st.active,
+                input_types=st.input_types,
                 circuit=st.circuit,  # type: ignore[arg-type]
                 last_error=st.last_error,
                 retry_in_s=st.retry_in_s,
@@ -362,10 +368,14 @@ async def _embed(
     provider: str | None,
     encoding: Encoding | None,
     progress: ProgressCallback | None = None,
+    input_type: InputType = "document",
 ) -> EmbeddingResult:
     """Embed `texts`; with an `encoding`, first check the vectors' answer can be delivered."""
     check = None if encoding is None else (lambda count, dimensions: check_message_size(count, dimensions, encoding))
-    result = await _service(ctx).embed(texts, provider=provider, progress=progress, check_capacity=check)
+    service = _service(ctx)
+    result = await service.embed(
+        texts, input_type=input_type, provider=provider, progress=progress, check_capacity=check
+    )
     await _warn(ctx, result)
     return result
 

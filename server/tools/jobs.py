@@ -178,13 +178,16 @@ async def start_embedding_job(
     engine: Annotated[
         Literal["in-process", "batch-api", "ray"], Field(description="batch-api: OpenAI, half price, <=24 h")
     ] = "in-process",
+    input_type: Literal["document", "query"] = "document",
 ) -> CallToolResult:
     """Embed a file or directory into a file in the background, for more than a call can carry.
     Answers at once with job_id and estimated tokens/USD; poll job_status."""
     runner = _runner(ctx)
     roots = await _roots(ctx, runner)
     started = await _call(
-        lambda: runner.start(input, output, provider=provider, format=format, roots=roots, engine=engine)
+        lambda: runner.start(
+            input, output, provider=provider, format=format, roots=roots, engine=engine, input_type=input_type
+        )
     )
     job = started.job
     fields: dict[str, Any] = {"output": job.output, "space": job.space, "estimated_usd": job.estimated_usd}

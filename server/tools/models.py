@@ -115,6 +115,8 @@ class ProviderInfo(BaseModel):
     dimensions: int | None
     space: str | None
     active: bool
+    input_types: bool | None = None
+    """False: the provider ignores `input_type` (queries and documents embed alike); None: unknown (unavailable)."""
     circuit: Literal["closed", "open", "half_open", "unavailable"]
     last_error: str | None
     retry_in_s: float
