@@ -460,7 +460,10 @@ async def test_rank_texts_over_mcp_sends_the_query_as_a_query_and_the_texts_as_d
     async with Client(build_server(settings)) as client:
         with anyio.fail_after(WAIT):
             result = await client.call_tool("rank_texts", {"query": "handler of event 1", "texts": chunks})
+            listed = await client.call_tool("list_providers", {})
     assert not result.is_error, result.content
+    providers = {entry["provider"]: entry for entry in (listed.structured_content or {})["providers"]}
+    assert providers[name]["input_types"] is (INPUT_FIELD[name] is not None)  # Mistral says false
     content = result.structured_content or {}
     assert content["candidates"] == 3 and not content["fallback"]
     expected = INPUT_FIELD[name]
