@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from abc import abstractmethod
 from collections.abc import Collection, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -135,13 +136,13 @@ class VendorProvider(RemoteProvider):
 
     # what a vendor module supplies
 
+    @abstractmethod
     def _payload(self, texts: list[str], input_type: InputType) -> tuple[str, dict[str, Any]]:
-        """The path under the base URL and the JSON body of one request."""
-        raise NotImplementedError
+        """The path under the base URL and the JSON body of one request, the input type in the API's word."""
 
+    @abstractmethod
     def _read(self, body: Any, count: int) -> tuple[list[Any], int | None]:
-        """The answer's vectors in request order (or objects with `index` and `embedding`) and its usage."""
-        raise NotImplementedError
+        """The answer's vectors in request order (or `indexed` rows) and the tokens it reports (None: none)."""
 
     def _auth_headers(self, key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"}
