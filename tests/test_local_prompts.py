@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from mcp import Client
 
-from providers import ConfigurationError, EmbeddingService, Settings
+from providers import ConfigurationError, EmbeddingService, InputError, Settings
 from providers.local import LocalProvider, packaged_model_path
 from providers.local_model.long_texts import plan_windows
 from providers.local_model.options import LocalOptions
@@ -399,3 +399,56 @@ def test_a_trusted_model_gets_the_code_repository_its_config_names(
     (code / "snapshots" / REVISION / "modeling.py").write_text("class CustomModel: ...\n")
     assert hub_model_directory("example-org/custom-model", trust_remote_code=True) == snapshot
     assert is_hub_id("example-org/custom-model") and not is_hub_id(str(snapshot)) and not is_hub_id("a/b/c")
+
+
+async def test_the_ray_engine_refuses_a_query_job_before_any_work(prompted_settings: Settings) -> None:
+    from providers.jobs.engine import EngineJob, build_engine
+    from providers.jobs.pipeline import Tally
+
+    provider = LocalProvider.from_settings(prompted_settings)
+    engine = build_engine("ray", prompted_settings, lambda name: provider)
+    job = EngineJob("queries", "local", provider.space_for("query"), input_type="query")
+    with pytest.raises(InputError, match="run this job in-process"):
+        await engine.run(job, [], None, Tally(), lambda done: None)  # type: ignore[arg-type]
+
+
+LATER_MODEL = """
+import asyncio, os, sys
+from pathlib import Path
+from providers.errors import ConfigurationError
+from providers.local import LocalProvider
+from providers.local_model.hub import hub_model_directory
+
+asyncio.run(LocalProvider(data_dir=Path(sys.argv[1])).embed(["x"]))  # a load makes the process offline for models
+assert os.environ["HF_HUB_OFFLINE"] == "1"
+try:
+    hub_model_directory("example-org/later-model", trust_remote_code=False)
+except ConfigurationError as exc:
+    print(exc)
+"""
+
+
+def test_a_model_switched_to_after_a_load_may_still_be_downloaded(shared_data_dir: Path, tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "HF_HUB_CACHE": str(tmp_path / "hub")}
+    env |= {"HF_ENDPOINT": f"http://127.0.0.1:{port}"}
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    ran = subprocess.run(
+        [sys.executable, "-c", LATER_MODEL, str(shared_data_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    # The download was tried (and refused by the closed port), not skipped as "offline".
+    assert "could not be downloaded" in ran.stdout and "outgoing traffic has been disabled" not in ran.stdout

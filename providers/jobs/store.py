@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from providers.redaction import scrub_column
 from providers.storage.sqlite import open_database, write_transaction
 
 __all__ = ["JOB_STATUSES", "JobRecord", "JobStatus", "JobStore"]
@@ -149,6 +150,9 @@ class JobStore:
         with write_transaction(self._db):  # a store made before jobs had engines gets the column
             if "engine" not in {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}:
                 self._db.execute("ALTER TABLE jobs ADD COLUMN engine TEXT NOT NULL DEFAULT 'in-process'")
+        # Errors stored before provider messages were made safe may hold a key or a whole error page.
+        scrub_column(self._db, "jobs", "last_error")
+        scrub_column(self._db, "jobs", "errors", json_list=True)
 
     def create(self, **values: Any) -> JobRecord:
         now = self._now()

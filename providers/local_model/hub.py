@@ -11,6 +11,9 @@ import logging
 import re
 from pathlib import Path
 
+# Read now, while HF_HUB_OFFLINE is the user's: a local model's load sets it for the process later.
+import huggingface_hub.constants  # noqa: F401
+
 from providers.errors import ConfigurationError
 
 __all__ = ["hub_model_directory", "is_hub_id"]
