@@ -93,7 +93,7 @@ class LoopbackVendor:
     def statuses(self) -> list[int]:
         return [seen.status for seen in self.seen]
 
-    def inject(self, kind: Literal["429", "quota", "500", "garbage", "not json", "bad gzip"]) -> None:
+    def inject(self, kind: Literal["429", "quota", "500", "garbage", "not json", "bad gzip", "huge"]) -> None:
         self._faults.append(kind)
 
     def __enter__(self) -> LoopbackVendor:
@@ -115,6 +115,9 @@ class LoopbackVendor:
             return status, answer, extra
 
     def _answer(self, path: str, headers: dict[str, str], body: Any) -> _Answer:
+        if self._faults and self._faults[0] == "huge":  # far more than any answer to the request can hold
+            self._faults.pop(0)
+            return 200, {"padding": "x" * 3_000_000}, {}
         if self._faults and self._faults[0] == "bad gzip":  # says gzip, is not: the client cannot decode it
             self._faults.pop(0)
             return 200, {"data": []}, {"content-encoding": "gzip"}

@@ -9,7 +9,8 @@ answer.body, answer.headers            # parsed JSON, response headers
 A status other than 2xx raises `HttpStatusError` (status, headers, the parsed body and the
 vendor's own message from it); a transport failure raises the `httpx2` exception as it is.
 `classify_http` says what either means to the remote engine, in one place for every vendor.
-Answers are read up to `max_bytes`: a runaway answer is refused, not held in memory.
+Answers are read by a `capped.capped_client`: the engine bounds each (decompressed) to what its
+texts can hold, so a runaway answer is refused, not held in memory.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from typing import Any
 import httpx2
 
 from providers.errors import ProviderError
+from providers.remote.capped import capped_client
 from providers.remote.ratelimit import parse_retry_after
 from providers.remote.retry import Failure
 
 __all__ = [
-    "MAX_ANSWER_BYTES",
     "HttpStatusError",
     "JsonAnswer",
     "JsonApi",
@@ -35,11 +36,6 @@ __all__ = [
     "is_refused",
     "outage",
 ]
-
-MAX_ANSWER_BYTES = 256 * 1024 * 1024
-"""The largest answer read: 1,000 vectors of 3,072 floats as JSON are about 70 MB."""
-_DETAIL_CHARS = 300
-"""Characters of an upstream message kept in ours: enough to say what it is, not a page of HTML."""
 
 
 @dataclass(frozen=True)
@@ -71,47 +67,26 @@ class JsonApi:
         headers: Mapping[str, str],
         *,
         timeout: float,
-        max_bytes: int = MAX_ANSWER_BYTES,
         http_client: httpx2.AsyncClient | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = dict(headers)
         self._timeout = timeout
-        self._max_bytes = max_bytes
         self._client = http_client
         self._owned = http_client is None
 
     async def post(self, path: str, payload: Mapping[str, Any]) -> JsonAnswer:
         if self._client is None:
-            self._client = httpx2.AsyncClient(timeout=self._timeout)
-        request = self._client.build_request(
-            "POST", f"{self.base_url}/{path.lstrip('/')}", json=payload, headers=self._headers
-        )
-        response = await self._client.send(request, stream=True)
-        try:
-            raw = await self._read(response)
-        finally:
-            await response.aclose()
+            self._client = capped_client(timeout=self._timeout)
+        response = await self._client.post(f"{self.base_url}/{path.lstrip('/')}", json=payload, headers=self._headers)
+        raw = response.content
         headers = {name.lower(): value for name, value in response.headers.items()}
         body = _parse(raw)
         if not 200 <= response.status_code < 300:
             raise HttpStatusError(response.status_code, headers, body)
         if isinstance(body, str):
-            raise ProviderError(f"the answer from {self.base_url} is not JSON: {_cut(body)}")
+            raise ProviderError(f"the answer from {self.base_url} is not JSON: {body}")
         return JsonAnswer(body, headers)
-
-    async def _read(self, response: httpx2.Response) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > self._max_bytes:
-                raise ProviderError(
-                    f"the answer from {self.base_url} passed {self._max_bytes:,} bytes and was dropped: "
-                    "send fewer texts per request (the _MAX_INPUTS variable)."
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     async def aclose(self) -> None:
         if self._client is not None and self._owned:
@@ -128,7 +103,7 @@ def _parse(raw: bytes) -> Any:
 
 
 def api_detail(body: Any) -> str:
-    """The vendor's own message in an error body, cut short.
+    """The vendor's own message in an error body (the error made of it redacts and cuts it).
 
     The shapes met: `{"error": {"message"}}` (Gemini), `{"message"}` (Cohere, Mistral),
     `{"detail": str | [{"msg"}]}` (Voyage, FastAPI), `{"error": str}`, or plain text.
@@ -152,12 +127,7 @@ def api_detail(body: Any) -> str:
             return api_detail(found)
         if isinstance(found, list):  # FastAPI's validation errors
             found = "; ".join(str(item.get("msg", item)) if isinstance(item, Mapping) else str(item) for item in found)
-    return _cut(str(found)) if found else ""
-
-
-def _cut(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"
+    return " ".join(str(found).split()) if found else ""
 
 
 def classify_http(

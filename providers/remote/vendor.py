@@ -44,6 +44,7 @@ from providers.errors import (
     QuotaExceededError,
     RateLimitError,
 )
+from providers.redaction import add_secret
 from providers.remote.batching import RequestLimits
 from providers.remote.engine import Failure, RemoteProvider, Reply
 from providers.remote.http_json import HttpStatusError, JsonApi, classify_http, outage
@@ -175,6 +176,7 @@ class VendorProvider(RemoteProvider):
                 "(or SIGNAL_HUB_PROVIDER=local to embed without one)."
             )
         self._api_key = key
+        add_secret(key)  # never shown, whatever an answer echoes
         self._api = JsonApi(
             self.base_url,
             self._auth_headers(key),
@@ -224,7 +226,7 @@ class VendorProvider(RemoteProvider):
         where = f"{vendor.label} ({self.base_url})"
         tried = f"after {attempts} attempt{'s' if attempts > 1 else ''}"
         if not isinstance(exc, HttpStatusError):
-            detail = self._redact(str(exc) or type(exc).__name__)
+            detail = str(exc) or type(exc).__name__
             if isinstance(exc, httpx2.TransportError | TimeoutError):
                 return ProviderUnavailableError(
                     f"{where} {outage(exc)} {tried}: {detail} Check the network and {prefix}_BASE_URL, or retry later."
@@ -232,7 +234,7 @@ class VendorProvider(RemoteProvider):
             if isinstance(exc, httpx2.RequestError):  # DecodingError, an answer over its cap
                 return ProviderError(f"{where} sent an answer that could not be read: {detail} Nothing was kept.")
             return ProviderError(f"the request to {where} failed: {detail}")
-        detail, status = self._redact(exc.detail), exc.status
+        detail, status = exc.detail, exc.status  # redacted and cut by the error made of it
         if self._is_auth(exc):
             return AuthenticationError(
                 f"{where} rejected the API key ({status}): {detail} Check {vendor.key_variable}."
@@ -253,9 +255,6 @@ class VendorProvider(RemoteProvider):
         if status < 500 and status != 408:
             return InputError(f"{where} refused the request ({status}): {detail}")
         return ProviderUnavailableError(f"{where} {outage(exc)} {tried}: {detail} Retry later.")
-
-    def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "[redacted]") if self._api_key else text
 
 
 def vendor_factory(cls: type[VendorProvider]) -> ProviderFactory:
