@@ -1,6 +1,6 @@
 """One `rank_texts` call per vendor provider (Voyage, Gemini, Cohere, Mistral), with the requests its API received.
 
-    .venv/bin/python -m benchmarks.vendor_transcript
+    .venv/bin/python -m benchmarks.vendor_transcript [--compact]   # --compact: one line per JSON document
 
 For each vendor, a loopback server speaking its API (`tests/loopback_vendors.py`) and the real
 MCP server over stdio, configured only by its environment (`SIGNAL_HUB_PROVIDER=<vendor>`,
@@ -27,6 +27,7 @@ from mcp.types import TextContent
 from tests.loopback_vendors import FLAVOURS, KEY, SMALLEST, Flavour, LoopbackVendor
 
 ROOT = Path(__file__).resolve().parents[1]
+INDENT = None if "--compact" in sys.argv else 2
 CALL_TIMEOUT_S = 60
 KEY_VARIABLES = {"voyage": "VOYAGE_API_KEY", "gemini": "GEMINI_API_KEY", "cohere": "COHERE_API_KEY"}
 QUERY = "parse a JSON config file"
@@ -85,12 +86,12 @@ async def one(flavour: Flavour) -> None:
         if result.is_error:
             print(f"← ERROR: {' '.join(c.text for c in result.content if isinstance(c, TextContent))}")
         else:
-            print("← " + json.dumps(result.structured_content, indent=2, ensure_ascii=False).replace("\n", "\n  "))
+            print("← " + json.dumps(result.structured_content, indent=INDENT, ensure_ascii=False).replace("\n", "\n  "))
         for n, seen in enumerate(loopback.seen, 1):
             header = "x-goog-api-key" if flavour == "gemini" else "authorization"
             auth = "<the key>" if seen.headers.get(header, "").endswith(KEY) else seen.headers.get(header)
             print(f"  request {n}: POST {seen.path}  {header}: {auth}  → {seen.status}")
-            print("    " + json.dumps(shown(seen.body), indent=2, ensure_ascii=False).replace("\n", "\n    "))
+            print("    " + json.dumps(shown(seen.body), indent=INDENT, ensure_ascii=False).replace("\n", "\n    "))
 
 
 async def main() -> None:
