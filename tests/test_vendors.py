@@ -473,3 +473,16 @@ async def test_rank_texts_over_mcp_sends_the_query_as_a_query_and_the_texts_as_d
         return
     sent = {input_word(name, seen.body): body_texts(name, seen.body) for seen in server.seen}
     assert sent == {expected[1]: chunks, expected[2]: ["handler of event 1"]}
+
+
+async def test_a_one_length_model_is_never_sent_a_length() -> None:
+    with LoopbackVendor("mistral", dimensions=1024) as server:
+        embedder = provider(server, model="mistral-embed", dimensions=1024)
+        try:
+            with anyio.fail_after(WAIT):
+                assert (await embedder.embed(texts(1))).dimensions == 1024
+        finally:
+            await embedder.aclose()
+    assert "output_dimension" not in server.seen[0].body
+    with pytest.raises(ConfigurationError, match="makes 1024-dimension vectors, not 512"):
+        provider(server, model="mistral-embed", dimensions=512)

@@ -127,8 +127,8 @@ class VendorProvider(RemoteProvider):
 
     @property
     def _dimensions_param(self) -> int | None:
-        """The length to ask for: only when one was configured (the default needs no parameter)."""
-        return self.options.dimensions
+        """The length to ask for: only when one was configured, and never of a one-length model (its API refuses it)."""
+        return self.options.dimensions if self._known.lengths else None
 
     def check(self) -> None:
         super().check()
