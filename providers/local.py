@@ -10,9 +10,8 @@ The default backend on a CPU is int8 ONNX Runtime, exported from the packaged we
 use (in a child process, `local_model/onnx_export.py`) and cached under the data directory; this
 process then needs only onnxruntime and tokenizers, never torch. Texts (after the model's prompt
 for their input type, `local_model/prompts.py`) are tokenized once, cut into model windows
-(`local_model/long_texts.py`), run longest first in a worker thread, and put back in input order.
-A model may also be a Hugging Face id (`local_model/hub.py`).
-"""
+(`local_model/long_texts.py`), run longest first in a worker thread a turn at a time
+(`local_model/turns.py`), and put back in input order. A model may be a Hugging Face id (`hub.py`)."""
 
 from __future__ import annotations
 
@@ -63,6 +62,7 @@ from providers.local_model.model_dir import (
 from providers.local_model.onnx_export import cached_onnx_model, export_in_subprocess, sha256_of_file
 from providers.local_model.options import LocalOptions
 from providers.local_model.prompts import Prompts, model_prompts
+from providers.local_model.turns import ModelTurns
 from providers.registry import ProviderSpec, one_length_only
 from providers.settings import DEFAULT_LOCAL_MODEL, Settings
 
@@ -85,9 +85,10 @@ DEFAULT_BATCH_SIZES: Mapping[str, int] = {"torch": 8, "onnx": 1, "onnx-int8": 1}
 Runtime one window per call was fastest on code chunks and on one-liners alike: nothing is
 padded, and int8's activation scale then depends on the text alone, not on its batch mates."""
 
-# Windows handed to the model per trip to the worker thread: small enough that progress
-# is reported and cancellation is honoured within about a second.
-_WINDOWS_PER_STEP = 32
+# Windows handed to the model per trip to the worker thread (one turn at the model): small
+# enough that progress is reported, cancellation is honoured and a short call waiting behind
+# the step gets its turn within a few tens of milliseconds.
+_WINDOWS_PER_STEP = 8
 
 
 @dataclass(frozen=True)
@@ -165,8 +166,9 @@ class LocalProvider(EmbeddingProvider):
         """Calls into the model so far (a batch of windows each), for tests and diagnostics."""
         self._dimensions: int | None = None
         self._load_lock = anyio.Lock()
-        # One encode at a time: parallel encodes would only fight over the same cores.
-        self._encode_limiter = anyio.CapacityLimiter(1)
+        # One encode at a time (parallel encodes would only fight over the same cores), taken a
+        # step at a time, so a short call never waits for a whole batch.
+        self._turns = ModelTurns()
 
     @classmethod
     def from_settings(cls, settings: Settings, model: str | None = None) -> LocalProvider:
@@ -239,25 +241,26 @@ class LocalProvider(EmbeddingProvider):
     ) -> EmbeddingResult:
         loaded = await self._loaded_model()
         prompt = self.prompts.of(input_type)
-        async with self._encode_limiter:
-            plan = await anyio.to_thread.run_sync(self._plan, loaded, [prompt + text for text in texts], input_type)
-            windows = plan.windows
-            # Longest first, so each batch holds windows of similar length and little padding.
-            order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids), reverse=True)
-            window_vectors = np.empty((len(windows), self.dimensions), dtype=np.float32)
-            windows_left = Counter(window.text for window in windows)
-            texts_done = 0
-            for start in range(0, len(order), _WINDOWS_PER_STEP):
-                step = order[start : start + _WINDOWS_PER_STEP]
+        plan = await anyio.to_thread.run_sync(self._plan, loaded, [prompt + text for text in texts], input_type)
+        windows = plan.windows
+        # Longest first, so each batch holds windows of similar length and little padding.
+        order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids), reverse=True)
+        window_vectors = np.empty((len(windows), self.dimensions), dtype=np.float32)
+        windows_left = Counter(window.text for window in windows)
+        texts_done = 0
+        short = len(order) <= _WINDOWS_PER_STEP
+        for start in range(0, len(order), _WINDOWS_PER_STEP):
+            step = order[start : start + _WINDOWS_PER_STEP]
+            async with self._turns.turn(short=short):
                 window_vectors[step], calls = await anyio.to_thread.run_sync(
                     _encode_windows, loaded, [windows[i].ids for i in step], abandon_on_cancel=False
                 )
-                self.model_calls += calls
-                for i in step:
-                    windows_left[windows[i].text] -= 1
-                    texts_done += windows_left[windows[i].text] == 0
-                if progress is not None:
-                    await progress(texts_done, len(texts))
+            self.model_calls += calls
+            for i in step:
+                windows_left[windows[i].text] -= 1
+                texts_done += windows_left[windows[i].text] == 0
+            if progress is not None:
+                await progress(texts_done, len(texts))
         return EmbeddingResult(
             vectors=combine_windows(window_vectors, plan, text_count=len(texts)),
             provider=self.name,

@@ -30,6 +30,7 @@ import anyio.abc
 import anyio.to_thread
 
 from providers.base import InputType, input_type_of
+from providers.clients import as_client, current_client
 from providers.cost import batch_cost_usd, cost_usd
 from providers.errors import EmbeddingError, InputError
 from providers.jobs.engine import ENGINES, EngineJob, InProcessEngine, JobEngine, build_engine, job_settings
@@ -144,6 +145,7 @@ class JobRunner:
         if out_format == "npy":
             roots.check_output(str(ids_path(target)), [source])
         chosen = self.engine_named(engine).provider(provider)
+        await chosen.resolve_space()  # the job's space must be final (a compatible server's length)
         scan = await anyio.to_thread.run_sync(self._scan, str(source), glob, target, out_format, roots)
         job = self.store.create(
             input=str(source),
@@ -167,8 +169,9 @@ class JobRunner:
         return JobStart(self.status(job.id), scan.duplicates)
 
     def status(self, job_id: str) -> JobRecord:
-        job = self.store.get(job_id)
-        if job is None:
+        job, caller = self.store.get(job_id), current_client()
+        # An HTTP client reaches only its own jobs; another's is answered as if it did not exist.
+        if job is None or (caller is not None and job.client != caller):
             raise InputError(f"no job {job_id!r}; list_jobs shows the known jobs.")
         return job
 
@@ -262,7 +265,9 @@ class JobRunner:
             while queue:
                 job_id = queue.popleft()
                 try:
-                    await self._run(job_id)
+                    record = self.store.get(job_id)  # each job runs, and is billed, as the client that owns it
+                    with as_client(record.client if record else None):
+                        await self._run(job_id)
                 finally:
                     self._finished[job_id].set()
         finally:

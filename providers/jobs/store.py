@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from providers.clients import current_client
 from providers.redaction import scrub_column
 from providers.storage.sqlite import open_database, write_transaction
 
@@ -57,7 +58,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     owner TEXT,
     lease_until REAL NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
-    engine TEXT NOT NULL DEFAULT 'in-process'
+    engine TEXT NOT NULL DEFAULT 'in-process',
+    client TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created)
 """
@@ -96,6 +98,8 @@ class JobRecord:
     cancel_requested: int
     engine: str = "in-process"
     """What runs the job: `in-process`, `batch-api` or `ray` (see jobs/engine.py)."""
+    client: str | None = None
+    """The HTTP client (token name) that started the job: only it sees the job; None for the others."""
 
     @property
     def error_list(self) -> list[str]:
@@ -148,8 +152,11 @@ class JobStore:
         self._now = now
         self._db = open_database(path, _SCHEMA, "job store")
         with write_transaction(self._db):  # a store made before jobs had engines gets the column
-            if "engine" not in {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}:
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            if "engine" not in columns:
                 self._db.execute("ALTER TABLE jobs ADD COLUMN engine TEXT NOT NULL DEFAULT 'in-process'")
+            if "client" not in columns:  # ... and before jobs belonged to a client
+                self._db.execute("ALTER TABLE jobs ADD COLUMN client TEXT")
         # Errors stored before provider messages were made safe may hold a key or a whole error page.
         scrub_column(self._db, "jobs", "last_error")
         scrub_column(self._db, "jobs", "errors", json_list=True)
@@ -163,6 +170,7 @@ class JobStore:
             "updated": now,
             "owner": self.owner,  # a queued job is held too: if this process dies, it shows as interrupted
             "lease_until": now + self.lease_s,
+            "client": current_client(),
             **values,
         }
         names = ", ".join(row)
@@ -175,8 +183,12 @@ class JobStore:
         return None if row is None else self._visible(JobRecord(*row))
 
     def list(self, limit: int = 20) -> list[JobRecord]:
+        """The newest jobs; for an HTTP client, only its own."""
+        client = current_client()
+        mine = "" if client is None else "WHERE client = ? "
         rows = self._db.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM jobs ORDER BY created DESC, rowid DESC LIMIT ?", (limit,)
+            f"SELECT {', '.join(_COLUMNS)} FROM jobs {mine}ORDER BY created DESC, rowid DESC LIMIT ?",
+            (limit,) if client is None else (client, limit),
         ).fetchall()
         return [self._visible(JobRecord(*row)) for row in rows]
 

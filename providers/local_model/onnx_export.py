@@ -102,7 +102,11 @@ def cached_onnx_model(
         if entry.exists():
             logger.warning("ONNX cache entry %s does not match its manifest; exporting it again", entry)
             _discard(entry)
-        logger.info("exporting %s to ONNX (%s) in %s", source, variant, entry)
+        logger.info(
+            "building the local model's ONNX Runtime export (%s) in %s: once per data directory, about 20 s",
+            variant,
+            entry,
+        )
         staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=cache_root))
         try:
             export(source, staging, quantized)

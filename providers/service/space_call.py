@@ -52,6 +52,16 @@ class SpaceCall:
         fresh, reservation, recorded = await self._fresh(
             chosen, missing, progress, input_type, done_before=len(unique) - len(missing)
         )
+        if not missing:
+            # Wholly cached: no provider answered, so the space is the provider's, named in full
+            # (the endpoint too): a cached answer must name the space a fresh one would.
+            fresh = dataclasses.replace(
+                fresh,
+                provider=chosen.name,
+                model=chosen.model,
+                normalized=chosen.normalized,
+                endpoint=chosen.endpoint,
+            )
         by_text = {text: (hit.vector, hit.dropped_tokens) for text, hit in hits.items()}
         by_text.update((text, (fresh.vectors[i], fresh.truncated.get(i, 0))) for i, text in enumerate(missing))
         vectors = np.stack([by_text[text][0] for text in valid]).astype(np.float32, copy=False)

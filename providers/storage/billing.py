@@ -98,7 +98,9 @@ class Keeper:
         if not recorded.requests and texts:
             await self.cache_put(chosen, texts, result, input_type)
         # Cost comes from the usage the provider reported, never from our estimate.
-        return dataclasses.replace(self.priced(result), warning=reservation.warning), reservation, recorded
+        # A provider's own caveat (e.g. truncation unknown) and the budget's warning both reach the caller.
+        warning = "; ".join(w for w in (result.warning, reservation.warning) if w) or None
+        return dataclasses.replace(self.priced(result), warning=warning), reservation, recorded
 
     def priced(self, result: EmbeddingResult) -> EmbeddingResult:
         return dataclasses.replace(

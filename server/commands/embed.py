@@ -53,7 +53,7 @@ from providers.registry import provider_names
 from providers.settings import InputLimits
 from server.commands.cache import format_bytes, run_cache
 from server.commands.engines import EngineOptions, add_engine_arguments, default_provider, engine_options, open_engine
-from server.commands.progress import cost_text, format_seconds, format_usd, progress_bar, summary
+from server.commands.progress import cost_text, format_seconds, format_usd, progress_bar, say, showing_notices, summary
 from server.commands.ray_shards import (
     add_shard_arguments,
     is_directory_output,
@@ -140,6 +140,9 @@ def add_commands(subparsers: Any) -> None:
         help="embed chunks from files or stdin into JSONL or .npy",
         description="Embed chunks and write their vectors. Progress and the summary go to stderr; stdout "
         "carries vectors only with --output -. Run again after a kill, it sends only chunks not yet cached.",
+        epilog=f"exit codes: {EXIT_OK} done, {EXIT_FAILED} the provider, the budget or writing failed, "
+        f"{EXIT_USAGE} bad usage or bad input (named by file and line), {EXIT_PENDING} batches still running "
+        f"(--no-wait), {EXIT_INTERRUPTED} interrupted.",
     )
     embed.add_argument(
         "inputs",
@@ -180,12 +183,19 @@ def add_commands(subparsers: Any) -> None:
     embed.add_argument("--no-progress", action="store_true", help="no progress bar; the summary is still printed")
     embed.set_defaults(run=run_embed)
 
-    cache = subparsers.add_parser("cache", help="inspect or prune the embedding cache")
+    cache = subparsers.add_parser(
+        "cache",
+        help="inspect or prune the embedding cache",
+        description="The vector cache (cache.sqlite3 under the data directory), shared by the server and embed.",
+    )
     actions = cache.add_subparsers(dest="cache_command", metavar="{stats,prune}", required=True)
-    actions.add_parser("stats", help="entries, bytes and entries per vector space").add_argument(
+    stats_help = "entries, bytes and entries per vector space"
+    actions.add_parser("stats", help=stats_help, description=stats_help.capitalize() + ".").add_argument(
         "--json", action="store_true", help="print JSON"
     )
-    prune = actions.add_parser("prune", help="delete cached vectors")
+    prune = actions.add_parser(
+        "prune", help="delete cached vectors", description="Delete cached vectors: by space, by age, or all."
+    )
     prune.add_argument("--space", help="only vectors of this space (see `cache stats`)")
     prune.add_argument("--older-than-days", type=float, metavar="N", help="only vectors stored over N days ago")
     prune.add_argument("--all", action="store_true", help="every cached vector")
@@ -222,7 +232,8 @@ def run_embed(args: argparse.Namespace, settings: Settings) -> int:
             run.total = _preflight(job, settings.limits)
         except EmbeddingError as exc:
             return _fail(f"error: {exc}", run, started, EXIT_USAGE)
-        return _embed_and_report(job, settings, run, started, no_cache=args.no_cache)
+        with showing_notices():
+            return _embed_and_report(job, settings, run, started, no_cache=args.no_cache)
     finally:
         run.duplicates.close()
 
@@ -348,6 +359,7 @@ async def _embed_with(
     engine: JobEngine, service: EmbeddingService, job: EmbedJob, settings: Settings, run: _Run
 ) -> str:
     provider = engine.provider(service.provider.name)
+    await provider.resolve_space()  # the file's space must be final (a compatible server's length) before it opens
     space = provider.space_for(job.input_type)
     writer: VectorWriter = (
         NpyWriter(job.output, provider.dimensions)
@@ -384,4 +396,4 @@ def _fail(message: str, run: _Run, started: float, code: int, *, resumable: bool
 
 
 def _say(message: str, *, prefix: str = f"{PROG}: ") -> None:
-    print(f"{prefix}{message}", file=sys.stderr, flush=True)
+    say(message, prefix=prefix)

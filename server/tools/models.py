@@ -147,6 +147,8 @@ class CostResult(UsageOut):
     all_time_usd: float
     by_provider: dict[str, UsageOut]
     by_model: dict[str, UsageOut]
+    by_client: dict[str, UsageOut]
+    """By the HTTP client (token name) that made the calls; "(none)" for stdio, the CLI and Python."""
 
 
 class CostEstimateResult(BaseModel):
