@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 import numpy as np
 import pytest
 
@@ -486,3 +487,13 @@ async def test_a_one_length_model_is_never_sent_a_length() -> None:
     assert "output_dimension" not in server.seen[0].body
     with pytest.raises(ConfigurationError, match="makes 1024-dimension vectors, not 512"):
         provider(server, model="mistral-embed", dimensions=512)
+
+
+def test_a_timeout_counts_towards_timeout_attempts_and_a_refusal_towards_refused_attempts() -> None:
+    from providers.remote.http_json import classify_http
+
+    timed_out = classify_http(httpx2.ReadTimeout("no answer"))
+    refused = classify_http(httpx2.ConnectError("[Errno 111] Connection refused"))
+    assert timed_out is not None and timed_out.retry and timed_out.timed_out and not timed_out.refused
+    assert refused is not None and refused.retry and refused.refused and not refused.timed_out
+    assert classify_http(ValueError("a bug")) is None  # raised as it is

@@ -156,7 +156,8 @@ def classify_http(
             headers=headers(exc.headers),
         )
     if isinstance(exc, httpx2.TransportError | TimeoutError):
-        return Failure(retry=True, refused=is_refused(exc))
+        timed_out = isinstance(exc, httpx2.TimeoutException | TimeoutError)  # an outage after `timeout_attempts`
+        return Failure(retry=True, refused=is_refused(exc), timed_out=timed_out)
     if isinstance(exc, httpx2.RequestError):  # an answer that cannot be decoded (or is over a cap): final
         return Failure(retry=False)
     return None
