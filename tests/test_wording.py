@@ -58,10 +58,11 @@ async def test_tool_texts_say_1_text_and_1_group_separate_thousands_and_never_sh
         assert not UNSEPARATED.search(text), text
 
 
-async def test_list_jobs_separates_its_entries_with_one_stop(shared_data_dir: Path, project: Path) -> None:
+async def test_list_jobs_separates_its_entries_with_one_stop(data_dir: Path, project: Path) -> None:
     source = project / "chunks.jsonl"
     source.write_text("".join(json.dumps({"id": i, "text": f"def f{i}(): pass"}) + "\n" for i in range(3)))
-    async with Client(build_server(Settings(data_dir=shared_data_dir, cache=False)), read_timeout_seconds=120) as c:
+    # A data directory of its own: list_jobs lists every job in it.
+    async with Client(build_server(Settings(data_dir=data_dir, cache=False)), read_timeout_seconds=120) as c:
         for name in ("a.jsonl", "b.jsonl"):
             job = await c.call_tool("start_embedding_job", {"input": str(source), "output": name})
             assert not job.is_error, job.content

@@ -126,7 +126,10 @@ class _WireLines:
 
     def _read(self, fd: int, token: anyio.lowlevel.EventLoopToken) -> None:
         def hand_over(line: str | None) -> None:
-            anyio.from_thread.run(self._send.send, line, token=token)
+            # A plain callback, not a coroutine, while there is room: a loop that ends first leaves no
+            # coroutine never awaited behind.
+            if not anyio.from_thread.run_sync(self._offer, line, token=token):
+                anyio.from_thread.run(self._send.send, line, token=token)
 
         parts: list[bytes] = []
         try:
@@ -143,6 +146,13 @@ class _WireLines:
             hand_over(None)
         except BaseException:  # the loop has finished (a pending hand-over is cancelled) or stdin failed
             logger.debug("stopped reading stdin", exc_info=True)
+
+    def _offer(self, line: str | None) -> bool:
+        try:
+            self._send.send_nowait(line)
+        except anyio.WouldBlock:
+            return False
+        return True
 
     def release(self) -> None:
         """Give fd 0 back; a line the thread still reads after this goes nowhere."""
