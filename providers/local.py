@@ -15,6 +15,7 @@ back in input order.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import Counter
@@ -28,7 +29,7 @@ import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 
-from providers.base import EmbeddingProvider, EmbeddingResult, ProgressCallback
+from providers.base import EmbeddingProvider, EmbeddingResult, ProgressCallback, RequestHook
 from providers.errors import ConfigurationError, ProviderError
 from providers.local_model.encoders import (
     LOCAL_BACKENDS,
@@ -205,7 +206,15 @@ class LocalProvider(EmbeddingProvider):
         return self._loaded.runtime if self._loaded is not None else None
 
     async def embed(self, texts: Sequence[str], *, progress: ProgressCallback | None = None) -> EmbeddingResult:
+        return await self.embed_each(texts, progress=progress)
+
+    async def embed_each(
+        self, texts: Sequence[str], *, progress: ProgressCallback | None = None, on_request: RequestHook | None = None
+    ) -> EmbeddingResult:
+        """`embed`; with `on_request`, the texts each step of model calls finished are handed on at once,
+        so a call cancelled half-way keeps (caches) what it did."""
         loaded = await self._loaded_model()
+        steps = 0
         async with self._encode_limiter:
             plan = await anyio.to_thread.run_sync(self._plan, loaded, list(texts))
             windows = plan.windows
@@ -220,17 +229,25 @@ class LocalProvider(EmbeddingProvider):
                     _encode_windows, loaded, [windows[i].ids for i in step], abandon_on_cancel=False
                 )
                 self.model_calls += calls
+                finished = []
                 for i in step:
                     windows_left[windows[i].text] -= 1
-                    texts_done += windows_left[windows[i].text] == 0
+                    if windows_left[windows[i].text] == 0:
+                        finished.append(windows[i].text)
+                texts_done += len(finished)
+                if on_request is not None and finished:
+                    steps += 1
+                    with anyio.CancelScope(shield=True):  # what was computed is kept, even when cancelled
+                        await on_request(finished, self._result(_part(window_vectors, plan, finished)))
                 if progress is not None:
                     await progress(texts_done, len(texts))
+        whole = self._result(_part(window_vectors, plan, list(range(len(texts)))))
+        return whole if on_request is None else dataclasses.replace(whole, requests=steps)
+
+    def _result(self, part: tuple[npt.NDArray[np.float32], int, dict[int, int]]) -> EmbeddingResult:
+        vectors, tokens, truncated = part
         return EmbeddingResult(
-            vectors=combine_windows(window_vectors, plan, text_count=len(texts)),
-            provider=self.name,
-            model=self.model,
-            tokens=plan.tokens,
-            truncated=plan.dropped,
+            vectors=vectors, provider=self.name, model=self.model, tokens=tokens, truncated=truncated
         )
 
     async def aclose(self) -> None:
@@ -308,6 +325,18 @@ class LocalProvider(EmbeddingProvider):
             logger.info("exported %s to %s", self.model, cached.directory)
         encoder = OnnxEncoder(cached.model_bytes, threads=threads, device=device)
         return encoder, cached.tokenizer_json, max_seq_length(self._path)
+
+
+def _part(
+    window_vectors: npt.NDArray[np.float32], plan: InputPlan, texts: list[int]
+) -> tuple[npt.NDArray[np.float32], int, dict[int, int]]:
+    """The vectors of `texts` (indexes) from their windows' vectors, their tokens, and their cut ones (by position)."""
+    position = {text: n for n, text in enumerate(texts)}
+    picked = [i for i, window in enumerate(plan.windows) if window.text in position]
+    windows = [dataclasses.replace(plan.windows[i], text=position[plan.windows[i].text]) for i in picked]
+    vectors = combine_windows(window_vectors[picked], InputPlan(windows), text_count=len(texts))
+    truncated = {position[text]: plan.dropped[text] for text in texts if text in plan.dropped}
+    return vectors, sum(len(window.ids) for window in windows), truncated
 
 
 def _encode_windows(loaded: _LoadedModel, windows: list[list[int]]) -> tuple[npt.NDArray[np.float32], int]:

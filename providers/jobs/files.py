@@ -50,6 +50,8 @@ class Source:
     """None: standard input."""
     format: str
     """"jsonl" ({"id", "text"} per line), "text" (all of it is one chunk) or "lines" (a chunk per line)."""
+    real: Path | None = None
+    """Set: the file to read, resolved and checked just before, opened without following a symlink."""
 
     @property
     def name(self) -> str:
@@ -137,7 +139,10 @@ def _open_binary(source: Source) -> Iterator[IO[bytes]]:
         yield sys.stdin.buffer
         return
     try:
-        stream = source.path.open("rb")
+        if source.real is None:
+            stream = source.path.open("rb")
+        else:  # a symlink swapped in since the check is not followed
+            stream = os.fdopen(os.open(source.real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb")
     except OSError as exc:
         raise InputError(f"{source.name}: cannot read it ({exc.strerror or exc}).") from exc
     with stream:

@@ -45,6 +45,7 @@ from providers import ConfigurationError, EmbeddingError, EmbeddingService, Inpu
 from providers.batch_api.job_engine import BatchesRunning
 from providers.jobs.engine import EngineJob, JobEngine
 from providers.jobs.files import FORMATS, Chunk, DuplicateIds, Source, find_sources, read_chunks
+from providers.jobs.outputs import check_output_target
 from providers.jobs.pipeline import Tally
 from providers.jobs.writers import JsonlWriter, NpyWriter, VectorWriter, ids_path
 from providers.registry import provider_names
@@ -164,6 +165,11 @@ def add_commands(subparsers: Any) -> None:
     add_engine_arguments(embed)
     embed.add_argument("--skip-invalid", action="store_true", help="skip bad records (counted as failed), not stop")
     embed.add_argument("--no-cache", action="store_true", help="neither read nor fill the cache (no resuming)")
+    embed.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run's output (never a file embed did not write)",
+    )
     embed.add_argument("--no-progress", action="store_true", help="no progress bar; the summary is still printed")
     embed.set_defaults(run=run_embed)
 
@@ -201,7 +207,7 @@ def run_embed(args: argparse.Namespace, settings: Settings) -> int:
     run = _Run()
     try:
         try:
-            job = _job_from(args, settings.limits)
+            job = _job_from(args, settings)
             run.total = _preflight(job, settings.limits)
         except EmbeddingError as exc:
             return _fail(f"error: {exc}", run, started, EXIT_USAGE)
@@ -255,7 +261,8 @@ def _report(run: _Run, started: float) -> None:
         _say(f"warning: {run.duplicates.describe()}; give each chunk its own id.")
 
 
-def _job_from(args: argparse.Namespace, limits: InputLimits) -> EmbedJob:
+def _job_from(args: argparse.Namespace, settings: Settings) -> EmbedJob:
+    limits = settings.limits
     if not 1 <= args.window <= limits.max_texts:
         raise InputError(f"--window must be between 1 and {limits.max_texts}, not {args.window}.")
     engines = engine_options(args)
@@ -270,8 +277,19 @@ def _job_from(args: argparse.Namespace, limits: InputLimits) -> EmbedJob:
             raise InputError(f"--output {output} is a directory; name a file, e.g. {output / 'vectors.jsonl'}.")
         if not output.parent.is_dir():
             raise InputError(f"--output {output}: the directory {output.parent} does not exist.")
-        if output.resolve() in {Path(raw).resolve() for raw in args.inputs if raw != "-"}:
+        inputs = [Path(raw).resolve() for raw in args.inputs if raw != "-"]
+        if output.resolve() in inputs:
             raise InputError(f"--output {output} is also an input; write the vectors elsewhere.")
+        out_format = "npy" if output.suffix.lower() == ".npy" else "jsonl"
+        check_output_target(
+            output.resolve(),
+            out_format,
+            inputs=inputs,
+            data_dir=settings.resolved_data_dir,
+            overwrite=args.overwrite,
+            shown=f"--output {output}",
+            flag="--overwrite",
+        )
     return EmbedJob(
         inputs=tuple(args.inputs),
         output=output,

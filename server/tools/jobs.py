@@ -31,7 +31,7 @@ from providers.jobs.runner import JobRunner, estimate_usd
 from providers.jobs.store import JobRecord, JobStatus
 from server.tools.registration import add_tool
 
-__all__ = ["JobListResult", "JobStarted", "JobStatusResult", "register_job_tools", "run_jobs"]
+__all__ = ["JobListResult", "JobStarted", "JobStatusResult", "checkpoint_jobs", "register_job_tools", "run_jobs"]
 
 _RUNNERS: weakref.WeakKeyDictionary[EmbeddingService, JobRunner] = weakref.WeakKeyDictionary()
 _ROOTS_TIMEOUT_S = 2.0
@@ -49,6 +49,13 @@ async def run_jobs(service: EmbeddingService, settings: Settings) -> AsyncIterat
             _RUNNERS.pop(service, None)
 
 
+async def checkpoint_jobs(service: EmbeddingService, within_s: float = 2.0) -> None:
+    """For a clean exit: leave this server's jobs `interrupted`, their progress saved (`JobRunner.checkpoint_all`)."""
+    runner = _RUNNERS.get(service)
+    if runner is not None:
+        await runner.checkpoint_all(within_s)
+
+
 class JobStatusResult(BaseModel):
     job_id: str
     status: JobStatus
@@ -64,6 +71,8 @@ class JobStatusResult(BaseModel):
     engine: str = "in-process"
     batches: dict[str, Any] | None = None
     """A batch-api job: its remote batches (each while few, else counts by status) and request counts."""
+    next_step: str | None = None
+    """An interrupted job: whether it resumes by itself (a free provider) or waits for resume_job."""
 
 
 class JobStarted(JobStatusResult):
@@ -84,9 +93,16 @@ class JobListResult(BaseModel):
     jobs: list[JobStatusResult]
 
 
-def _status(job: JobRecord, batches: dict[str, Any] | None = None) -> JobStatusResult:
+def _status(job: JobRecord, batches: dict[str, Any] | None = None, runner: JobRunner | None = None) -> JobStatusResult:
     now = time.time()
     eta = job.eta_s(now)
+    next_step = None
+    if job.status == "interrupted" and runner is not None:
+        next_step = (
+            "resumes by itself when a server starts (free provider), or now with resume_job"
+            if runner.resumes_by_itself(job)
+            else "waits for resume_job (a paid provider's job never resumes by itself)"
+        )
     return JobStatusResult(
         job_id=job.id,
         status=job.status,
@@ -101,6 +117,7 @@ def _status(job: JobRecord, batches: dict[str, Any] | None = None) -> JobStatusR
         truncated=job.truncated,
         engine=job.engine,
         batches=batches,
+        next_step=next_step,
     )
 
 
@@ -118,6 +135,8 @@ def _line(job: JobStatusResult) -> str:
     if job.batches is not None:
         listed = job.batches["batches_by_status"]
         text += f"; {sum(listed.values())} batch(es): " + ", ".join(f"{n} {state}" for state, n in listed.items())
+    if job.next_step is not None:
+        text += f"; it {job.next_step}"
     return text + "."
 
 
@@ -178,13 +197,16 @@ async def start_embedding_job(
     engine: Annotated[
         Literal["in-process", "batch-api", "ray"], Field(description="batch-api: OpenAI, half price, <=24 h")
     ] = "in-process",
+    overwrite: Annotated[bool, Field(description="Replace an earlier job's output there (never other files)")] = False,
 ) -> CallToolResult:
     """Embed a file or directory into a file in the background, for more than a call can carry.
     Answers at once with job_id and estimated tokens/USD; poll job_status."""
     runner = _runner(ctx)
     roots = await _roots(ctx, runner)
     started = await _call(
-        lambda: runner.start(input, output, provider=provider, format=format, roots=roots, engine=engine)
+        lambda: runner.start(
+            input, output, provider=provider, format=format, roots=roots, engine=engine, overwrite=overwrite
+        )
     )
     job = started.job
     fields: dict[str, Any] = {"output": job.output, "space": job.space, "estimated_usd": job.estimated_usd}
@@ -205,7 +227,7 @@ async def job_status(job_id: JobId, ctx: Context) -> CallToolResult:
     Poll it after start_embedding_job or resume_job."""
     runner = _runner(ctx)
     job = await _call(lambda: _async(runner.status, job_id))
-    out = _status(job, _batches(runner, job))
+    out = _status(job, _batches(runner, job), runner)
     return _answer(out, _line(out))
 
 
@@ -221,7 +243,8 @@ async def cancel_job(job_id: JobId, ctx: Context) -> CallToolResult:
 async def list_jobs(ctx: Context) -> CallToolResult:
     """The 10 newest embedding jobs with their progress, as job_status shows each.
     Use it to find a job_id."""
-    jobs = [_status(job) for job in _runner(ctx).list(10)]
+    runner = _runner(ctx)
+    jobs = [_status(job, runner=runner) for job in runner.list(10)]
     out = JobListResult(jobs=jobs)
     return _answer(out, "; ".join(_line(job) for job in jobs) or "No jobs yet.")
 
