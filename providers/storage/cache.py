@@ -122,10 +122,10 @@ class EmbeddingCache:
         return old.fetchone() is not None
 
     def _room_to_move(self) -> int:
-        """Free disk the move needs: a few batches of rows in the WAL, with room to spare."""
+        """Free disk the move needs: a batch of rows twice (new table, WAL), at most the file's size, and 1 MiB."""
+        size = self.path.stat().st_size
         rows = self._db.execute(f"SELECT COUNT(*) FROM {_OLD_TABLE}").fetchone()[0]
-        per_row = self.path.stat().st_size / max(rows, 1)
-        return int(4 * min(rows, _ROWS_PER_MOVE) * per_row) + (1 << 20)
+        return int(min(2 * min(rows, _ROWS_PER_MOVE) * size / max(rows, 1), size)) + (1 << 20)
 
     def _move_some(self) -> bool:
         """Move one batch of old rows; False once none are left (and the old table is gone)."""
