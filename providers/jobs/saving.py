@@ -44,8 +44,8 @@ class ProgressSaver:
         self._every_s = every_s
         self._now = now
         self._tasks = tasks
-        self._last = 0.0
-        self._writing = False
+        self._last = -every_s
+        self._due = False
 
     def counts(self) -> dict[str, int | float]:
         tally = self.tally
@@ -59,22 +59,23 @@ class ProgressSaver:
         }
 
     def poke(self) -> None:
-        """Write the counts soon, unless a write is under way or one was made less than `every_s` ago."""
-        now = self._now()
-        if self._writing or now - self._last < self._every_s:
+        """Write the counts soon: at once, or `every_s` after the last write (the newest counts then)."""
+        if self._due:
             return
-        self._last, self._writing = now, True
-        self._tasks.start_soon(self._write)
+        self._due = True
+        self._tasks.start_soon(self._write, max(0.0, self._last + self._every_s - self._now()))
 
-    async def _write(self) -> None:
+    async def _write(self, delay: float) -> None:
+        if delay:
+            await anyio.sleep(delay)  # pokes meanwhile are this write's: it carries their counts
+        counts = self.counts()
         try:
-            await anyio.to_thread.run_sync(
-                lambda: self.store.progress(self.job_id, **self.counts()), abandon_on_cancel=True
-            )
+            await anyio.to_thread.run_sync(lambda: self.store.progress(self.job_id, **counts), abandon_on_cancel=True)
         except StorageError as exc:  # the job goes on; the next write, or its end, carries the counts
             logger.warning("job %s: its progress was not saved: %s", self.job_id, exc)
-        finally:
-            self._writing = False
+        self._last, self._due = self._now(), False
+        if self.counts() != counts:  # one write at a time, even when the store is slow: then the newest
+            self.poke()
 
 
 async def record_end(saver: ProgressSaver, status: JobStatus, error: str | None, *, within_s: float) -> None:
