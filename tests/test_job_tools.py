@@ -188,3 +188,28 @@ def saved_done(data_dir: Path, job_id: str) -> int:
 
     with sqlite3.connect(data_dir / "jobs.sqlite3") as db:
         return int(db.execute("SELECT done FROM jobs WHERE id = ?", (job_id,)).fetchone()[0])
+
+
+async def test_job_status_says_whether_an_interrupted_job_resumes_by_itself(
+    shared_data_dir: Path, project: Path
+) -> None:
+    from providers.jobs.store import JobStore
+
+    store = JobStore(shared_data_dir / "jobs.sqlite3")
+    ids = {}
+    for provider, model in (("openai", "text-embedding-3-small"), ("local", "all-MiniLM-L6-v2")):
+        job = store.create(
+            input=str(project / "gone.jsonl"), output=str(project / "o.jsonl"), format="jsonl", glob="*",
+            provider=provider, model=model, space="s", fingerprint="f", total=1,
+        )  # fmt: skip
+        store.finish(job.id, "interrupted")
+        ids[provider] = job.id
+    store.close()
+    async with Client(build_server(Settings(data_dir=shared_data_dir, cache=False))) as client:
+        paid = await client.call_tool("job_status", {"job_id": ids["openai"]})
+        free = await client.call_tool("job_status", {"job_id": ids["local"]})
+    assert paid.structured_content["status"] == "interrupted"
+    assert "waits for resume_job (a paid provider's job never resumes by itself)" in paid.content[0].text  # type: ignore[union-attr]
+    # Its input is gone, so it could not resume at this server's start: it says what would happen.
+    assert free.structured_content["status"] == "interrupted"
+    assert free.structured_content["next_step"].startswith("resumes by itself when a server starts")
