@@ -196,3 +196,19 @@ async def test_an_output_directory_swapped_while_the_job_runs_is_not_renamed_int
         job = await runner.wait(started.job.id)
     assert job.status == "failed" and "symlink" in (job.last_error or "")
     assert list(elsewhere.iterdir()) == [] and not (tmp_path / "out.old" / "vectors.jsonl").exists()
+
+
+def test_a_writer_never_renames_into_a_directory_swapped_since_it_opened(tmp_path: Path) -> None:
+    from providers.jobs.writers import JsonlWriter
+
+    (tmp_path / "out").mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    writer = JsonlWriter(tmp_path / "out" / "v.jsonl", "s")
+    writer.write([1], np.zeros((1, 2), dtype=np.float32), [0])
+    os.rename(tmp_path / "out", tmp_path / "out.old")
+    (tmp_path / "out").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(InputError, match="is no longer the directory the output was started in"):
+        writer.commit()
+    writer.discard()
+    assert list(elsewhere.iterdir()) == [] and list((tmp_path / "out.old").iterdir()) == []
