@@ -38,8 +38,10 @@ from providers.errors import (
     QuotaExceededError,
     RateLimitError,
 )
+from providers.redaction import add_secret
 from providers.registry import ProviderSpec
 from providers.remote.batching import RequestLimits
+from providers.remote.capped import capped_client
 from providers.remote.engine import Failure, RemoteProvider, Reply
 from providers.remote.options import RemoteOptions, remote_fields_from_env
 from providers.remote.pacing import build_limiter
@@ -167,11 +169,13 @@ class CompatibleProvider(RemoteProvider):
         if self._sdk is None:
             import openai
 
+            add_secret(self.options.api_key)
             self._sdk = openai.AsyncOpenAI(
                 api_key=self.options.api_key or "none",  # most self-hosted servers take no key
                 base_url=self.base_url,
                 max_retries=0,  # the engine is the one owner of retries
                 timeout=self.options.request_timeout,
+                http_client=capped_client(),  # answers bounded in memory, decompressed
             )
 
     async def _request(self, texts: list[str]) -> Reply:
@@ -206,9 +210,7 @@ class CompatibleProvider(RemoteProvider):
 
         from providers.openai import api_message, outage
 
-        detail = api_message(exc)
-        if self.options.api_key:
-            detail = detail.replace(self.options.api_key, "[redacted]")
+        detail = api_message(exc)  # redacted and cut by the error made of it
         where = f"{self.label} ({self.base_url})"
         tried = f"after {attempts} attempt{'s' if attempts > 1 else ''}"
         if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):

@@ -13,11 +13,16 @@ Every error is an `EmbeddingError`, and every message says what happened and wha
         ├── QuotaExceededError    the account has no credit left (retrying cannot help)
         ├── RateLimitError        still rate limited after every retry
         └── ProviderUnavailableError  timeouts, dropped connections and 5xx after every retry
+
+A message is made safe when the error is made (`redaction.safe_message`): whatever a provider's
+answer put in it, no key survives and it stays short enough for an answer.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from providers.redaction import safe_message
 
 if TYPE_CHECKING:
     from providers.base import EmbeddingResult
@@ -39,6 +44,10 @@ __all__ = [
 
 class EmbeddingError(Exception):
     """Base class of every error the embedding core raises."""
+
+    def __init__(self, *args: object) -> None:
+        # The one place every message passes: keys redacted, a provider's long answer cut.
+        super().__init__(*(safe_message(arg) if isinstance(arg, str) else arg for arg in args))
 
 
 class ConfigurationError(EmbeddingError):

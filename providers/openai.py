@@ -44,7 +44,9 @@ from providers.errors import (
     QuotaExceededError,
     RateLimitError,
 )
+from providers.redaction import add_secret
 from providers.registry import ProviderSpec
+from providers.remote.capped import OversizedResponse, capped_client
 from providers.remote.engine import Failure, RemoteProvider, Reply
 from providers.remote.options import RemoteOptions, remote_fields_from_env
 from providers.remote.pacing import build_limiter
@@ -179,12 +181,13 @@ class OpenAIProvider(RemoteProvider):
                     "no OpenAI API key: set OPENAI_API_KEY (or SIGNAL_HUB_PROVIDER=local to embed without one)."
                 )
             self._api_key = key
+            add_secret(key)
             self._sdk = openai.AsyncOpenAI(
                 api_key=key,
                 base_url=self._base_url,
                 max_retries=0,  # the engine is the one owner of retries
                 timeout=self.options.request_timeout,
-                http_client=self._http_client,
+                http_client=self._http_client or capped_client(),  # answers bounded in memory, decompressed
             )
         return self._sdk
 
@@ -201,8 +204,8 @@ class OpenAIProvider(RemoteProvider):
         return classify(exc)
 
     def _translate(self, exc: BaseException, *, attempts: int) -> EmbeddingError:
-        """The one place SDK exceptions become ours; messages never carry the key."""
-        detail = self._redact(api_message(exc))
+        """The one place SDK exceptions become ours (`EmbeddingError` redacts and cuts the message)."""
+        detail = api_message(exc)
         tried = f"after {attempts} attempt{'s' if attempts > 1 else ''}"
         if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
             return AuthenticationError(
@@ -232,9 +235,6 @@ class OpenAIProvider(RemoteProvider):
             )
         return ProviderError(f"the OpenAI SDK failed: {detail}")
 
-    def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "[redacted]") if self._api_key else text
-
 
 # What the SDK's exceptions and answers mean: shared by every provider that speaks /v1/embeddings.
 
@@ -254,7 +254,8 @@ def classify(exc: BaseException) -> Failure | None:
             headers=headers,
         )
     if isinstance(exc, openai.APIConnectionError | TimeoutError):  # APITimeoutError included
-        return Failure(retry=True, refused=_is_refused(exc))
+        # An answer over its cap would be as large again: not worth a retry.
+        return Failure(retry=_oversized(exc) is None, refused=_is_refused(exc))
     return None
 
 
@@ -283,6 +284,9 @@ def outage(exc: BaseException) -> str:
 
 
 def api_message(exc: BaseException) -> str:
+    """What the server said, as it said it (the error made of it redacts and cuts it)."""
+    if (oversized := _oversized(exc)) is not None:
+        return f"{oversized}."
     if isinstance(exc, openai.APIError):
         body = exc.body
         if isinstance(body, Mapping) and isinstance(body.get("message"), str):
@@ -345,6 +349,12 @@ def _is_too_large(exc: openai.APIStatusError) -> bool:
         or "batch too large" in message
         or "batch size" in message
     )
+
+
+def _oversized(exc: BaseException) -> OversizedResponse | None:
+    """The capped answer under an SDK connection error, if that is what it was."""
+    cause = exc.__cause__
+    return cause if isinstance(cause, OversizedResponse) else None
 
 
 def _is_refused(exc: BaseException) -> bool:

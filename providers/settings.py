@@ -97,6 +97,9 @@ class Settings:
     provider_options: Mapping[str, Any] = field(default_factory=dict)
     """Options objects of registered providers that read their own `SIGNAL_HUB_<NAME>_*` variables,
     by provider name (only those with a variable set)."""
+    ledger_session: str | None = None
+    """The cost ledger's session every ledger opened with these settings records in (a server's
+    calls, jobs and batches are one session); None: each ledger starts a session of its own."""
 
     @property
     def resolved_data_dir(self) -> Path:

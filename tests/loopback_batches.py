@@ -20,7 +20,10 @@ Faults, queued with `inject(fault, times=1)`, each consumed by the next batch cr
 - `"expire"`: the batch expires with only the first half of its requests done, the rest in the
   error file as `batch_expired`;
 - `"reject"`: the input file fails validation (status `failed`, `errors` filled in);
-- `"poll_500"`: the next `GET /v1/batches/{id}` answers 500.
+- `"poll_500"`: the next `GET /v1/batches/{id}` answers 500;
+- `"overbill"`: every answer reports 10^12 prompt tokens;
+- `"duplicate"`: the output file answers the first request twice, the second time (last) with
+  its vectors' indexes swapped.
 
 Counters: `files_uploaded`, `batches_created`, `request_lines` (lines run), `created_inputs`
 (each created batch's input file content, to prove nothing was submitted twice).
@@ -51,7 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BATCH_FAULTS", "BatchFault", "LoopbackBatches"]
 
-BatchFault = Literal["request_error", "expire", "reject", "poll_500"]
+BatchFault = Literal["request_error", "expire", "reject", "poll_500", "overbill", "duplicate"]
 BATCH_FAULTS: frozenset[str] = frozenset(get_args(BatchFault))
 
 
@@ -385,8 +388,14 @@ class LoopbackBatches:
                 body = line["body"]
                 job = self.app._validate(body, _parse_inputs(body.get("input")))
                 reply = job if isinstance(job, _Reply) else self.app._embed(job, False, seed=number)
+            if "overbill" in batch.faults and reply.status == 200:
+                reply.body["usage"] = {"prompt_tokens": 10**12, "total_tokens": 10**12}
             response = {"status_code": reply.status, "request_id": f"req_{batch.id}_{number}", "body": reply.body}
             (output if reply.status == 200 else failures).append(entry | {"response": response, "error": None})
+            if number == 0 and "duplicate" in batch.faults and reply.status == 200:
+                swapped = [dict(item, index=len(reply.body["data"]) - 1 - item["index"]) for item in reply.body["data"]]
+                again = {**response, "body": {**reply.body, "data": swapped}}
+                output.append(entry | {"response": again, "error": None})
         if self.shuffle_output:
             random.Random(batch.id).shuffle(output)
         batch.completed, batch.failed = len(output), len(failures)

@@ -89,7 +89,8 @@ def test_cli_batch_api_embeds_in_input_order_and_a_rerun_sends_nothing(
     assert_vectors(tmp_path / "out.jsonl", texts)
     assert server.batches.batches_created == 1
     err = capsys.readouterr().err
-    assert "embedded 30, cached 0, failed 0; 360 tokens, $0.000004" in err  # at the batch price: half of $0.02/1M
+    # The tokens the answers reported (the loopback counts 15 a text; we planned 12), at the batch price.
+    assert "embedded 30, cached 0, failed 0; 450 tokens, $0.000005" in err
 
     assert embed(openai, *argv, "--overwrite") == 0  # the cache answers: no new batch
     assert server.batches.batches_created == 1
@@ -97,16 +98,23 @@ def test_cli_batch_api_embeds_in_input_order_and_a_rerun_sends_nothing(
     assert_vectors(tmp_path / "out.jsonl", texts)
 
 
-def test_cli_batch_api_counts_rows_of_failed_requests_as_failed(
+def test_cli_batch_api_fails_with_exit_1_when_a_batch_fails_validation_and_the_rerun_resubmits(
     openai: Settings, server: LoopbackOpenAI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     server.batches.inject("reject")
-    source = write_chunks(tmp_path / "chunks.jsonl", texts_of(5))
+    texts = texts_of(5)
+    source = write_chunks(tmp_path / "chunks.jsonl", texts)
     argv = [str(source), "-o", str(tmp_path / "out.jsonl"), "--engine", "batch-api", "--poll-interval", "0.05"]
 
-    assert embed(openai, *argv) == 0
-    assert "failed 5" in capsys.readouterr().err
-    assert (tmp_path / "out.jsonl").read_text() == ""
+    assert embed(openai, *argv) == 1  # was 0, with "wrote 0 vectors ... failed 5"
+    err = capsys.readouterr().err
+    assert "5 of 5 chunks got no vector" in err and "the batch failed validation" in err
+    assert "embedded 0, cached 0, failed 5" in err and "wrote 0 vectors" not in err
+    assert not (tmp_path / "out.jsonl").exists()
+
+    assert embed(openai, *argv) == 0  # the same command again submits the failed requests anew
+    assert server.batches.batches_created == 2
+    assert_vectors(tmp_path / "out.jsonl", texts)
 
 
 def test_cli_engine_options_are_checked(openai: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,9 +19,15 @@ import pytest
 from mcp import Client
 
 from providers import Settings
-from providers.ray_engine import INSTALL_HINT
+from providers.local import PACKAGED_MODEL_SHA256, LocalProvider
+from providers.ray_engine import INSTALL_HINT, read_shards
+from providers.ray_engine.connect import running_local_ray
+from providers.ray_engine.output import OutputDir
+from providers.ray_engine.shards import ShardCollector, plan_shard
+from providers.storage.cache import EmbeddingCache
 from server import build_server
 from server.commands.embed import add_commands, run_embed
+from server.commands.ray_shards import count_rows, is_directory_output
 
 TEXTS = [f"def function_{i}(value):\n    return value * {i} + {i % 5}" for i in range(24)]
 TEXTS[3] = "\n".join(f"def f_{i}(argument): return argument * {i}" for i in range(120))  # cut to the window
@@ -187,3 +193,104 @@ async def test_a_failure_inside_ray_fails_the_job_not_the_server() -> None:
 
     with pytest.raises(EmbeddingError, match="the Ray job failed: RuntimeError: the raylet died"):
         await _run_in_thread(job, lambda _: None)
+
+
+@pytest.mark.slow
+def test_cli_engine_ray_with_a_directory_writes_shards_and_the_manifest_the_ray_issue_promised(
+    local_ray: None, settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_chunks(tmp_path / "chunks.jsonl")
+    local = Settings(data_dir=settings.data_dir, provider="local", local_threads=1, cache=False)
+    assert embed(local, str(source), "-o", str(tmp_path / "in-process.jsonl"), "--no-progress") == 0
+    capsys.readouterr()
+
+    vectors = tmp_path / "vectors"
+    argv = [str(source), "-o", str(vectors), "--engine", "ray", "--actors", "1", "--no-progress"]
+    assert embed(local, *argv, "--shard-format", "jsonl", "--shard-rows", "10") == 0
+
+    err = capsys.readouterr().err
+    assert f"wrote 24 vectors in 3 shards to {vectors}" in err
+    assert "too few for Ray to pay off" in err  # 24 chunks on a local Ray: in-process is faster
+    assert sorted(p.name for p in vectors.glob("shard-*")) == [f"shard-00000{i}.jsonl" for i in range(3)]
+    manifest = json.loads((vectors / "manifest.json").read_text())
+    assert manifest["space"] == "local:all-MiniLM-L6-v2:384:l2"
+    assert (manifest["model"], manifest["weights_sha256"]) == ("all-MiniLM-L6-v2", PACKAGED_MODEL_SHA256)
+    assert manifest["counts"]["rows"] == 24 and manifest["counts"]["embedded"] == 24
+    assert manifest["tokens"] > 0 and manifest["wall_time_s"] > 0
+    ids, shard_vectors, _ = read_shards(vectors)
+    want = {r["id"]: np.asarray(r["embedding"], np.float32) for r in rows(tmp_path / "in-process.jsonl")}
+    assert list(ids) == list(want)
+    cosines = np.sum(np.asarray(shard_vectors) * np.stack(list(want.values())), axis=1)
+    assert cosines.min() >= 0.9999
+
+
+def test_shard_options_without_a_ray_directory_output_are_refused(
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_chunks(tmp_path / "chunks.jsonl")
+    assert embed(settings, str(source), "-o", str(tmp_path / "out.jsonl"), "--shard-format", "jsonl") == 2
+    assert "--shard-format and --shard-rows go with --engine ray and a directory as --output" in capsys.readouterr().err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("output", "directory"),
+    [("vectors", True), ("vectors/", True), ("out.jsonl", False), ("out.npy", False), ("-", False)],
+)
+def test_a_name_without_a_file_suffix_is_a_shard_directory(output: str, directory: bool) -> None:
+    assert is_directory_output(output) is directory
+
+
+def test_jsonl_and_parquet_inputs_are_counted_ahead(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "in").mkdir()
+    write_chunks(tmp_path / "in" / "a.jsonl")
+    pq.write_table(pa.table({"id": ["x", "y"], "text": ["a", "b"]}), tmp_path / "b.parquet")
+    assert count_rows((str(tmp_path / "in"), str(tmp_path / "b.parquet"))) == len(TEXTS) + 2
+
+
+@pytest.mark.slow
+def test_each_actor_result_is_cached_as_it_arrives_not_when_its_shard_is_whole(
+    local_ray: None, settings: Settings, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+    import ray
+
+    provider = LocalProvider.from_settings(settings)
+    cache = EmbeddingCache(tmp_path / "cache.sqlite3")
+    texts = ["def a(): pass", "def b(): pass", "def c(): pass"]
+    batch = pa.table({"id": ["a", "b", "c"], "text": texts})
+    plan = plan_shard(ray, batch, 0, 0, cache, provider, block_rows=2)
+    collector = ShardCollector(ray, OutputDir(tmp_path / "out", "jsonl"), cache, provider.space, provider.dimensions)
+    collector.add(plan)
+    vectors = np.eye(3, provider.dimensions, dtype=np.float32)
+
+    collector.take(
+        {"row": np.array([0, 1]), "shard": np.array([0, 0]), "vector": vectors[:2], "truncated": np.zeros(2)}
+    )
+
+    # The shard still waits for its third row, yet an interrupted run would keep these two.
+    assert collector.open_shards == 1
+    found = cache.get_many(provider.space, texts, provider.dimensions)
+    assert set(found) == set(texts[:2])
+    np.testing.assert_array_equal(found[texts[1]].vector, vectors[1])
+    cache.close()
+
+
+def test_a_ray_left_running_by_ray_start_is_reused_only_while_its_gcs_runs() -> None:
+    from types import SimpleNamespace
+
+    def ray_with(address: str | None, live: set[str]) -> Any:
+        return SimpleNamespace(
+            _private=SimpleNamespace(
+                utils=SimpleNamespace(read_ray_address=lambda: address),
+                services=SimpleNamespace(find_gcs_addresses=lambda: frozenset(live)),
+            )
+        )
+
+    assert running_local_ray(ray_with("127.0.0.1:6379", {"127.0.0.1:6379"})) == "127.0.0.1:6379"
+    assert running_local_ray(ray_with("127.0.0.1:6379", set())) is None  # a stale file from a stopped Ray
+    assert running_local_ray(ray_with(None, {"127.0.0.1:6379"})) is None
+    assert running_local_ray(SimpleNamespace()) is None  # a Ray without those helpers

@@ -12,9 +12,11 @@ A job sends only the texts missing from the cache, packed into requests within t
 (`BatchState`): a killed run, started again with the same job id and texts, re-attaches to its
 batches and never submits one twice. Collected vectors go to the cache, which is where `run`
 reads the job's answer from, in input order. Failed retryable requests and the unfinished part
-of an expired batch go into follow-up batches, up to `max_tries`; the rest are reported by id.
-Cost is the usage each completed request reports, at the batch price; the budget is reserved
-when a batch is submitted and settled when it is collected.
+of an expired batch go into follow-up batches, up to `max_tries`; the rest are reported by id
+(`reopen` makes them pending again). Cost is the usage each completed request reports, at the batch
+price; the budget is reserved when a batch is submitted and settled when it is collected. Usage
+beyond what the texts can hold is recorded as billed, and stops the job at once (its batches are
+cancelled).
 """
 
 from __future__ import annotations
@@ -32,15 +34,17 @@ import numpy.typing as npt
 import openai
 
 from providers.base import EmbeddingResult, ProgressCallback, space_id
+from providers.batch_api.collect import download_cap, implausible, verdicts
 from providers.batch_api.options import BatchApiOptions
 from providers.batch_api.packing import plan_files
 from providers.batch_api.planning import plan_job, request_body
 from providers.batch_api.remote import BatchRemote, RemoteBatch, is_transient, translate
-from providers.batch_api.results import RequestOutcome, read_results
-from providers.batch_api.state import DONE, FAILED, PENDING, BatchRow, BatchState, JobRow, RequestRow
+from providers.batch_api.results import RequestOutcome, read_file
+from providers.batch_api.state import FAILED, PENDING, BatchRow, BatchState, JobRow
 from providers.batch_api.status import BatchCostEstimate, BatchJobResult, BatchJobStatus, job_status
 from providers.cost import batch_price_per_million, price_per_million
-from providers.errors import ConfigurationError, ProviderUnavailableError
+from providers.errors import ConfigurationError, ProviderError, ProviderUnavailableError
+from providers.redaction import safe_message
 from providers.remote.ratelimit import Sleep
 from providers.settings import Budget
 from providers.storage.cache import EmbeddingCache, cache_key
@@ -133,6 +137,10 @@ class BatchApiEngine:
                 remote = await self.remote.cancel(batch_id)
                 self.state.update_batch(row.id, remote.status, (remote.total, remote.completed, remote.failed))
         return self.status(job_id)
+
+    def reopen(self, job_id: str) -> int:
+        """Let a stopped job go on: undo its cancel, make its requests that failed for good pending; how many."""
+        return self.state.reopen(job_id) if self.state.job(job_id) is not None else 0
 
     async def aclose(self) -> None:
         """Close the SDK client and the state database (the cache and ledger belong to the caller)."""
@@ -281,7 +289,7 @@ class BatchApiEngine:
             if not is_transient(exc):
                 raise translate(exc, f"reading batch {batch_id}") from exc
             self._polls.failures += 1
-            logger.warning("reading batch %s failed (%s); polling on", batch_id, exc)
+            logger.warning("reading batch %s failed (%s); polling on", batch_id, safe_message(str(exc)))
             if self._polls.failures >= self.options.poll_failures:
                 raise ProviderUnavailableError(
                     f"OpenAI failed {self._polls.failures} polls in a row; the batches keep running. "
@@ -298,48 +306,35 @@ class BatchApiEngine:
         return True
 
     async def _collect(self, job: JobRow, row: BatchRow, remote: RemoteBatch, texts: Sequence[str]) -> None:
+        requests = {r.custom_id: r for r in self.state.requests(job.job_id) if r.batch == row.id}
         outcomes: dict[str, RequestOutcome] = {}
         for file_id in (remote.error_file_id, remote.output_file_id):  # an answer in the output file wins
             if file_id:
-                text = await self.remote.download(file_id)
-                for outcome in await anyio.to_thread.run_sync(_read_all, text, self.dimensions):
-                    outcomes[outcome.custom_id] = outcome
-        requests = {r.custom_id: r for r in self.state.requests(job.job_id) if r.batch == row.id}
+                text = await self.remote.download(file_id, download_cap(requests, self.dimensions))
+                outcomes.update(await anyio.to_thread.run_sync(read_file, text, self.dimensions))
         # Only answers to this batch's own requests count: a custom_id names its texts exactly.
         done = [o for o in outcomes.values() if o.ok and o.custom_id in requests]
         if done:
             work = self._work_texts(job.job_id, texts)
             await anyio.to_thread.run_sync(self._cache_vectors, job, done, work)
         self._settle(row, done)
-        self.state.finish_batch(row.id, self._verdicts(remote, requests, outcomes, {o.custom_id for o in done}, job))
-
-    def _verdicts(
-        self,
-        remote: RemoteBatch,
-        requests: dict[str, RequestRow],
-        outcomes: dict[str, RequestOutcome],
-        done: set[str],
-        job: JobRow,
-    ) -> dict[str, tuple[str, str | None]]:
-        """Each request's next status: done, pending (sent again) or failed for good, with why."""
-        tries = {request_id: row.tries for request_id, row in requests.items()}
-        verdicts: dict[str, tuple[str, str | None]] = {}
-        for request_id in requests:
-            outcome = outcomes.get(request_id)
-            if request_id in done:
-                verdicts[request_id] = (DONE, None)
-            elif remote.status == "failed":
-                verdicts[request_id] = (FAILED, f"the batch failed validation: {remote.errors or 'no reason given'}")
-            elif job.cancelled or remote.status == "cancelled":
-                verdicts[request_id] = (FAILED, "cancelled")
-            elif outcome is not None and not outcome.retryable:
-                verdicts[request_id] = (FAILED, outcome.error)
-            elif tries[request_id] >= self.options.max_tries:
-                reason = outcome.error if outcome is not None else f"no answer from a {remote.status} batch"
-                verdicts[request_id] = (FAILED, f"{reason} (after {tries[request_id]} tries)")
-            else:
-                verdicts[request_id] = (PENDING, outcome.error if outcome is not None else None)
-        return verdicts
+        outcome = verdicts(
+            remote,
+            requests,
+            outcomes,
+            {o.custom_id for o in done},
+            cancelled=job.cancelled,
+            max_tries=self.options.max_tries,
+        )
+        self.state.finish_batch(row.id, outcome, {o.custom_id: o.tokens for o in done})
+        if overbilled := implausible(requests, done):
+            await self.cancel(job.job_id)  # recorded as billed above; nothing more is spent on this job
+            worst = max(overbilled, key=lambda o: o.tokens)
+            raise ProviderError(
+                f"the Batch API reported {worst.tokens:,} tokens for request {worst.custom_id}, which we count as "
+                f"{requests[worst.custom_id].tokens:,}: not a plausible count. It is recorded as billed, and the "
+                f"job's batches are cancelled; check the usage on OpenAI's dashboard before resuming the job."
+            )
 
     def _cache_vectors(self, job: JobRow, done: list[RequestOutcome], work: list[str]) -> None:
         dropped = self.state.dropped(job.job_id)
@@ -388,10 +383,6 @@ class BatchApiEngine:
     def _release(self, row: BatchRow) -> None:
         if self.ledger is not None and row.reservation_id is not None:
             self.ledger.release(Reservation(row.reservation_id, row.reserved_usd))
-
-
-def _read_all(text: str, dimensions: int) -> list[RequestOutcome]:
-    return list(read_results(text, dimensions))
 
 
 def _metadata(job_id: str, row_id: str) -> dict[str, str]:

@@ -23,6 +23,8 @@ from providers.batch_api.state import BatchState
 from providers.batch_api.status import BatchJobResult
 from providers.errors import AuthenticationError
 from providers.openai import openai_options
+from providers.redaction import add_secret
+from providers.remote.capped import capped_client
 from providers.remote.ratelimit import Sleep
 from providers.settings import Settings
 from providers.storage.cache import EmbeddingCache
@@ -54,14 +56,18 @@ def batch_engine(
     data_dir = settings.resolved_data_dir
     if options is None:
         options = default_options(settings)
-    client = openai.AsyncOpenAI(api_key=key, base_url=settings.openai_base_url, max_retries=0)
+    add_secret(key)
+    # Every answer bounded in memory, decompressed (a download's by its batch: `BatchRemote.download`).
+    client = openai.AsyncOpenAI(
+        api_key=key, base_url=settings.openai_base_url, max_retries=0, http_client=capped_client()
+    )
     return BatchApiEngine(
         client,
         state=BatchState(data_dir / STATE_FILE),
         cache=cache or EmbeddingCache(data_dir / "cache.sqlite3"),
         model=model or settings.openai_model,
         options=options,
-        ledger=ledger or CostLedger(data_dir / "ledger.sqlite3"),
+        ledger=ledger or CostLedger(data_dir / "ledger.sqlite3", session=settings.ledger_session),
         budget=settings.budget,
         prices=dict(settings.prices),
         sleep=sleep,

@@ -7,8 +7,10 @@ await engine.run(EngineJob("job-1", "openai", space), chunks, writer, tally, on_
 
 The job's id keys the Batch API engine's state (`batch_jobs.sqlite3`): a run killed and started
 again with the same id and input re-attaches to its batches and never submits one twice. Only
-texts missing from the cache are sent. Rows are written in input order once every batch is in;
-a row whose requests failed for good has no vector and is counted as failed.
+texts missing from the cache are sent. Rows are written in input order once every batch is in.
+A row whose requests failed for good (or were cancelled, or expired) fails the run, saying why:
+the rows that have vectors are cached, and the next run (a resume) submits the rest again.
+Tokens and USD are what the answers reported (billed), not our estimate.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from providers.batch_api import BatchApiEngine, BatchApiOptions, BatchJobStatus,
 from providers.batch_api.entry import default_options
 from providers.batch_api.state import DONE
 from providers.cost import batch_price_per_million
-from providers.errors import ConfigurationError, EmbeddingError, InputError
+from providers.errors import ConfigurationError, EmbeddingError, InputError, ProviderError
 from providers.jobs.engine import EngineJob
 from providers.jobs.files import Chunk
 from providers.jobs.pipeline import Tally
 from providers.jobs.writers import VectorWriter
+from providers.redaction import cut
 from providers.remote.ratelimit import Sleep
 from providers.settings import Settings
 
@@ -92,6 +95,8 @@ class BatchJobEngine:
         for chunk in chunks:
             ids.append(chunk.id)
             texts.append(chunk.text)
+        # A run of the job is a resume: what a cancel or a failure left undone is sent again.
+        engine.reopen(job.id)
         texts_before, tokens_before = _done(engine, job.id)
 
         async def progress(done: int, total: int) -> None:
@@ -105,26 +110,27 @@ class BatchJobEngine:
                     f"{len(status.batches)} batch(es) of {status.texts:,} texts run at OpenAI ({status.done:,} "
                     "done): the same command again collects them (within 24 h of submission)."
                 )
-        result = await engine.run(job.id, texts, progress=progress)
-        missing = set(result.missing)
-        texts_after, tokens_after = _done(engine, job.id)
-        tokens = tokens_after - tokens_before
-        price = batch_price_per_million("openai", provider.model, self.settings.prices)
-        tally.tokens += tokens
-        tally.usd += 0.0 if price is None else tokens * price / 1e6
-        tally.unpriced = tally.unpriced or (price is None and tokens > 0)
-        embedded = min(texts_after - texts_before, len(texts) - len(missing))  # sent and answered in this run
+        try:
+            result = await engine.run(job.id, texts, progress=progress)
+        finally:  # what was billed counts, however the run ends
+            texts_after, tokens_after = _done(engine, job.id)
+            tokens = tokens_after - tokens_before
+            price = batch_price_per_million("openai", provider.model, self.settings.prices)
+            tally.tokens += tokens
+            tally.usd += 0.0 if price is None else tokens * price / 1e6
+            tally.unpriced = tally.unpriced or (price is None and tokens > 0)
+        missing = len(result.missing)
+        embedded = min(texts_after - texts_before, len(texts) - missing)  # sent and answered in this run
+        tally.embedded += embedded
+        tally.cached += len(texts) - missing - embedded
+        if missing:  # nothing is written: the output holds every row or none (callers count what is undone)
+            raise ProviderError(_why_missing(missing, len(texts), result.status))
         for start in range(0, len(texts), _WRITE_ROWS):
-            rows = [i for i in range(start, min(start + _WRITE_ROWS, len(texts))) if i not in missing]
-            if not rows:
-                continue
+            rows = list(range(start, min(start + _WRITE_ROWS, len(texts))))
             dropped = [result.dropped[i] if result.dropped else 0 for i in rows]
             await anyio.to_thread.run_sync(writer.write, [ids[i] for i in rows], result.vectors[rows], dropped)
             tally.truncated += sum(1 for lost in dropped if lost)
             tally.dropped_tokens += sum(dropped)
-        tally.embedded += embedded
-        tally.cached += len(texts) - len(missing) - embedded
-        tally.failed += len(missing)
         on_progress(tally.written)
 
     def status(self, job_id: str, model: str) -> BatchJobStatus | None:
@@ -154,7 +160,21 @@ def _done(engine: BatchApiEngine, job_id: str) -> tuple[int, int]:
     if engine.state.job(job_id) is None:
         return 0, 0
     done = [request for request in engine.state.requests(job_id) if request.status == DONE]
-    return sum(r.stop - r.start for r in done), sum(r.tokens for r in done)
+    return sum(r.stop - r.start for r in done), sum(r.tokens if r.billed is None else r.billed for r in done)
+
+
+def _why_missing(missing: int, texts: int, status: BatchJobStatus) -> str:
+    """Why rows got no vector, the commonest reasons first, and what to do."""
+    reasons: dict[str, int] = {}
+    for reason in status.failed_requests.values():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    named = sorted(reasons.items(), key=lambda item: -item[1])[:3]
+    why = "; ".join(f"{cut(reason, 200)} ({n:,} request{'s' if n > 1 else ''})" for reason, n in named)
+    return (
+        f"{missing:,} of {texts:,} chunks got no vector from the Batch API ({status.state}): "
+        f"{why or 'their vectors are not in the cache'}. Nothing was written; the vectors that came back are "
+        "cached. Resume the job (or run the same command again) to submit the rest."
+    )
 
 
 def batch_summary(status: BatchJobStatus) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""The Files and Batches APIs through the official `openai` SDK, and the one place their errors become ours."""
+"""The Files and Batches APIs through the official `openai` SDK, and the one place their errors become ours.
+
+Messages are redacted and cut where every error's are (`EmbeddingError`, `redaction.safe_message`);
+the batch's own validation errors, which are no exception, go through `safe_message` here.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,9 @@ from providers.errors import (
     QuotaExceededError,
     RateLimitError,
 )
+from providers.openai import api_message
+from providers.redaction import safe_message
+from providers.remote.capped import DEFAULT_CAP, response_cap
 
 __all__ = ["BatchRemote", "RemoteBatch", "is_transient"]
 
@@ -108,9 +115,11 @@ class BatchRemote:
             "nothing was submitted. Cancel old batches or retry later."
         )
 
-    async def download(self, file_id: str) -> str:
+    async def download(self, file_id: str, cap: int = DEFAULT_CAP) -> str:
+        """The file's text; `cap` bounds its size, decompressed (the largest plausible one for its batch)."""
         try:
-            content = await self.client.files.content(file_id)
+            with response_cap(cap):
+                content = await self.client.files.content(file_id)
         except (openai.OpenAIError, TimeoutError) as exc:
             raise translate(exc, f"downloading file {file_id}") from exc
         return content.text
@@ -126,8 +135,8 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def translate(exc: BaseException, doing: str) -> EmbeddingError:
-    """The one place SDK exceptions of the Batch API become ours; messages never carry the key."""
-    detail = _message(exc)
+    """The one place SDK exceptions of the Batch API become ours (`EmbeddingError` redacts and cuts them)."""
+    detail = api_message(exc)
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         return AuthenticationError(f"OpenAI rejected the API key while {doing}: {detail} Check OPENAI_API_KEY.")
     if isinstance(exc, openai.RateLimitError) and exc.code == "insufficient_quota":
@@ -145,21 +154,12 @@ def translate(exc: BaseException, doing: str) -> EmbeddingError:
     return ProviderError(f"the OpenAI SDK failed while {doing}: {detail}")
 
 
-def _message(exc: BaseException) -> str:
-    if isinstance(exc, openai.APIError):
-        body = exc.body
-        if isinstance(body, Mapping) and isinstance(body.get("message"), str):
-            return str(body["message"])
-        return exc.message
-    return str(exc) or type(exc).__name__
-
-
 def _remote(batch: openai.types.Batch) -> RemoteBatch:
     counts = batch.request_counts
     errors = None
     if batch.errors is not None and batch.errors.data:
-        errors = "; ".join(
-            f"{e.code}: {e.message}" + (f" (line {e.line})" if e.line else "") for e in batch.errors.data
+        errors = safe_message(
+            "; ".join(f"{e.code}: {e.message}" + (f" (line {e.line})" if e.line else "") for e in batch.errors.data)
         )
     return RemoteBatch(
         id=batch.id,

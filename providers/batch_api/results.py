@@ -2,12 +2,15 @@
 
 Each output line answers one request: `{"custom_id", "response": {"status_code", "body"}, "error"}`.
 A 200 body is an embeddings response, checked like a synchronous one (count, index, dimensions,
-finite values) before its vectors are kept. Any other answer is a failure, retryable or not.
+finite values) before its vectors are kept. Any other answer is a failure, retryable or not, and
+its message is made safe (`redaction.safe_message`) before it is stored or shown. A request a file
+answers twice gets nothing from that file: which line is right cannot be told, so it is sent again.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -16,12 +19,13 @@ import numpy as np
 import numpy.typing as npt
 
 from providers.batch_api.packing import parse_custom_id
+from providers.redaction import safe_message
 
-__all__ = ["RequestOutcome", "read_results"]
+__all__ = ["RequestOutcome", "read_file", "read_results"]
 
 # Answers a later identical request could get through; the rest fail for good.
 _RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-_RETRYABLE_CODES = frozenset({"batch_expired", "rate_limit_exceeded", "server_error", "timeout"})
+_RETRYABLE_CODES = frozenset({"batch_cancelled", "batch_expired", "rate_limit_exceeded", "server_error", "timeout"})
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,24 @@ class RequestOutcome:
         return self.vectors is not None
 
 
+def read_file(text: str, dimensions: int) -> dict[str, RequestOutcome]:
+    """custom_id → outcome of one output or error file; a custom_id on two lines is a retryable failure."""
+    outcomes: dict[str, RequestOutcome] = {}
+    repeated: set[str] = set()
+    for outcome in read_results(text, dimensions):
+        if outcome.custom_id in outcomes:
+            repeated.add(outcome.custom_id)
+        outcomes[outcome.custom_id] = outcome
+    for request_id in repeated:
+        outcomes[request_id] = RequestOutcome(
+            request_id,
+            outcomes[request_id].positions,
+            error="the result file answers this request on more than one line; none of them was used",
+            retryable=True,
+        )
+    return outcomes
+
+
 def read_results(text: str, dimensions: int) -> Iterator[RequestOutcome]:
     """The outcome of each request one output or error file names (lines not ours are skipped)."""
     for line in text.splitlines():
@@ -52,7 +74,10 @@ def read_results(text: str, dimensions: int) -> Iterator[RequestOutcome]:
             continue
         if not isinstance(entry, Mapping) or (positions := parse_custom_id(entry.get("custom_id"))) is None:
             continue
-        yield _outcome(str(entry["custom_id"]), positions, entry, dimensions)
+        outcome = _outcome(str(entry["custom_id"]), positions, entry, dimensions)
+        if outcome.error is not None:  # what the file says, as it is stored and shown
+            outcome = dataclasses.replace(outcome, error=safe_message(outcome.error))
+        yield outcome
 
 
 def _outcome(request_id: str, positions: range, entry: Mapping[str, object], dimensions: int) -> RequestOutcome:

@@ -4,7 +4,9 @@ A job's work list (the cache keys of the texts it sends, fixed when it is planne
 (one row per `custom_id`, their status and tries) and its batches. A batch row is written with
 its input file id *before* the batch is created and gets the batch id right after, so a process
 killed at any point finds, when run again, every batch it may have created and never creates
-one twice (`BatchApiEngine` looks an unrecorded one up by its input file).
+one twice (`BatchApiEngine` looks an unrecorded one up by its input file). A request's `tokens`
+are our count when it was planned; `billed` what its answer reported. Stored errors are scrubbed
+of keys at open (`redaction.scrub_column`), for state written before messages were made safe.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from providers.redaction import scrub_column
 from providers.storage.sqlite import open_database, write_transaction
 
 __all__ = ["BatchRow", "BatchState", "JobRow", "RequestRow"]
@@ -88,6 +91,8 @@ class RequestRow:
     tries: int
     batch: str | None
     error: str | None
+    billed: int | None = None
+    """Tokens its answer reported (None until it is answered)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,10 @@ class BatchState:
         self._now = now
         self._lock = threading.Lock()
         self._db = open_database(path, _SCHEMA, "Batch API job state")
+        with write_transaction(self._db):
+            if "billed" not in {row[1] for row in self._db.execute("PRAGMA table_info(requests)")}:
+                self._db.execute("ALTER TABLE requests ADD COLUMN billed INTEGER")
+        scrub_column(self._db, "requests", "error", keys=("job_id", "custom_id"))
 
     # jobs
 
@@ -163,12 +172,21 @@ class BatchState:
         with self._lock, write_transaction(self._db):
             self._db.execute("UPDATE jobs SET cancelled = 1 WHERE job_id = ?", (job_id,))
 
+    def reopen(self, job_id: str) -> int:
+        """Undo a cancel and make every request that failed for good pending again, tries anew; returns how many."""
+        with self._lock, write_transaction(self._db):
+            self._db.execute("UPDATE jobs SET cancelled = 0 WHERE job_id = ?", (job_id,))
+            return self._db.execute(
+                "UPDATE requests SET status = ?, tries = 0, error = NULL WHERE job_id = ? AND status = ?",
+                (PENDING, job_id, FAILED),
+            ).rowcount
+
     # requests
 
     def requests(self, job_id: str) -> list[RequestRow]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT custom_id, start, stop, tokens, status, tries, batch, error FROM requests "
+                "SELECT custom_id, start, stop, tokens, status, tries, batch, error, billed FROM requests "
                 "WHERE job_id = ? ORDER BY start",
                 (job_id,),
             ).fetchall()
@@ -241,12 +259,20 @@ class BatchState:
                 (status, *counts, row_id),
             )
 
-    def finish_batch(self, row_id: str, outcomes: dict[str, tuple[str, str | None]]) -> None:
-        """Mark a batch collected and set each of its requests' outcome (status, error), in one transaction."""
+    def finish_batch(
+        self, row_id: str, outcomes: dict[str, tuple[str, str | None]], billed: dict[str, int] | None = None
+    ) -> None:
+        """Mark a batch collected and set each of its requests' outcome (status, error) and billed tokens, in one
+        transaction."""
+        billed = billed or {}
         with self._lock, write_transaction(self._db):
             self._db.executemany(
-                "UPDATE requests SET status = ?, error = ? WHERE batch = ? AND custom_id = ?",
-                ((status, error, row_id, request_id) for request_id, (status, error) in outcomes.items()),
+                "UPDATE requests SET status = ?, error = ?, billed = COALESCE(?, billed) "
+                "WHERE batch = ? AND custom_id = ?",
+                (
+                    (status, error, billed.get(request_id), row_id, request_id)
+                    for request_id, (status, error) in outcomes.items()
+                ),
             )
             self._db.execute("UPDATE batches SET collected = 1 WHERE id = ?", (row_id,))
 

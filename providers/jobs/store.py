@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from providers.redaction import scrub_column
 from providers.storage.sqlite import connect, open_database, storage_error, write_transaction
 
 __all__ = ["JOB_STATUSES", "JobRecord", "JobStatus", "JobStore", "describe_owner"]
@@ -186,6 +187,9 @@ class JobStore:
             for name, declaration in _ADDED_COLUMNS.items():
                 if name not in present:
                     self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
+        # Errors stored before provider messages were made safe may hold a key or a whole error page.
+        scrub_column(self._db, "jobs", "last_error")
+        scrub_column(self._db, "jobs", "errors", json_list=True)
         self._reader = connect(path)
         self._read_lock = threading.Lock()
 

@@ -42,8 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         shard_rows=args.shard_rows,
         batch_rows=args.batch_rows,
     )
+    done = [0]
+
+    def count(rows: int, total: int) -> None:
+        done[0] = rows
+
     try:
-        report = run_ray_job(options, Settings.from_env())
+        report = run_ray_job(options, Settings.from_env(), progress=count)
     except (ConfigurationError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -51,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print(
+            f"interrupted after {done[0]:,} rows: complete shards stay in {args.output} and every finished "
+            "vector is cached, so the same command again goes on from there.",
+            file=sys.stderr,
+        )
         return 130
     print(json.dumps(report.manifest(options)["counts"]), file=sys.stderr)
     return 0

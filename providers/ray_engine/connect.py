@@ -18,7 +18,7 @@ from types import ModuleType
 from providers.errors import ConfigurationError, ProviderUnavailableError
 from providers.local_model.encoders import usable_cores
 
-__all__ = ["INSTALL_HINT", "RayConnection", "check_ray", "connect", "import_ray"]
+__all__ = ["INSTALL_HINT", "RayConnection", "check_ray", "connect", "import_ray", "running_local_ray"]
 
 INSTALL_HINT = "pip install 'signal-hub-embeddings[ray]'"
 _CLIENT_PORT = 10001  # `ray://host` without a port: Ray Client's default
@@ -56,17 +56,27 @@ def check_ray(address: str | None) -> ModuleType:
 
 @contextmanager
 def connect(address: str | None) -> Iterator[RayConnection]:
-    """Use the caller's Ray if it is initialised; else connect to `address` or RAY_ADDRESS; else start a local Ray.
+    """Use the caller's Ray if it is initialised; else connect to `address` or RAY_ADDRESS; else to the Ray
+    that `ray start --head` left running here; else start a local Ray.
 
     An address is checked first, even with Ray initialised, so a wrong one is never silently ignored.
 
-    A Ray this function starts or connects to is shut down when the block ends.
+    A Ray this function starts is shut down when the block ends; one it connects to is left running.
     """
     ray = check_ray(address)
     if ray.is_initialized():
         yield RayConnection(ray, "the caller's Ray", _cpus(ray))
         return
     options = {"logging_level": logging.WARNING, "log_to_driver": False, "include_dashboard": False}
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None and (running := running_local_ray(ray)) is not None:
+        # A Ray left running by `ray start --head` saves this job Ray's start-up (seconds, each run).
+        ray.init(address="auto", logging_level=logging.WARNING, log_to_driver=False)
+        try:
+            yield RayConnection(ray, f"the running local Ray at {running}", _cpus(ray))
+        finally:
+            ray.shutdown()  # disconnects this driver; the cluster keeps running
+        return
     if address in (None, "local"):
         cores = usable_cores()
         ray.init(num_cpus=cores, **options)
@@ -86,6 +96,16 @@ def connect(address: str | None) -> Iterator[RayConnection]:
         yield RayConnection(ray, where, _cpus(ray))
     finally:
         ray.shutdown()
+
+
+def running_local_ray(ray: ModuleType) -> str | None:
+    """The address of the Ray that `ray start` last left running on this machine, if its GCS still runs."""
+    try:  # Ray's own look-ups (private helpers): the address file `ray start` writes, and live GCS processes
+        address = ray._private.utils.read_ray_address()
+        live = ray._private.services.find_gcs_addresses() if address else ()
+    except (AttributeError, OSError):  # a Ray without them: start our own
+        return None
+    return str(address) if address and address in live else None  # else a stale file from a stopped Ray
 
 
 def _cpus(ray: ModuleType) -> float:

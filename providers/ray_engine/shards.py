@@ -34,6 +34,8 @@ class ShardPlan:
     """Object refs of the Arrow tables {row, shard, text} the actors embed, in row order: one block each."""
     parts: list[dict[str, npt.NDArray[Any]]] = field(default_factory=list)
     received: int = 0
+    text_by_row: dict[int, str] | None = None
+    """The pending rows' texts, fetched at the shard's first result to cache each result as it comes."""
 
 
 def check_texts(batch: Any, first_row: int, limits: InputLimits) -> None:
@@ -124,12 +126,18 @@ class ShardCollector:
         return self.ray.data.from_arrow_refs([block for plan in self._open.values() for block in plan.texts])
 
     def take(self, batch: dict[str, npt.NDArray[Any]]) -> None:
-        """File an actor's output under its shards; write the shards it completes."""
+        """File an actor's output under its shards, caching its vectors now; write the shards it completes.
+
+        Caching each result as it arrives, not when its shard is whole, is what keeps an interrupted
+        job's finished vectors: a rerun gets them from the cache.
+        """
         shards = batch["shard"]
         for shard in np.unique(shards):
             rows = shards == shard
             plan = self._open[int(shard)]
-            plan.parts.append({name: batch[name][rows] for name in ("row", "vector", "truncated")})
+            part = {name: batch[name][rows] for name in ("row", "vector", "truncated")}
+            self._cache_part(plan, part)
+            plan.parts.append(part)
             plan.received += int(rows.sum())
             self.pending_rows -= int(rows.sum())
             if plan.received == plan.pending:
@@ -150,8 +158,16 @@ class ShardCollector:
             new_dropped = np.concatenate([part["truncated"] for part in plan.parts])[order]
             vectors[new_positions] = new_vectors
             truncated[new_positions] = new_dropped
-            if self._cache is not None:
-                # The texts table is in row order, as are the sorted results.
-                texts = [text for block in self.ray.get(plan.texts) for text in block["text"].to_pylist()]
-                self._cache.put_many(self._space, texts, new_vectors, new_dropped.tolist())
         self._output.write_shard(plan.shard, ids, vectors, truncated.tolist())
+
+    def _cache_part(self, plan: ShardPlan, part: dict[str, npt.NDArray[Any]]) -> None:
+        if self._cache is None:
+            return
+        if plan.text_by_row is None:
+            plan.text_by_row = {
+                int(row): text
+                for block in self.ray.get(plan.texts)
+                for row, text in zip(block["row"].to_pylist(), block["text"].to_pylist(), strict=True)
+            }
+        texts = [plan.text_by_row[int(row)] for row in part["row"]]
+        self._cache.put_many(self._space, texts, part["vector"].astype(np.float32), part["truncated"].tolist())

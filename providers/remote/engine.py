@@ -20,9 +20,12 @@ One call goes through four steps:
    tenacity retries it alone on what `_classify` calls transient, honouring the server's
    retry-after, within `max_attempts` and `max_retry_seconds`. A refused connection (nothing
    listens) is an outage after `refused_attempts`.
-4. *Collect*: each answer is written into a preallocated array at its texts' positions, so the
-   output order is the input order, and handed to `on_request` at once: a caller that records
-   and caches each piece keeps what was paid for even if the process dies mid-call.
+4. *Collect*: each answer (read within `answer_cap`, decompressed, by clients built with
+   `remote.capped.capped_client`) is checked: usage reported beyond `usage.plausible_tokens` of our own
+   count is recorded as billed, and ends the call at once. Then it is written into a preallocated
+   array at its texts' positions, so the output order is the input order, and handed to
+   `on_request` at once: a caller that records and caches each piece keeps what was paid for
+   even if the process dies mid-call.
 
 A call that fails after some requests succeeded raises a `ProviderError` whose `partial` holds
 what they returned, with `partial_indexes` naming their texts. Nothing new is sent after such a
@@ -47,9 +50,11 @@ from providers.base import EmbeddingProvider, EmbeddingResult, ProgressCallback,
 from providers.cost import cost_usd
 from providers.errors import EmbeddingError, InputError, ProviderError
 from providers.remote.batching import BatchPacker, RequestLimits, overlong_items
+from providers.remote.capped import answer_bytes, response_cap
 from providers.remote.options import RemoteOptions
 from providers.remote.ratelimit import Clock, RateLimiter, Sleep
 from providers.remote.retry import Failure, Reply, retry_policy
+from providers.remote.usage import check_usage
 from providers.text.tokens import Tokenizer, default_tokenizer
 from providers.text.validation import blank_positions, positions
 
@@ -126,6 +131,10 @@ class RemoteProvider(EmbeddingProvider):
     def _lower_limit(self, texts: int) -> None:
         """The endpoint found a request of `texts` texts too large (providers that learn their limits)."""
 
+    def answer_cap(self, texts: int) -> int:
+        """Bytes, decompressed, of the largest plausible answer to a request of `texts` texts."""
+        return answer_bytes(texts, self.dimensions)
+
     # the engine
 
     def limits(self) -> RequestLimits:
@@ -189,6 +198,7 @@ class RemoteProvider(EmbeddingProvider):
                 kept = {n: truncated[i] for n, i in enumerate(batch) if i in truncated}
                 with anyio.CancelScope(shield=True):  # what was paid for is written down, even when cancelled
                     await on_request(batch, self._result(reply.vectors, piece, kept))
+            check_usage(self.label, reply.tokens, estimated, len(batch))  # recorded as billed above; then stop
 
         async def work() -> None:
             async for batch in receive:  # one shared stream: each request is taken by one worker, in order
@@ -343,7 +353,7 @@ class RemoteProvider(EmbeddingProvider):
         charged = await self.limiter.acquire(estimated)
         try:
             # The transport's timeout covers each network phase; this bounds the whole request.
-            with anyio.fail_after(self.options.request_timeout):
+            with anyio.fail_after(self.options.request_timeout), response_cap(self.answer_cap(len(texts))):
                 reply = await self._request(texts)
         except BaseException as exc:
             failure = self._classify(exc) if isinstance(exc, Exception) else None

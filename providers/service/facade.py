@@ -76,7 +76,7 @@ class EmbeddingService:
         self._now = now
         self._active = self._provider(provider or self.settings.provider, model)
         data_dir = self.settings.resolved_data_dir
-        self.ledger = ledger or CostLedger(data_dir / "ledger.sqlite3")
+        self.ledger = ledger or CostLedger(data_dir / "ledger.sqlite3", session=self.settings.ledger_session)
         self.cache = cache or (EmbeddingCache(data_dir / "cache.sqlite3") if self.settings.cache else None)
 
     @property

@@ -53,6 +53,9 @@ CREATE TABLE IF NOT EXISTS reservations (
 );
 """
 
+# Tokens one row records at most: SQLite integers (and their sums) end at 2**63. A server reporting
+# more has been refused as implausible already; this only keeps its record from failing.
+_MAX_TOKENS = 10**15
 # A reservation without an owner (written before owners were recorded) is ignored after this long.
 _RESERVATION_TTL_S = 3600.0
 # A lock file this old whose lock is free belongs to a ledger that died: its owner had time to lock it.
@@ -211,6 +214,7 @@ class CostLedger:
             self._owner.release()
 
     def _insert(self, result: EmbeddingResult, cached: int, saved_usd: float, embeddings: int | None = None) -> None:
+        tokens = min(result.tokens, _MAX_TOKENS)
         self._db.execute(
             "INSERT INTO calls (at, session, provider, model, tokens, requests, embeddings, usd, cached, saved_usd, "
             "estimated_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -219,13 +223,13 @@ class CostLedger:
                 self.session,
                 result.provider,
                 result.model,
-                result.tokens,
+                tokens,
                 result.requests,
                 result.count if embeddings is None else embeddings,
                 result.cost_usd,
                 cached,
                 saved_usd,
-                result.tokens if result.tokens_estimated else 0,
+                tokens if result.tokens_estimated else 0,
             ),
         )
 

@@ -5,6 +5,7 @@
     jq -c '{id, text}' chunks.json | signal-hub-embeddings embed - -o - > vectors.jsonl
     signal-hub-embeddings embed chunks.jsonl -o vectors.jsonl --provider openai --engine batch-api
     signal-hub-embeddings embed chunks.jsonl -o vectors.npy --engine ray --ray-address ray://head:10001
+    signal-hub-embeddings embed chunks.jsonl -o vectors/ --engine ray      # Parquet shards + manifest.json
     signal-hub-embeddings cache stats
     signal-hub-embeddings cache prune --older-than-days 30
 
@@ -34,6 +35,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +55,12 @@ from providers.settings import InputLimits
 from server.commands.cache import format_bytes, run_cache
 from server.commands.engines import EngineOptions, add_engine_arguments, default_provider, engine_options, open_engine
 from server.commands.progress import cost_text, format_seconds, format_usd, progress_bar, summary
+from server.commands.ray_shards import (
+    add_shard_arguments,
+    is_directory_output,
+    run_ray_shards,
+    shard_arguments_misplaced,
+)
 from server.tools.encoding import Encoding
 
 __all__ = [
@@ -163,6 +171,7 @@ def add_commands(subparsers: Any) -> None:
         "--window", type=int, default=DEFAULT_WINDOW, help=f"texts per call and cache commit (default {DEFAULT_WINDOW})"
     )
     add_engine_arguments(embed)
+    add_shard_arguments(embed)
     embed.add_argument("--skip-invalid", action="store_true", help="skip bad records (counted as failed), not stop")
     embed.add_argument("--no-cache", action="store_true", help="neither read nor fill the cache (no resuming)")
     embed.add_argument(
@@ -203,6 +212,10 @@ class _Run:
 
 def run_embed(args: argparse.Namespace, settings: Settings) -> int:
     """The `embed` command. Progress, errors and the summary go to stderr; returns the exit code."""
+    if misplaced := shard_arguments_misplaced(args):
+        return _fail(f"error: {misplaced}", _Run(), time.monotonic(), EXIT_USAGE)
+    if args.engine == "ray" and is_directory_output(args.output):
+        return run_ray_shards(args, settings)
     started = time.monotonic()
     run = _Run()
     try:
@@ -222,6 +235,8 @@ def _embed_and_report(job: EmbedJob, settings: Settings, run: _Run, started: flo
         cache=settings.cache and not no_cache,
         # One output file holds one vector space: no part of it may come from another provider.
         fallback=dataclasses.replace(settings.fallback, mode="never"),
+        # One ledger session for the run, whichever engine spends (the Batch API's opens its own ledger).
+        ledger_session=settings.ledger_session or uuid.uuid4().hex,
     )
     target = "stdout" if job.output is None else str(job.output)
     resumable = settings.cache

@@ -7,6 +7,7 @@ are registered.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -77,8 +78,11 @@ def build_server(settings: Settings, service_factory: ServiceFactory | None = No
     @asynccontextmanager
     async def lifespan(_: MCPServer[EmbeddingService]) -> AsyncIterator[EmbeddingService]:
         # The service is cheap to build: models and API clients load on first use.
-        async with make_service(settings) as service, run_jobs(service, settings):
-            yield service
+        async with make_service(settings) as service:
+            # One ledger session for the server: what its jobs and batches spend counts as its own.
+            jobs = dataclasses.replace(settings, ledger_session=service.ledger.session)
+            async with run_jobs(service, jobs):
+                yield service
 
     mcp: MCPServer[EmbeddingService] = AgentServer(
         "signal-hub-embeddings",

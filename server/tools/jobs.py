@@ -29,6 +29,7 @@ from providers import EmbeddingError, EmbeddingService, Settings
 from providers.jobs.paths import AllowedRoots
 from providers.jobs.runner import JobRunner, estimate_usd
 from providers.jobs.store import JobRecord, JobStatus
+from server.tools.budget import fit_items
 from server.tools.registration import add_tool
 
 __all__ = ["JobListResult", "JobStarted", "JobStatusResult", "checkpoint_jobs", "register_job_tools", "run_jobs"]
@@ -91,6 +92,8 @@ class JobStarted(JobStatusResult):
 
 class JobListResult(BaseModel):
     jobs: list[JobStatusResult]
+    more: str | None = None
+    """When the jobs' errors make the list too long: how many newest-first jobs were left out."""
 
 
 def _status(job: JobRecord, batches: dict[str, Any] | None = None, runner: JobRunner | None = None) -> JobStatusResult:
@@ -245,8 +248,19 @@ async def list_jobs(ctx: Context) -> CallToolResult:
     Use it to find a job_id."""
     runner = _runner(ctx)
     jobs = [_status(job, runner=runner) for job in runner.list(10)]
-    out = JobListResult(jobs=jobs)
-    return _answer(out, "; ".join(_line(job) for job in jobs) or "No jobs yet.")
+
+    def first(count: int) -> dict[str, Any]:
+        left = len(jobs) - count
+        more = f"and {left} older job(s) not shown: job_status shows each." if left else None
+        return JobListResult(jobs=jobs[:count], more=more).model_dump()
+
+    # Each job may carry five provider errors: cut whole jobs, as every list answer is.
+    structured = await anyio.to_thread.run_sync(fit_items, first, len(jobs))
+    shown = jobs[: len(structured["jobs"])]
+    text = "; ".join(_line(job) for job in shown) or "No jobs yet."
+    if structured["more"]:
+        text += f"; {structured['more']}"
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured)
 
 
 async def resume_job(job_id: JobId, ctx: Context) -> CallToolResult:

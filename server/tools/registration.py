@@ -22,6 +22,7 @@ from mcp.types import Tool, ToolAnnotations
 from pydantic import ValidationError
 
 from providers import EmbeddingError
+from providers.redaction import redact
 from providers.storage.sqlite import storage_error
 from server.tools.budget import shorten
 
@@ -74,10 +75,7 @@ class AgentServer(MCPServer[LifespanT]):
         return self._redact(shorten(f"Error executing tool {tool}: {message}"))
 
     def _redact(self, text: str) -> str:
-        for secret in self._secrets():
-            if secret:
-                text = text.replace(secret, "[redacted]")
-        return text
+        return redact(text, [secret for secret in self._secrets() if secret])
 
 
 def add_tool(
