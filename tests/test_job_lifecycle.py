@@ -158,3 +158,16 @@ async def test_a_cancelled_local_call_keeps_the_model_calls_it_finished(shared_d
         assert 32 <= len(kept) < 256
         again = await service.embed(texts)
     assert again.cached == len(kept)
+
+
+async def test_the_server_side_checkpoint_reaches_the_servers_runner(shared_data_dir: Path, project: Path) -> None:
+    from mcp import Client
+
+    from server import build_server
+    from server.tools.jobs import _RUNNERS, checkpoint_jobs
+
+    async with Client(build_server(Settings(data_dir=shared_data_dir, cache=False))):
+        (service, runner), *_ = _RUNNERS.items()
+        await checkpoint_jobs(service)
+        with pytest.raises(InputError, match="this server is stopping"):
+            await runner.start(str(write_chunks(project / "in.jsonl", 1)), "out.jsonl")
