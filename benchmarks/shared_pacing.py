@@ -1,6 +1,8 @@
 """Several server processes on one OpenAI key, paced together through the data directory.
 
-    .venv/bin/python -m benchmarks.shared_pacing                      # 1, 2 and 4 processes
+    .venv/bin/python -m benchmarks.shared_pacing                      # 1, 2 and 3 processes, x10 clock
+    .venv/bin/python -m benchmarks.shared_pacing --real-time          # a 60 s window at 30,000 TPM
+    .venv/bin/python -m benchmarks.shared_pacing --separate-dirs      # one data directory each
     .venv/bin/python -m benchmarks.shared_pacing --processes 2 --no-share   # each paces itself
 
 For each N, a fresh loopback server (buckets start full, limits only in its headers) and a fresh
@@ -8,6 +10,10 @@ data directory; N batch processes (`OpenAIProvider.from_settings`, as a server b
 a corpus that spans `--minutes` minutes of the TPM limit between them, and one agent process
 makes a one-text call every `--agent-interval` seconds, first idle, then during the run. Time
 is compressed (`--time-scale` virtual minutes per real minute); latencies are real seconds.
+`--real-time` runs on the real clock, as the API does (a small TPM, a few minutes): the first
+minute, before the limits are learnt, and the buckets' refill between requests are then as in
+production. The 429s of the first (virtual) minute are counted apart. `--separate-dirs` gives
+each process a data directory of its own, so their pacers do not meet.
 
 The ceiling is what the limits allow: with a full bucket at the start, the tokens served need at
 least `(tokens - tpm) / tpm` minutes. Targets, for every N: >= 0.90 of the ceiling, 429s <= 2 %
@@ -35,7 +41,7 @@ import anyio
 
 from benchmarks.corpus import code_chunks
 from providers.errors import ProviderError
-from providers.openai import OpenAIOptions, OpenAIProvider
+from providers.openai import OpenAIOptions, OpenAIProvider, openai_options
 from providers.remote.pacing import PACER_FILE, SharedPacer
 from providers.remote.ratelimit import RateLimiter
 from providers.settings import Settings
@@ -74,12 +80,28 @@ def settings(args: argparse.Namespace) -> Settings:
     )
 
 
+class TimedLoopback(LoopbackOpenAI):
+    """The loopback server, noting when each answer left and its status."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.answers: list[tuple[float, int | None]] = []
+        self.refusals: list[tuple[float, str]] = []
+
+    def handle(self, path: str, authorization: str | None, body: bytes) -> Any:
+        reply = super().handle(path, authorization, body)
+        self.answers.append((time.monotonic(), reply.status if reply else None))
+        if reply is not None and reply.status == 429:
+            self.refusals.append((time.monotonic(), str(reply.body.get("error", {}).get("message", ""))[:90]))
+        return reply
+
+
 # the processes
 
 
 async def batch_worker(args: argparse.Namespace) -> None:
     config = settings(args)
-    provider = OpenAIProvider.from_settings(config, options=config.openai)
+    provider = OpenAIProvider.from_settings(config, options=openai_options(config))
     chunks = corpus(args.corpus_tokens)[args.part :: args.parts]
     await provider.estimate_tokens(chunks[:1])  # the tokenizer loaded before the start
     print("ready", flush=True)
@@ -89,18 +111,25 @@ async def batch_worker(args: argparse.Namespace) -> None:
         texts, failed = (await provider.embed(chunks)).count, 0
     except ProviderError as exc:  # without shared pacing, a process may give up on its 429s
         texts, failed = len(exc.partial_indexes), 1
+        print(f"batch {args.part} gave up: {exc}", file=sys.stderr, flush=True)
     print(json.dumps({"started": started, "ended": time.time(), "texts": texts, "failed": failed}), flush=True)
     await provider.aclose()
 
 
 async def agent_worker(args: argparse.Namespace) -> None:
     config = settings(args)
-    provider = OpenAIProvider.from_settings(config, options=config.openai)
+    provider = OpenAIProvider.from_settings(config, options=openai_options(config))
     texts = iter(code_chunks(20_000)[-5000:])  # not in any batch's share
 
+    failed = 0
+
     async def one_text_call() -> float:
+        nonlocal failed
         started = time.perf_counter()
-        await provider.embed([next(texts)])
+        try:
+            await provider.embed([next(texts)])
+        except ProviderError:  # paced alone, an agent's call may give up on its 429s too
+            failed += 1
         return time.perf_counter() - started
 
     await one_text_call()  # warm: tokenizer, connection
@@ -115,7 +144,7 @@ async def agent_worker(args: argparse.Namespace) -> None:
     while not stop.exists():
         loaded.append(await one_text_call())
         await anyio.sleep(args.agent_interval)
-    print(json.dumps({"idle": idle, "loaded": loaded}), flush=True)
+    print(json.dumps({"idle": idle, "loaded": loaded, "failed": failed}), flush=True)
     await provider.aclose()
 
 
@@ -142,8 +171,9 @@ async def overhead_worker(args: argparse.Namespace) -> None:
 # the parent
 
 
-def spawn(mode: str, args: argparse.Namespace, *extra: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "benchmarks.shared_pacing", "--mode", mode, "--data-dir", args.data_dir]
+def spawn(mode: str, args: argparse.Namespace, *extra: str, data_dir: str | None = None) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "benchmarks.shared_pacing", "--mode", mode]
+    command += ["--data-dir", data_dir or args.data_dir]
     command += ["--time-scale", str(args.time_scale), "--corpus-tokens", str(args.corpus_tokens)]
     command += ["--agent-interval", str(args.agent_interval), "--idle-calls", str(args.idle_calls)]
     command += ["--cycles", str(args.cycles), "--overhead-rate", str(args.overhead_rate)]
@@ -175,16 +205,21 @@ def p95(values: list[float]) -> float:
 def run(n: int, args: argparse.Namespace) -> dict[str, float]:
     with (
         tempfile.TemporaryDirectory() as data_dir,
-        LoopbackOpenAI(
+        TimedLoopback(
             api_key=KEY, rpm=args.rpm, tpm=args.tpm, time_scale=args.time_scale, latency=args.latency / args.time_scale
         ) as server,
     ):
         args.data_dir, args.base_url = data_dir, server.base_url
         agent = spawn("agent", args)
         wait_ready([agent])  # its idle calls are done
-        batches = [spawn("batch", args, "--part", str(part), "--parts", str(n)) for part in range(n)]
+        own = [str(Path(data_dir) / f"process-{part}") if args.separate_dirs else None for part in range(n)]
+        batches = [
+            spawn("batch", args, "--part", str(part), "--parts", str(n), data_dir=own[part]) for part in range(n)
+        ]
         wait_ready(batches)
         server.reset_counters()  # the agent's idle calls are not part of the run
+        server.answers.clear()
+        go = time.monotonic()
         for process in [*batches, agent]:
             assert process.stdin is not None
             process.stdin.write("go\n")
@@ -193,6 +228,11 @@ def run(n: int, args: argparse.Namespace) -> dict[str, float]:
         (Path(data_dir) / "stop").touch()
         latencies = last_json(agent, timeout=60)
         tokens, requests, refused = server.tokens_served, server.request_count, server.rate_limited_count
+        minute = 60 / args.time_scale
+        first = [status for at, status in server.answers if at - go <= minute]
+        if args.verbose:
+            for at, message in server.refusals:
+                print(f"    429 at {at - go:6.1f} s: {message}", flush=True)
     seconds = max(r["ended"] for r in reports) - min(r["started"] for r in reports)
     minutes = seconds * args.time_scale / 60
     best = max((tokens - args.tpm) / args.tpm, 0.0)
@@ -204,9 +244,12 @@ def run(n: int, args: argparse.Namespace) -> dict[str, float]:
         "ceiling": best / minutes,
         "requests": requests,
         "refused": refused,
+        "first_requests": len(first),
+        "first_refused": sum(1 for status in first if status == 429),
         "idle_p95": p95(latencies["idle"]),
         "loaded_p95": p95(latencies["loaded"]),
         "loaded_calls": len(latencies["loaded"]),
+        "agent_failed": latencies.get("failed", 0),
     }
 
 
@@ -220,11 +263,15 @@ def overhead(processes: int, rate: float, args: argparse.Namespace) -> tuple[flo
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--processes", default="1,2,4", help="batch process counts to measure")
-    parser.add_argument("--rpm", type=int, default=5000)
-    parser.add_argument("--tpm", type=int, default=300_000)
-    parser.add_argument("--minutes", type=float, default=5.0, help="minutes of TPM the whole corpus needs")
+    parser.add_argument("--processes", default="1,2,3", help="batch process counts to measure")
+    parser.add_argument("--rpm", type=int, default=None, help="5,000 (x10), 500 (--real-time)")
+    parser.add_argument("--tpm", type=int, default=None, help="300,000 (x10), 30,000 (--real-time)")
+    parser.add_argument("--minutes", type=float, default=None, help="minutes of TPM the corpus needs: 5, or 2.5")
     parser.add_argument("--time-scale", type=float, default=10.0, help="virtual minutes per real minute")
+    parser.add_argument("--real-time", action="store_true", help="the real clock: a 60 s window, small limits")
+    parser.add_argument("--separate-dirs", action="store_true", help="each batch process has its own data directory")
+    parser.add_argument("--no-overhead", action="store_true", help="skip the coordination overhead test")
+    parser.add_argument("--verbose", action="store_true", help="print when each 429 came and why")
     parser.add_argument("--latency", type=float, default=0.3, help="virtual seconds each answer takes")
     parser.add_argument("--agent-interval", type=float, default=0.25, help="real seconds between one-text calls")
     parser.add_argument("--idle-calls", type=int, default=20)
@@ -244,26 +291,39 @@ def main(argv: list[str] | None = None) -> None:
         anyio.run(workers[args.mode], args)
         return
 
+    if args.real_time:
+        args.time_scale = 1.0
+    defaults = (500, 30_000, 2.5) if args.real_time else (5000, 300_000, 5.0)
+    args.rpm, args.tpm, args.minutes = (
+        given if given is not None else default
+        for given, default in zip((args.rpm, args.tpm, args.minutes), defaults, strict=True)
+    )
     args.corpus_tokens = int(args.minutes * args.tpm)
     texts = corpus(args.corpus_tokens)
     print(f"corpus: {len(texts)} chunks, {sum(map(count_tokens, texts)):,} tokens as the server counts them")
     print(
         f"limits: {args.rpm:,} RPM, {args.tpm:,} TPM (learnt from the headers), time x{args.time_scale:g}, "
         f"latency {args.latency:g} s; pacing {'per process' if args.no_share else 'shared'}"
+        + ("; one data directory per process" if args.separate_dirs else "")
     )
     print("one-text calls: a separate agent process, every", args.agent_interval, "s (latencies in real seconds)")
     print(
         f"{'N':>2} {'real s':>7} {'of ceiling':>10} {'requests':>8} {'429s':>5} {'429/req':>8} "
-        f"{'idle p95':>8} {'run p95':>8} {'calls':>5}"
+        f"{'1st min':>9} {'idle p95':>8} {'run p95':>8} {'calls':>5}"
     )
     for n in (int(part) for part in args.processes.split(",") if part):
         r = run(n, args)
         print(
             f"{n:>2} {r['seconds']:7.1f} {r['ceiling']:10.1%} {r['requests']:8.0f} {r['refused']:5.0f} "
-            f"{r['refused'] / max(1, r['requests']):8.2%} {r['idle_p95']:8.3f} {r['loaded_p95']:8.3f} "
-            f"{r['loaded_calls']:5.0f}" + (f"  {r['failed']:.0f} process(es) gave up" if r["failed"] else ""),
+            f"{r['refused'] / max(1, r['requests']):8.2%} {r['first_refused']:>3.0f}/{r['first_requests']:<5.0f} "
+            f"{r['idle_p95']:8.3f} {r['loaded_p95']:8.3f} "
+            f"{r['loaded_calls']:5.0f}"
+            + (f"  {r['failed']:.0f} process(es) gave up" if r["failed"] else "")
+            + (f"  {r['agent_failed']:.0f} one-text call(s) failed" if r["agent_failed"] else ""),
             flush=True,
         )
+    if args.no_overhead:
+        return
     print("coordination (acquire + settle + update_from_headers, ms per request; shared vs alone):")
     for processes, rate in ((1, 0.0), (4, 100.0), (4, 0.0)):
         shared, own = overhead(processes, rate, args)

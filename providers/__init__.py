@@ -1,6 +1,6 @@
 """Signal Hub embeddings: the provider-independent core (no MCP here)."""
 
-from providers.base import EmbeddingProvider, EmbeddingResult, ProgressCallback, space_id
+from providers.base import INPUT_TYPES, EmbeddingProvider, EmbeddingResult, InputType, ProgressCallback, space_id
 from providers.cost import CostEstimate, CostReport, Usage
 from providers.errors import (
     AuthenticationError,
@@ -19,6 +19,7 @@ from providers.settings import Budget, InputLimits, Settings
 from providers.storage.ledger import CostLedger
 
 __all__ = [
+    "INPUT_TYPES",
     "PRICES_PER_MILLION_TOKENS",
     "AuthenticationError",
     "Budget",
@@ -33,6 +34,7 @@ __all__ = [
     "EmbeddingService",
     "InputError",
     "InputLimits",
+    "InputType",
     "ProgressCallback",
     "ProviderError",
     "ProviderUnavailableError",

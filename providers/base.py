@@ -5,23 +5,52 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["EmbeddingProvider", "EmbeddingResult", "ProgressCallback", "RequestHook", "space_id"]
+__all__ = [
+    "INPUT_TYPES",
+    "EmbeddingProvider",
+    "EmbeddingResult",
+    "InputType",
+    "ProgressCallback",
+    "RequestHook",
+    "input_type_of",
+    "space_id",
+]
+
+InputType = Literal["document", "query"]
+"""What a text is for: `document` (stored and searched, the default) or `query` (what a search looks for).
+Asymmetric models embed the two differently; a provider with no such notion ignores it."""
+INPUT_TYPES: tuple[InputType, ...] = get_args(InputType)
 
 ProgressCallback = Callable[[int, int], Awaitable[None]]
 """Called as `await progress(done, total)` while a provider works through a call."""
 
 
-def space_id(provider: str, model: str, dimensions: int, normalized: bool, endpoint: str | None = None) -> str:
+def space_id(
+    provider: str,
+    model: str,
+    dimensions: int,
+    normalized: bool,
+    endpoint: str | None = None,
+    qualifiers: Sequence[str] = (),
+) -> str:
     """Name the vector space a result lives in; vectors from different spaces must never mix.
 
-    `endpoint` (host[:port]) is part of it for providers whose model names mean nothing alone.
+    `endpoint` (host[:port]) is part of it for providers whose model names mean nothing alone;
+    `qualifiers` name whatever else changes the vectors (the input type, a long-text mode), in order.
     """
     where = f"{endpoint}/" if endpoint else ""
-    return f"{provider}:{where}{model}:{dimensions}:{'l2' if normalized else 'raw'}"
+    tail = "".join(f":{part}" for part in qualifiers)
+    return f"{provider}:{where}{model}:{dimensions}:{'l2' if normalized else 'raw'}{tail}"
+
+
+def input_type_of(space: str) -> InputType:
+    """The input type a space's vectors were made for: "query" only where the space says so (see `space_id`)."""
+    return "query" if space.rsplit(":", 1)[-1].split("~")[0] == "query" else "document"
 
 
 @dataclass(frozen=True)
@@ -55,6 +84,8 @@ class EmbeddingResult:
     """With a fallback: the space of the provider that was asked for (its vectors would not mix)."""
     endpoint: str | None = None
     """host[:port] of the server, for providers whose space names it (see `space_id`)."""
+    qualifiers: tuple[str, ...] = ()
+    """What else names the space: the input type where it changed the vectors, say (see `space_id`)."""
 
     @property
     def fallback(self) -> bool:
@@ -70,7 +101,7 @@ class EmbeddingResult:
 
     @property
     def space(self) -> str:
-        return space_id(self.provider, self.model, self.dimensions, self.normalized, self.endpoint)
+        return space_id(self.provider, self.model, self.dimensions, self.normalized, self.endpoint, self.qualifiers)
 
 
 RequestHook = Callable[[list[int], EmbeddingResult], Awaitable[None]]
@@ -87,6 +118,8 @@ class EmbeddingProvider(ABC):
     """Whether vectors come back with unit length."""
     endpoint: str | None = None
     """host[:port] when the space names the server (see `space_id`)."""
+    input_types: bool = False
+    """Whether `input_type` changes the vectors; False: the provider ignores it (and its space does not name it)."""
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -98,24 +131,44 @@ class EmbeddingProvider(ABC):
 
     @property
     def space(self) -> str:
-        """The vector space of this provider's results; part of every cache key."""
-        return space_id(self.name, self.model, self.dimensions, self.normalized, self.endpoint)
+        """The vector space of this provider's document vectors; part of every cache key."""
+        return self.space_for("document")
+
+    def space_for(self, input_type: InputType) -> str:
+        """The vector space of this provider's vectors of `input_type`; part of every cache key."""
+        return space_id(
+            self.name, self.model, self.dimensions, self.normalized, self.endpoint, self.space_qualifiers(input_type)
+        )
+
+    def space_qualifiers(self, input_type: InputType) -> tuple[str, ...]:
+        """What names the space beyond provider, model, length and normalisation; results carry the same.
+
+        The input type, for a provider whose vectors depend on it; providers add what else changes them.
+        """
+        return (input_type,) if self.input_types else ()
 
     @abstractmethod
-    async def embed(self, texts: Sequence[str], *, progress: ProgressCallback | None = None) -> EmbeddingResult:
-        """Embed already-validated, non-empty texts and return their vectors in input order."""
+    async def embed(
+        self, texts: Sequence[str], *, input_type: InputType = "document", progress: ProgressCallback | None = None
+    ) -> EmbeddingResult:
+        """Embed already-validated, non-empty texts as `input_type`; return their vectors in input order."""
 
     async def resolve_space(self) -> None:  # noqa: B027 - optional hook, most providers know their space
         """Make `space` final before the cache is read: a provider that learns its vector length asks once."""
 
     async def embed_each(
-        self, texts: Sequence[str], *, progress: ProgressCallback | None = None, on_request: RequestHook | None = None
+        self,
+        texts: Sequence[str],
+        *,
+        input_type: InputType = "document",
+        progress: ProgressCallback | None = None,
+        on_request: RequestHook | None = None,
     ) -> EmbeddingResult:
         """`embed`, and providers that bill per request also `await on_request(...)` as each completes.
 
         The default reports nothing: the whole result is the only piece.
         """
-        return await self.embed(texts, progress=progress)
+        return await self.embed(texts, input_type=input_type, progress=progress)
 
     def check(self) -> None:
         """Raise `ConfigurationError` if this provider cannot work as configured: cheap, calls nothing out."""

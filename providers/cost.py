@@ -79,6 +79,8 @@ class CostReport:
     total: Usage
     by_provider: dict[str, Usage] = field(default_factory=dict)
     by_model: dict[str, Usage] = field(default_factory=dict)
+    by_client: dict[str, Usage] = field(default_factory=dict)
+    """By the client that made the calls (HTTP token names; `clients.NO_CLIENT` for the others)."""
 
 
 # Batch API prices (issue 16): kept apart so the price table can move without touching them.

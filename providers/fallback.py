@@ -1,6 +1,6 @@
 """When a provider is down: which failures count as an outage, and a circuit breaker per provider.
 
-closed ──(N consecutive outages, or one quota/auth failure)──▶ open
+closed ──(N consecutive outages, or one quota/auth failure, a long pause or a hang)──▶ open
 open ──(cool-down elapsed)──▶ half-open: the next call is a probe
 half-open ──(probe works)──▶ closed      half-open ──(probe fails)──▶ open
 """
@@ -65,13 +65,14 @@ class CircuitBreaker:
         self._now = now
         self._failures = 0
         self._opened_at: float | None = None
+        self._open_for = cooldown_s
         self.last_error: str | None = None
 
     @property
     def state(self) -> CircuitState:
         if self._opened_at is None:
             return CircuitState.CLOSED
-        if self._now() - self._opened_at >= self._cooldown:
+        if self._now() - self._opened_at >= self._open_for:
             return CircuitState.HALF_OPEN
         return CircuitState.OPEN
 
@@ -80,7 +81,7 @@ class CircuitBreaker:
         """Seconds until the next probe is allowed (0 unless open)."""
         if self._opened_at is None:
             return 0.0
-        return max(0.0, self._opened_at + self._cooldown - self._now())
+        return max(0.0, self._opened_at + self._open_for - self._now())
 
     def allows_request(self) -> bool:
         return self.state is not CircuitState.OPEN
@@ -93,5 +94,14 @@ class CircuitBreaker:
     def record_failure(self, error: Exception) -> None:
         self._failures += 1
         self.last_error = f"{type(error).__name__}: {error}"
-        if isinstance(error, _OPEN_AT_ONCE) or self._failures >= self._threshold or self._opened_at is not None:
+        # An error may say how long the provider stays down (a pause it asked for, a server that
+        # hangs): then the circuit opens at once, for at least that long.
+        down_for = getattr(error, "open_circuit_s", None)
+        self._open_for = max(self._cooldown, down_for) if isinstance(down_for, int | float) else self._cooldown
+        if (
+            isinstance(error, _OPEN_AT_ONCE)
+            or down_for is not None
+            or self._failures >= self._threshold
+            or self._opened_at is not None
+        ):
             self._opened_at = self._now()

@@ -8,28 +8,29 @@ result.truncated   # {} with "split"; {index: dropped tokens} with "truncate"
 
 The default backend on a CPU is int8 ONNX Runtime, exported from the packaged weights on first
 use (in a child process, `local_model/onnx_export.py`) and cached under the data directory; this
-process then needs only onnxruntime and tokenizers, never torch. Texts are tokenized once, cut
-into model windows (`local_model/long_texts.py`), run longest first in a worker thread, and put
-back in input order.
-"""
+process then needs only onnxruntime and tokenizers, never torch. Texts (after the model's prompt
+for their input type, `local_model/prompts.py`) are tokenized once, cut into model windows
+(`local_model/long_texts.py`), run longest first in a worker thread a turn at a time
+(`local_model/turns.py`), and put back in input order. A model may be a Hugging Face id (`hub.py`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 
-from providers.base import EmbeddingProvider, EmbeddingResult, ProgressCallback, RequestHook
+from providers.base import INPUT_TYPES, EmbeddingProvider, EmbeddingResult, InputType, ProgressCallback, RequestHook
 from providers.errors import ConfigurationError, ProviderError
 from providers.local_model.encoders import (
     LOCAL_BACKENDS,
@@ -37,7 +38,6 @@ from providers.local_model.encoders import (
     OnnxEncoder,
     SentenceEncoder,
     TorchEncoder,
-    pad_batch,
     resolve_backend,
     resolve_device,
     usable_cores,
@@ -47,18 +47,24 @@ from providers.local_model.long_texts import (
     InputPlan,
     LongTextPolicy,
     combine_windows,
+    part_of,
     plan_windows,
 )
 from providers.local_model.model_dir import (
     PACKAGED_MODEL_SHA256,
     available_local_models,
     dimensions_from_config,
+    find_local_model,
     max_seq_length,
     packaged_model_path,
     verify_weights,
     weights_file,
 )
-from providers.local_model.onnx_export import cached_onnx_model, sha256_of_file
+from providers.local_model.onnx_export import cached_onnx_model, export_in_subprocess, sha256_of_file
+from providers.local_model.options import LocalOptions
+from providers.local_model.prompts import Prompts, model_prompts
+from providers.local_model.tokenizing import encode_windows, plain_tokenizer, special_token_counts
+from providers.local_model.turns import ModelTurns
 from providers.registry import ProviderSpec, one_length_only
 from providers.settings import DEFAULT_LOCAL_MODEL, Settings
 
@@ -81,9 +87,10 @@ DEFAULT_BATCH_SIZES: Mapping[str, int] = {"torch": 8, "onnx": 1, "onnx-int8": 1}
 Runtime one window per call was fastest on code chunks and on one-liners alike: nothing is
 padded, and int8's activation scale then depends on the text alone, not on its batch mates."""
 
-# Windows handed to the model per trip to the worker thread: small enough that progress
-# is reported and cancellation is honoured within about a second.
-_WINDOWS_PER_STEP = 32
+# Windows handed to the model per trip to the worker thread (one turn at the model): small
+# enough that progress is reported, cancellation is honoured and a short call waiting behind
+# the step gets its turn within a few tens of milliseconds.
+_WINDOWS_PER_STEP = 8
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,8 @@ class _LoadedModel:
     tokenizer: Tokenizer
     specials: tuple[int, int]
     """Special tokens the tokenizer puts before and after a text."""
+    prompt_ids: dict[InputType, list[int]]
+    """Each input type's prompt as tokens (repeated in every window of a split text)."""
 
 
 class LocalProvider(EmbeddingProvider):
@@ -129,6 +138,9 @@ class LocalProvider(EmbeddingProvider):
         split_overlap: int = 64,
         threads: int | None = None,
         data_dir: Path | None = None,
+        query_prompt: str | None = None,
+        document_prompt: str | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         super().__init__(model)
         if long_texts not in LONG_TEXT_POLICIES:
@@ -148,25 +160,25 @@ class LocalProvider(EmbeddingProvider):
         self._split_overlap = split_overlap
         self._threads = threads
         self._data_dir = data_dir
+        self._prompt_overrides = (query_prompt, document_prompt)
+        self._prompts: Prompts | None = None
+        self._trust_remote_code = trust_remote_code
         self._loaded: _LoadedModel | None = None
         self.model_calls = 0
         """Calls into the model so far (a batch of windows each), for tests and diagnostics."""
         self._dimensions: int | None = None
         self._load_lock = anyio.Lock()
-        # One encode at a time: parallel encodes would only fight over the same cores.
-        self._encode_limiter = anyio.CapacityLimiter(1)
+        # One encode at a time (parallel encodes would only fight over the same cores), taken a
+        # step at a time, so a short call never waits for a whole batch.
+        self._turns = ModelTurns()
 
     @classmethod
     def from_settings(cls, settings: Settings, model: str | None = None) -> LocalProvider:
-        """Build the provider for a configured model name; paths and URLs are not model names."""
+        """Build the provider for a configured model name or a Hugging Face id (fetched once if not cached)."""
         name = model or settings.local_model
-        known = available_local_models(settings)
-        if name not in known:
-            raise ConfigurationError(
-                f"unknown local model {name!r}; available: {', '.join(sorted(known))}. "
-                "Add models with SIGNAL_HUB_LOCAL_MODELS=name=/path/to/model."
-            )
-        path, sha256 = known[name]
+        found: Any = settings.provider_options.get("local")
+        options = found if isinstance(found, LocalOptions) else LocalOptions()
+        path, sha256 = find_local_model(settings, name, options)
         return cls(
             name,
             path=path,
@@ -178,6 +190,9 @@ class LocalProvider(EmbeddingProvider):
             split_overlap=settings.local_split_overlap,
             threads=settings.local_threads,
             data_dir=settings.resolved_data_dir,
+            query_prompt=options.query_prompt,
+            document_prompt=options.document_prompt,
+            trust_remote_code=options.trust_remote_code,
         )
 
     @property
@@ -185,6 +200,23 @@ class LocalProvider(EmbeddingProvider):
         if self._dimensions is None:
             self._dimensions = dimensions_from_config(self._path)
         return self._dimensions
+
+    @property
+    def prompts(self) -> Prompts:
+        """The text put before each input type's texts: the model's own prompts, or the configured ones."""
+        if self._prompts is None:
+            self._prompts = model_prompts(self._path).with_overrides(*self._prompt_overrides)
+        return self._prompts
+
+    @property
+    def input_types(self) -> bool:  # type: ignore[override]
+        """A model with prompts embeds queries and documents differently; one without ignores the type."""
+        return self.prompts.any
+
+    def space_qualifiers(self, input_type: InputType) -> tuple[str, ...]:
+        """The long-text mode where it is not the default (`split` and its overlap), then the input type."""
+        mode = (f"split{self._split_overlap}",) if self.long_texts == "split" else ()
+        return mode + ((self.prompts.qualifier(input_type),) if self.input_types else ())
 
     def check(self) -> None:
         """A look at the model directory, without loading it: a sentence-transformers model with weights."""
@@ -198,6 +230,7 @@ class LocalProvider(EmbeddingProvider):
                 f"local model {self.model!r}: no model.safetensors or pytorch_model.bin at {self._path}."
             )
         max_seq_length(self._path)
+        _ = self.prompts  # a malformed config_sentence_transformers.json is reported now
         super().check()
 
     @property
@@ -205,56 +238,68 @@ class LocalProvider(EmbeddingProvider):
         """How the model runs, once it is loaded (None before the first call)."""
         return self._loaded.runtime if self._loaded is not None else None
 
-    async def embed(self, texts: Sequence[str], *, progress: ProgressCallback | None = None) -> EmbeddingResult:
-        return await self.embed_each(texts, progress=progress)
+    async def embed(
+        self, texts: Sequence[str], *, input_type: InputType = "document", progress: ProgressCallback | None = None
+    ) -> EmbeddingResult:
+        return await self.embed_each(texts, input_type=input_type, progress=progress)
 
     async def embed_each(
-        self, texts: Sequence[str], *, progress: ProgressCallback | None = None, on_request: RequestHook | None = None
+        self,
+        texts: Sequence[str],
+        *,
+        input_type: InputType = "document",
+        progress: ProgressCallback | None = None,
+        on_request: RequestHook | None = None,
     ) -> EmbeddingResult:
-        """`embed`; with `on_request`, the texts each step of model calls finished are handed on at once,
-        so a call cancelled half-way keeps (caches) what it did."""
+        """`embed`; the texts each step finished go to `on_request` at once: a cancelled call keeps them."""
         loaded = await self._loaded_model()
-        steps = 0
-        async with self._encode_limiter:
-            plan = await anyio.to_thread.run_sync(self._plan, loaded, list(texts))
-            windows = plan.windows
-            # Longest first, so each batch holds windows of similar length and little padding.
-            order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids), reverse=True)
-            window_vectors = np.empty((len(windows), self.dimensions), dtype=np.float32)
-            windows_left = Counter(window.text for window in windows)
-            texts_done = 0
-            for start in range(0, len(order), _WINDOWS_PER_STEP):
-                step = order[start : start + _WINDOWS_PER_STEP]
+        prompt = self.prompts.of(input_type)
+        plan = await anyio.to_thread.run_sync(self._plan, loaded, [prompt + text for text in texts], input_type)
+        windows = plan.windows
+        # Longest first, so each batch holds windows of similar length and little padding.
+        order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids), reverse=True)
+        window_vectors = np.empty((len(windows), self.dimensions), dtype=np.float32)
+        windows_left = Counter(window.text for window in windows)
+        texts_done = steps = 0
+        short = len(order) <= _WINDOWS_PER_STEP
+        for start in range(0, len(order), _WINDOWS_PER_STEP):
+            step = order[start : start + _WINDOWS_PER_STEP]
+            async with self._turns.turn(short=short):
                 window_vectors[step], calls = await anyio.to_thread.run_sync(
-                    _encode_windows, loaded, [windows[i].ids for i in step], abandon_on_cancel=False
+                    encode_windows, loaded.encoder, loaded.runtime.batch_size, [windows[i].ids for i in step]
                 )
-                self.model_calls += calls
-                finished = []
-                for i in step:
-                    windows_left[windows[i].text] -= 1
-                    if windows_left[windows[i].text] == 0:
-                        finished.append(windows[i].text)
-                texts_done += len(finished)
-                if on_request is not None and finished:
-                    steps += 1
-                    with anyio.CancelScope(shield=True):  # what was computed is kept, even when cancelled
-                        await on_request(finished, self._result(_part(window_vectors, plan, finished)))
-                if progress is not None:
-                    await progress(texts_done, len(texts))
-        whole = self._result(_part(window_vectors, plan, list(range(len(texts)))))
+            self.model_calls += calls
+            finished = []
+            for i in step:
+                windows_left[windows[i].text] -= 1
+                if windows_left[windows[i].text] == 0:
+                    finished.append(windows[i].text)
+            texts_done += len(finished)
+            if on_request is not None and finished:
+                steps += 1
+                part, picked = part_of(plan, finished)
+                with anyio.CancelScope(shield=True):  # what was computed is kept, even when cancelled
+                    await on_request(finished, self._result(window_vectors[picked], part, input_type))
+            if progress is not None:
+                await progress(texts_done, len(texts))
+        whole = self._result(window_vectors, plan, input_type)
         return whole if on_request is None else dataclasses.replace(whole, requests=steps)
 
-    def _result(self, part: tuple[npt.NDArray[np.float32], int, dict[int, int]]) -> EmbeddingResult:
-        vectors, tokens, truncated = part
+    def _result(self, vectors: npt.NDArray[np.float32], plan: InputPlan, input_type: InputType) -> EmbeddingResult:
         return EmbeddingResult(
-            vectors=vectors, provider=self.name, model=self.model, tokens=tokens, truncated=truncated
+            vectors=combine_windows(vectors, plan, text_count=len({window.text for window in plan.windows})),
+            provider=self.name,
+            model=self.model,
+            tokens=plan.tokens,
+            truncated=plan.dropped,
+            qualifiers=self.space_qualifiers(input_type),
         )
 
     async def aclose(self) -> None:
         async with self._load_lock:
             self._loaded = None
 
-    def _plan(self, loaded: _LoadedModel, texts: list[str]) -> InputPlan:
+    def _plan(self, loaded: _LoadedModel, texts: list[str], input_type: InputType) -> InputPlan:
         token_ids = [encoding.ids for encoding in loaded.tokenizer.encode_batch(texts, add_special_tokens=True)]
         return plan_windows(
             token_ids,
@@ -262,6 +307,7 @@ class LocalProvider(EmbeddingProvider):
             max_length=loaded.runtime.max_length,
             policy=self.long_texts,
             overlap=self._split_overlap,
+            prompt_ids=loaded.prompt_ids[input_type],
         )
 
     async def _loaded_model(self) -> _LoadedModel:
@@ -275,7 +321,7 @@ class LocalProvider(EmbeddingProvider):
             raise ConfigurationError(f"local model {self.model!r}: no sentence-transformers model at {self._path}.")
         weights_sha256 = None
         if self._expected_sha256 is not None:
-            weights_sha256 = verify_weights(self._path / "model.safetensors", self._expected_sha256)
+            weights_sha256 = verify_weights(weights_file(self._path), self._expected_sha256)
         device = resolve_device(self._device)
         backend = resolve_backend(self._backend, device)
         threads = self._threads or usable_cores()
@@ -294,15 +340,18 @@ class LocalProvider(EmbeddingProvider):
             raise
         except Exception as exc:
             raise ProviderError(f"local model {self.model!r} failed to load from {self._path}: {exc}") from exc
-        tokenizer = _plain_tokenizer(tokenizer_json)
-        specials = _special_token_counts(tokenizer)
+        tokenizer = plain_tokenizer(tokenizer_json)
+        specials = special_token_counts(tokenizer)
         if self._split_overlap >= max_length - sum(specials):
             raise ConfigurationError(
                 f"split overlap {self._split_overlap} must be smaller than the model's window of {max_length} tokens."
             )
         runtime = LocalRuntime(backend, device, encoder.threads, batch_size, max_length)
-        loaded = _LoadedModel(runtime, encoder, tokenizer, specials)
-        _encode_windows(loaded, [tokenizer.encode("warm up").ids])  # first-call allocations happen now
+        prompt_ids = {
+            kind: tokenizer.encode(self.prompts.of(kind), add_special_tokens=False).ids for kind in INPUT_TYPES
+        }
+        loaded = _LoadedModel(runtime, encoder, tokenizer, specials, prompt_ids)
+        encode_windows(encoder, batch_size, [tokenizer.encode("warm up").ids])  # first-call allocations happen now
         return loaded
 
     def _load_torch(self, device: str, threads: int) -> tuple[SentenceEncoder, str, int]:
@@ -310,7 +359,9 @@ class LocalProvider(EmbeddingProvider):
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-        model = SentenceTransformer(str(self._path), device=device, local_files_only=True, trust_remote_code=False)
+        model = SentenceTransformer(
+            str(self._path), device=device, local_files_only=True, trust_remote_code=self._trust_remote_code
+        )
         model.eval()
         max_length = int(model.max_seq_length or model.tokenizer.model_max_length)
         return TorchEncoder(model, threads=threads), model.tokenizer.backend_tokenizer.to_str(), max_length
@@ -318,50 +369,15 @@ class LocalProvider(EmbeddingProvider):
     def _load_onnx(
         self, device: str, threads: int, backend: str, source_sha256: str
     ) -> tuple[SentenceEncoder, str, int]:
+        exporter = functools.partial(export_in_subprocess, trust_remote_code=self._trust_remote_code)
+        quantized = backend == "onnx-int8"
         cached = cached_onnx_model(
-            self._path, source_sha256, _onnx_cache_root(self._data_dir), quantized=backend == "onnx-int8"
+            self._path, source_sha256, _onnx_cache_root(self._data_dir), quantized=quantized, exporter=exporter
         )
         if cached.exported:
             logger.info("exported %s to %s", self.model, cached.directory)
         encoder = OnnxEncoder(cached.model_bytes, threads=threads, device=device)
         return encoder, cached.tokenizer_json, max_seq_length(self._path)
-
-
-def _part(
-    window_vectors: npt.NDArray[np.float32], plan: InputPlan, texts: list[int]
-) -> tuple[npt.NDArray[np.float32], int, dict[int, int]]:
-    """The vectors of `texts` (indexes) from their windows' vectors, their tokens, and their cut ones (by position)."""
-    position = {text: n for n, text in enumerate(texts)}
-    picked = [i for i, window in enumerate(plan.windows) if window.text in position]
-    windows = [dataclasses.replace(plan.windows[i], text=position[plan.windows[i].text]) for i in picked]
-    vectors = combine_windows(window_vectors[picked], InputPlan(windows), text_count=len(texts))
-    truncated = {position[text]: plan.dropped[text] for text in texts if text in plan.dropped}
-    return vectors, sum(len(window.ids) for window in windows), truncated
-
-
-def _encode_windows(loaded: _LoadedModel, windows: list[list[int]]) -> tuple[npt.NDArray[np.float32], int]:
-    """L2-normalised vectors of token windows, `batch_size` windows per model call; and the calls made."""
-    size = loaded.runtime.batch_size
-    parts = [loaded.encoder.encode(*pad_batch(windows[start : start + size])) for start in range(0, len(windows), size)]
-    vectors = np.concatenate(parts).astype(np.float32, copy=False)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12), len(parts)
-
-
-def _plain_tokenizer(tokenizer_json: str) -> Tokenizer:
-    """The model's tokenizer without padding or truncation: windows are cut by `plan_windows`."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_str(tokenizer_json)
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-    return tokenizer
-
-
-def _special_token_counts(tokenizer: Tokenizer) -> tuple[int, int]:
-    mask = tokenizer.encode("x", add_special_tokens=True).special_tokens_mask
-    leading = next((i for i, special in enumerate(mask) if not special), len(mask))
-    trailing = next((i for i, special in enumerate(reversed(mask)) if not special), 0)
-    return leading, trailing
 
 
 def _onnx_cache_root(data_dir: Path | None) -> Path:
@@ -379,5 +395,6 @@ PROVIDER = ProviderSpec(
     summary="sentence-transformers models on this machine (all-MiniLM-L6-v2 packaged); free, no network",
     order=0,
     price=lambda settings, model: 0.0,
+    read_options=LocalOptions.from_env,
     variables=("SIGNAL_HUB_LOCAL_MODEL", "SIGNAL_HUB_LOCAL_MODELS"),
 )

@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import openai
 
+from providers.base import InputType
 from providers.env import read_api_key
 from providers.errors import (
     AuthenticationError,
@@ -191,7 +192,7 @@ class OpenAIProvider(RemoteProvider):
             )
         return self._sdk
 
-    async def _request(self, texts: list[str]) -> Reply:
+    async def _request(self, texts: list[str], input_type: InputType) -> Reply:
         extra: dict[str, Any] = {"dimensions": self._dimensions_param} if self._dimensions_param else {}
         raw = await self._client().embeddings.with_raw_response.create(
             input=texts, model=self.model, encoding_format=self.options.encoding_format, **extra

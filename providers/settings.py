@@ -52,6 +52,8 @@ class Budget:
 
     soft_usd: float | None = None
     hard_usd: float | None = None
+    hard_usd_per_client: float | None = None
+    """The hard limit each client of an HTTP server has on its own, inside `hard_usd`."""
     period: str = "month"
 
     def __post_init__(self) -> None:
@@ -161,6 +163,7 @@ class Settings:
             budget=Budget(
                 soft_usd=optional(env, "SIGNAL_HUB_BUDGET_SOFT_USD", float, NON_NEGATIVE_USD),
                 hard_usd=optional(env, "SIGNAL_HUB_BUDGET_HARD_USD", float, NON_NEGATIVE_USD),
+                hard_usd_per_client=optional(env, "SIGNAL_HUB_BUDGET_HARD_USD_PER_CLIENT", float, NON_NEGATIVE_USD),
                 period=env.get("SIGNAL_HUB_BUDGET_PERIOD", "month"),
             ),
             provider_options=provider_options,

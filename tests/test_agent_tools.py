@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from mcp import Client
+from mcp import Client, MCPDeprecationWarning, MCPError
+from mcp.types import EmptyResult, SetLevelRequest, SetLevelRequestParams
 
 from providers import Budget, CostLedger, EmbeddingProvider, EmbeddingResult, EmbeddingService, Settings
 from server import build_server
 from server.tools.budget import ANSWER_TOKEN_BUDGET, answer_json, answer_tokens
 from tests.fakes import FakeProvider
-from tests.test_server import TOOLS, fake_server
+from tests.test_server import TOOLS, fake_server, priced_fake_server
 
 pytestmark = pytest.mark.anyio
 
@@ -43,7 +45,7 @@ class RaisingProvider(FakeProvider):
         super().__init__()
         self.error = error
 
-    async def embed(self, texts: Sequence[str], *, progress=None) -> EmbeddingResult:  # type: ignore[no-untyped-def]
+    async def embed(self, texts: Sequence[str], *, input_type="document", progress=None) -> EmbeddingResult:  # type: ignore[no-untyped-def]
         raise self.error
 
 
@@ -357,8 +359,8 @@ async def test_estimate_cost_and_list_providers_fit_the_budget(settings: Setting
 class TruncatingProvider(FakeProvider):
     """Reports every text as cut to the model's window."""
 
-    async def embed(self, texts: Sequence[str], *, progress=None) -> EmbeddingResult:  # type: ignore[no-untyped-def]
-        result = await super().embed(texts, progress=progress)
+    async def embed(self, texts: Sequence[str], *, input_type="document", progress=None) -> EmbeddingResult:  # type: ignore[no-untyped-def]
+        result = await super().embed(texts, input_type=input_type, progress=progress)
         return replace(result, truncated={i: 40 + i for i in range(len(texts))})
 
 
@@ -427,3 +429,82 @@ def test_signal_hub_vectors_is_read_and_checked() -> None:
     assert Settings.from_env({"SIGNAL_HUB_VECTORS": " On_Request "}).vectors == "on_request"
     with pytest.raises(ConfigurationError, match="SIGNAL_HUB_VECTORS must be one of: inline, on_request"):
         Settings.from_env({"SIGNAL_HUB_VECTORS": "never"})
+
+
+@pytest.mark.parametrize("vectors", ["inline", "on_request"])
+async def test_the_instructions_say_which_tool_answers_which_need_and_are_true_under_each_vectors_setting(
+    settings: Settings, vectors: str
+) -> None:
+    async with Client(fake_server(replace(settings, vectors=vectors))) as client:  # type: ignore[arg-type]
+        said = client.instructions
+        one = await client.call_tool("embed_text", {"text": "def f(): pass"})
+        many = await client.call_tool("embed_batch", {"texts": ["a", "b"]})
+        tools = {tool.name for tool in (await client.list_tools()).tools}
+    assert said is not None and len(said) < 600
+    inline = vectors == "inline"
+    assert ("embedding" in one.structured_content) is inline
+    assert ("embeddings" in many.structured_content) is inline
+    assert "raw vectors" not in said
+    assert ("(they return the vectors)" in said) is inline
+    assert ("include_vectors: true; without it they answer count, space, tokens and cost but no vectors" in said) is (
+        not inline
+    )
+    lines = said.splitlines()
+    needs = {
+        "match a query": "rank_texts",
+        "near-copies": "find_duplicates",
+        "index a file or directory": "start_embedding_job",
+        "price a job": "estimate_cost",
+        "money spent": "get_cost",
+        "vectors for a program": "embed_batch",
+    }
+    for need, tool in needs.items():
+        assert any(need in line and tool in line for line in lines), (need, tool)
+    named = {word.strip("`:;,()") for word in said.split() if "_" in word and word.islower()}
+    assert named - {"include_vectors"} <= tools
+
+
+async def test_logging_set_level_is_declared_answered_and_honoured_per_session(settings: Settings) -> None:
+    logged: list[str] = []
+
+    async def on_log(params) -> None:  # type: ignore[no-untyped-def]
+        logged.append(f"{params.level}: {params.data}")
+
+    server = priced_fake_server(settings, soft_usd=1.0)
+    async with Client(server, mode="legacy", logging_callback=on_log) as client:
+        assert client.server_capabilities.logging is not None  # declared at initialize
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            assert await client.set_logging_level("error") is not None  # not "Method not found"
+            quiet = await client.call_tool("embed_text", {"text": "one two"})
+            await client.set_logging_level("warning")
+            loud = await client.call_tool("embed_text", {"text": "three four"})
+            with pytest.raises(MCPError) as refused:
+                await client.session.send_request(
+                    SetLevelRequest(params=SetLevelRequestParams.model_construct(level="loud")), EmptyResult
+                )
+    assert "soft limit" in quiet.structured_content["warning"]  # still in the answer, not in the log
+    assert "soft limit" in loud.structured_content["warning"]
+    assert len(logged) == 1 and logged[0].startswith("warning: ") and "soft limit" in logged[0]
+    assert refused.value.error.code == -32602
+
+
+async def test_an_unknown_argument_is_refused_naming_it_and_the_arguments_the_tool_takes(settings: Settings) -> None:
+    async with Client(fake_server(settings)) as client:
+        tools = (await client.list_tools()).tools
+        refusals = {tool.name: await client.call_tool(tool.name, {"bogus_arg": 1}) for tool in tools}
+        misspelt = await client.call_tool("embed_text", {"text": "def f(): pass", "include_vector": True})
+        cost = (await client.call_tool("get_cost", {})).structured_content
+    assert cost["requests"] == 0  # nothing was embedded: the misspelt call did not run
+    for tool in tools:
+        refused = refusals[tool.name]
+        assert refused.is_error, tool.name
+        takes = ", ".join(tool.input_schema["properties"]) or "no arguments"
+        assert f"unknown argument 'bogus_arg'; {tool.name} takes: {takes}." in refused.content[0].text
+    embed_text = next(tool for tool in tools if tool.name == "embed_text")
+    assert misspelt.is_error
+    assert misspelt.content[0].text == (
+        "Error executing tool embed_text: unknown argument 'include_vector' (did you mean 'include_vectors'?); "
+        f"embed_text takes: {', '.join(embed_text.input_schema['properties'])}. Fix the call and call again."
+    )
+    assert {"text", "provider", "encoding", "include_vectors"} <= set(embed_text.input_schema["properties"])

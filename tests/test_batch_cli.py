@@ -560,7 +560,7 @@ def test_prepare_builds_the_local_model_once_and_says_so_on_stderr(
     monkeypatch.setenv("SIGNAL_HUB_DATA_DIR", str(data_dir))
     assert main(["prepare"]) == 0
     out, err = capsys.readouterr()
-    assert out == "" and "local model ready: all-MiniLM-L6-v2 (onnx-int8 on cpu" in err
+    assert out == "" and "local model prepared: all-MiniLM-L6-v2 (onnx-int8 on cpu" in err and "ready" not in err
     assert any((data_dir / "onnx").glob("int8-*/model.onnx"))
     monkeypatch.setenv("SIGNAL_HUB_LOCAL_MODEL", "no-such-model")
     assert main(["prepare"]) == 1

@@ -39,6 +39,7 @@ def test_public_api_is_pinned() -> None:
         "RequestLimits",
         "overlong_items",
         "plan_batches",
+        "request_cap",
     ]
     assert tokens.__all__ == [
         "CL100K_SHA256",

@@ -40,7 +40,7 @@ class ScriptedProvider(FakeProvider):
         super().__init__(f"{name}-model", name=name, dimensions=dimensions)
         self.failures: list[Exception] = []
 
-    async def embed(self, texts: Sequence[str], *, progress=None) -> EmbeddingResult:  # type: ignore[no-untyped-def]
+    async def embed(self, texts: Sequence[str], *, input_type="document", progress=None) -> EmbeddingResult:  # type: ignore[no-untyped-def]
         if self.failures:
             self.calls.append(list(texts))
             raise self.failures.pop(0)
@@ -123,7 +123,7 @@ async def test_while_the_circuit_is_open_the_primarys_cached_vectors_still_answe
 async def test_progress_never_goes_backwards_when_a_fallback_starts_over(settings: Settings) -> None:
     service, primary, _, _ = make(settings)
 
-    async def fails_at_three_of_four(texts, *, progress=None):  # type: ignore[no-untyped-def]
+    async def fails_at_three_of_four(texts, *, input_type="document", progress=None):  # type: ignore[no-untyped-def]
         await progress(3, 4)
         raise ProviderUnavailableError("connection dropped")
 

@@ -21,7 +21,7 @@ import anyio.to_thread
 import pytest
 
 from providers import EmbeddingResult, EmbeddingService, InputError, ProgressCallback, Settings
-from providers.base import RequestHook
+from providers.base import InputType, RequestHook
 from providers.jobs.engine import InProcessEngine
 from providers.jobs.paths import AllowedRoots
 from providers.jobs.runner import JobRunner
@@ -209,7 +209,12 @@ class TwoRequests(FakeProvider):
         self.gate = anyio.Event()
 
     async def embed_each(
-        self, texts: Sequence[str], *, progress: ProgressCallback | None = None, on_request: RequestHook | None = None
+        self,
+        texts: Sequence[str],
+        *,
+        input_type: InputType = "document",
+        progress: ProgressCallback | None = None,
+        on_request: RequestHook | None = None,
     ) -> EmbeddingResult:
         half = len(texts) // 2
         first = await super().embed(texts[:half])

@@ -19,7 +19,15 @@ import anyio
 import numpy as np
 import pytest
 
-from providers import EmbeddingResult, EmbeddingService, InputError, ProgressCallback, ProviderError, Settings
+from providers import (
+    EmbeddingResult,
+    EmbeddingService,
+    InputError,
+    InputType,
+    ProgressCallback,
+    ProviderError,
+    Settings,
+)
 from providers.jobs.engine import InProcessEngine
 from providers.jobs.paths import AllowedRoots
 from providers.jobs.runner import JobRunner
@@ -44,7 +52,9 @@ class GatedProvider(FakeProvider):
     def sent(self) -> list[str]:
         return [text for call in self.calls for text in call]
 
-    async def embed(self, texts: Sequence[str], *, progress: ProgressCallback | None = None) -> EmbeddingResult:
+    async def embed(
+        self, texts: Sequence[str], *, input_type: InputType = "document", progress: ProgressCallback | None = None
+    ) -> EmbeddingResult:
         self.entered.set()
         if texts[0] != self.free_first_text:
             await self.gate.wait()

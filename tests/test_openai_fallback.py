@@ -30,6 +30,7 @@ from tests.loopback_openai import LoopbackOpenAI, count_tokens, embedding_for
 from tests.test_openai_provider import KEY, FakeClock, LoopbackTokenizer
 
 pytestmark = pytest.mark.anyio
+KNOWN_RPM = 1_000_000.0
 
 WAIT = 60  # seconds any one test may take (the first local model load exports it to ONNX)
 OPENAI_SPACE = "openai:text-embedding-3-small:1536:l2"
@@ -173,6 +174,7 @@ async def test_the_paid_vectors_are_named_by_position_when_they_are_not_a_prefix
                 limits=RequestLimits(max_inputs=1, max_input_tokens=50, max_request_tokens=1000),
                 concurrency=2,
                 max_attempts=1,
+                rpm=KNOWN_RPM,
             ),
             tokenizer=Utf8ByteEstimate(),
             clock=clock,
@@ -210,7 +212,11 @@ async def test_the_paid_vectors_are_named_by_position_when_they_are_not_a_prefix
 def _two_in_flight(base_url: str, finish_in_flight: float) -> OpenAIProvider:
     clock = FakeClock()
     options = OpenAIOptions(
-        limits=RequestLimits(max_inputs=1), concurrency=2, max_attempts=1, finish_in_flight=finish_in_flight
+        limits=RequestLimits(max_inputs=1),
+        concurrency=2,
+        max_attempts=1,
+        finish_in_flight=finish_in_flight,
+        rpm=KNOWN_RPM,  # a known limit: the first request need not go alone to learn one
     )
     return OpenAIProvider(
         api_key=KEY, base_url=base_url, options=options, tokenizer=LoopbackTokenizer(), clock=clock, sleep=clock.sleep

@@ -287,8 +287,11 @@ async def test_a_failing_progress_callback_fails_the_call_with_its_own_error(
 async def test_several_requests_are_in_flight_at_once(
     server: LoopbackOpenAI, make: Callable[..., OpenAIProvider]
 ) -> None:
-    server.inject("hang", times=2)
     provider = make(limits=few_per_request(1), concurrency=4)
+    with anyio.fail_after(WAIT):
+        await provider.embed(["warm"])  # while no limit is known, the first request goes alone
+    server.reset_counters()
+    server.inject("hang", times=2)
     with anyio.fail_after(WAIT):
         async with anyio.create_task_group() as group:
             group.start_soon(provider.embed, texts(4))
@@ -368,7 +371,8 @@ async def test_without_a_token_limit_requests_stay_mid_sized(
     items = [f"{i} " + "word " * 249 for i in range(300)]
     with anyio.fail_after(WAIT):
         await make().embed(items)
-    assert sorted(len(record.inputs) for record in server.requests) == [38, 131, 131]  # 32,768 tokens at most
+    # A probe of 1,024 tokens goes first and alone (no limit known yet), then 32,768 tokens at most.
+    assert sorted(len(record.inputs) for record in server.requests) == [4, 34, 131, 131]
 
 
 @pytest.mark.anyio

@@ -41,11 +41,13 @@ def test_public_api_is_pinned() -> None:
     assert ratelimit.__all__ == [
         "INTERACTIVE_TOKENS",
         "Clock",
+        "PausedError",
         "RateLimiter",
         "Sleep",
         "WaitQueue",
         "parse_duration",
         "parse_retry_after",
+        "paused_if_long",
     ]
 
 

@@ -124,7 +124,7 @@ async def test_embed_batch_sends_progress_notifications(client: Client) -> None:
     texts = [f"chunk {i}" for i in range(40)]
     result = await client.call_tool("embed_batch", {"texts": texts}, progress_callback=on_progress)
     assert not result.is_error
-    assert [(p, t) for p, t, _ in seen] == [(32, 40), (40, 40)]
+    assert [(p, t) for p, t, _ in seen] == [(done, 40) for done in (8, 16, 24, 32, 40)]  # steps of 8 windows
     assert seen[-1][2] == "embedded 40 of 40 texts"
 
 
@@ -278,6 +278,7 @@ async def test_list_providers_shows_spaces_health_and_the_active_one(client: Cli
         "dimensions": 384,
         "space": "local:all-MiniLM-L6-v2:384:l2",
         "active": True,
+        "input_types": False,  # the packaged model has no prompts: queries and documents embed alike
         "circuit": "closed",
         "last_error": None,
         "retry_in_s": 0.0,

@@ -149,10 +149,10 @@ class GatedProvider(FakeProvider):
         self.gate = anyio.Event()
         self.inside = 0
 
-    async def embed(self, texts, *, progress=None):  # type: ignore[no-untyped-def]
+    async def embed(self, texts, *, input_type="document", progress=None):  # type: ignore[no-untyped-def]
         self.inside += 1
         await self.gate.wait()
-        return await super().embed(texts, progress=progress)
+        return await super().embed(texts, input_type=input_type, progress=progress)
 
 
 def gated_service(settings: Settings, **budget: float) -> tuple[EmbeddingService, GatedProvider]:

@@ -6,6 +6,7 @@ import pytest
 from providers import ConfigurationError, EmbeddingService, Settings
 from providers import settings as settings_module
 from providers.local import DEFAULT_BATCH_SIZES, LocalProvider
+from providers.local_model.options import LocalOptions
 from providers.openai import OpenAIOptions, OpenAIProvider, openai_options
 from providers.remote.batching import RequestLimits
 from providers.service.facade import PROVIDER_FACTORIES
@@ -158,7 +159,9 @@ def test_local_settings_are_read_from_the_environment() -> None:
 
 def test_empty_local_settings_count_as_unset() -> None:
     names = ["BACKEND", "LONG_TEXTS", "SPLIT_OVERLAP", "THREADS", "BATCH_SIZE"]
-    assert Settings.from_env({f"SIGNAL_HUB_LOCAL_{name}": "" for name in names}) == Settings()
+    settings = Settings.from_env({f"SIGNAL_HUB_LOCAL_{name}": "" for name in names})
+    assert settings.provider_options == {"local": LocalOptions()}  # the local provider's own variables: none set
+    assert replace(settings, provider_options={}) == Settings()
 
 
 @pytest.mark.anyio

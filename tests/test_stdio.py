@@ -61,7 +61,7 @@ async def test_every_tool_works_over_stdio(stdio_client: Client) -> None:
     assert batch.structured_content["cached"] == 1
     first = np.frombuffer(base64.b64decode(batch.structured_content["embeddings"][0]), dtype="<f4")
     np.testing.assert_allclose(first, vector, atol=1e-5)
-    assert progress == [33, 40]  # the first text came from the cache, then a step of 32
+    assert progress == [9, 17, 25, 33, 40]  # the first text came from the cache, then steps of 8
 
     switched = await client.call_tool("switch_provider", {"provider": "local"})
     assert switched.structured_content["previous"]["space"] == "local:all-MiniLM-L6-v2:384:l2"

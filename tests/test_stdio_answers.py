@@ -9,6 +9,7 @@ from mcp.shared.message import SessionMessage
 from mcp.types import JSONRPCError, JSONRPCRequest
 from pydantic import ValidationError
 
+from server.shutdown import Shutdown
 from server.transports.stdio import _AnsweringReader, answer_unreadable
 
 pytestmark = pytest.mark.anyio
@@ -75,7 +76,7 @@ async def test_the_reader_answers_unreadable_lines_and_passes_the_rest_on() -> N
         incoming_send.send_nowait(item)
     incoming_send.close()
 
-    async with _AnsweringReader(incoming, answers_send) as reader:
+    async with _AnsweringReader(incoming, answers_send, Shutdown()) as reader:
         with anyio.fail_after(5):
             received = [item async for item in reader]
     assert received == [good]

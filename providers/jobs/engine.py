@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol, get_args
 
-from providers.base import EmbeddingProvider, EmbeddingResult, ProgressCallback
+from providers.base import EmbeddingProvider, EmbeddingResult, InputType, ProgressCallback
 from providers.errors import InputError
 from providers.jobs.files import Chunk
 from providers.jobs.files import windows as window_chunks
@@ -50,6 +50,8 @@ class EngineJob:
     """Every vector written must be of this space."""
     window: int | None = None
     """Chunks per call; None: the engine's default."""
+    input_type: InputType = "document"
+    """What the chunks are embedded as; `space` names it where the provider tells the types apart."""
 
 
 class JobEngine(Protocol):
@@ -115,7 +117,7 @@ class InProcessEngine:
         size = job.window or size
 
         async def embed(texts: list[str], progress: ProgressCallback) -> EmbeddingResult:
-            return await self.service.embed(texts, provider=job.provider, progress=progress)
+            return await self.service.embed(texts, input_type=job.input_type, provider=job.provider, progress=progress)
 
         batches = window_chunks(chunks, size, self.service.settings.limits.max_total_chars)
         try:

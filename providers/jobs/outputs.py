@@ -26,7 +26,7 @@ import numpy.lib.format as npy_format
 from providers.errors import InputError
 from providers.jobs.writers import ids_path
 
-__all__ = ["ROW_FIELDS", "check_output_target", "is_job_output"]
+__all__ = ["ROW_FIELDS", "check_cli_output", "check_output_target", "is_job_output"]
 
 ROW_FIELDS = frozenset({"id", "embedding", "space", "truncated", "dropped_tokens"})
 """The keys of every JSONL row a job writes (see `writers.JsonlWriter`)."""
@@ -76,6 +76,24 @@ def check_output_target(
                 f"{shown}: {path.name} exists and was not written by a job ({_expected(path, out_format)}); "
                 f"it is never replaced, even with {flag}: choose another output."
             )
+
+
+def check_cli_output(output: Path, inputs: Sequence[str], data_dir: Path, *, overwrite: bool) -> None:
+    """The `embed` command's `--output`, checked as a job's output is (with `--overwrite`)."""
+    sources = [Path(raw).resolve() for raw in inputs if raw != "-"]
+    if output.resolve() in sources:
+        raise InputError(f"--output {output} is also an input; write the vectors elsewhere.")
+    out_format = "npy" if output.suffix.lower() == ".npy" else "jsonl"
+    shown = f"--output {output}"
+    check_output_target(
+        output.resolve(),
+        out_format,
+        inputs=sources,
+        data_dir=data_dir,
+        overwrite=overwrite,
+        shown=shown,
+        flag="--overwrite",
+    )
 
 
 def job_files(target: Path, out_format: str) -> list[Path]:

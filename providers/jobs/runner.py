@@ -32,6 +32,8 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
+from providers.base import InputType, input_type_of
+from providers.clients import as_client, current_client
 from providers.cost import price_per_million
 from providers.errors import EmbeddingError, InputError, StorageError
 from providers.jobs.engine import ENGINES, EngineJob, InProcessEngine, JobEngine, build_engine, job_settings
@@ -120,10 +122,7 @@ class JobRunner:
                 self.store.close()
 
     async def checkpoint_all(self, within_s: float = 2.0) -> None:
-        """For a clean exit: stop every job here, each left `interrupted` with its progress saved.
-
-        Waits up to `within_s` for running jobs to record their end; later starts and resumes are refused.
-        """
+        """For a clean exit: stop every job here, left `interrupted` with its progress (waits up to `within_s`)."""
         self._stopping = True
         queued = [queue.popleft() for queue in self._queues.values() for _ in range(len(queue))]
         for job_id in queued:
@@ -149,6 +148,7 @@ class JobRunner:
         roots: AllowedRoots | None = None,
         engine: str = "in-process",
         overwrite: bool = False,
+        input_type: InputType = "document",
     ) -> JobStart:
         """Check, count and price the job, then queue it; answers before any embedding.
 
@@ -162,6 +162,7 @@ class JobRunner:
             raise InputError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, not {format!r}.")
         target = self._check_output(roots, output, source, out_format, overwrite)
         chosen = self.engine_named(engine).provider(provider)
+        await chosen.resolve_space()  # the job's space must be final (a compatible server's length)
         limits = self.settings.limits
         scan = await anyio.to_thread.run_sync(scan_input, str(source), glob, target, out_format, roots, limits)
         job = await self._in_thread(
@@ -173,7 +174,7 @@ class JobRunner:
                 glob=glob,
                 provider=chosen.name,
                 model=chosen.model,
-                space=chosen.space,
+                space=chosen.space_for(input_type),  # also what a resume embeds as (`input_type_of`)
                 fingerprint=scan.fingerprint,
                 total=scan.total,
                 estimated_tokens=scan.estimated_tokens,
@@ -190,8 +191,9 @@ class JobRunner:
         return JobStart(self.status(job.id), scan.duplicates)
 
     def status(self, job_id: str) -> JobRecord:
-        job = self.store.get(job_id)
-        if job is None:
+        job, caller = self.store.get(job_id), current_client()
+        # An HTTP client reaches only its own jobs; another's is answered as if it did not exist.
+        if job is None or (caller is not None and job.client != caller):
             raise InputError(f"no job {job_id!r}; list_jobs shows the known jobs.")
         return job
 
@@ -272,10 +274,7 @@ class JobRunner:
         return self.status(job_id)
 
     async def resume_free_jobs(self) -> tuple[str, ...]:
-        """Resume the interrupted jobs of free providers (run as the runner starts); the ids resumed.
-
-        One that cannot (its input changed or is out of the roots, another server took it) is logged.
-        """
+        """Resume interrupted free jobs (as the runner starts); one that cannot is logged. The ids resumed."""
         try:
             jobs = await self._in_thread(self.store.interrupted)
         except StorageError as exc:
@@ -327,7 +326,9 @@ class JobRunner:
             while queue:
                 job_id = queue.popleft()
                 try:
-                    await self._run(job_id)
+                    record = self.store.get(job_id)  # each job runs, and is billed, as the client that owns it
+                    with as_client(record.client if record else None):
+                        await self._run(job_id)
                 finally:
                     self._finished[job_id].set()
         finally:
@@ -349,7 +350,7 @@ class JobRunner:
             with scope:
                 dimensions = self.engine.provider(job.provider).dimensions
                 writer = await anyio.to_thread.run_sync(open_writer, job, self.roots, dimensions)
-                engine_job = EngineJob(job.id, job.provider, job.space)
+                engine_job = EngineJob(job.id, job.provider, job.space, input_type=input_type_of(job.space))
                 # `done` counts rows written, each already cached: after a kill it never claims more.
                 engine = self.engine_named(job.engine)
                 # Read with the server's roots: a resumed job may not reach further than a new one.

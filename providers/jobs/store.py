@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from providers.clients import current_client
 from providers.redaction import scrub_column
 from providers.storage.sqlite import connect, open_database, storage_error, write_transaction
 
@@ -66,7 +67,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     engine TEXT NOT NULL DEFAULT 'in-process',
     overwrite INTEGER NOT NULL DEFAULT 0,
-    finished REAL
+    finished REAL,
+    client TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created)
 """
@@ -74,6 +76,7 @@ _ADDED_COLUMNS = {
     "engine": "TEXT NOT NULL DEFAULT 'in-process'",
     "overwrite": "INTEGER NOT NULL DEFAULT 0",
     "finished": "REAL",
+    "client": "TEXT",
 }
 """Columns a store made by an earlier version lacks, added when it is opened."""
 
@@ -111,6 +114,8 @@ class JobRecord:
     cancel_requested: int
     engine: str = "in-process"
     """What runs the job: `in-process`, `batch-api` or `ray` (see jobs/engine.py)."""
+    client: str | None = None
+    """The HTTP client (token name) that started the job: only it sees the job; None for the others."""
     overwrite: int = 0
     """1: the caller let the output replace a job's output already there."""
     finished: float | None = None
@@ -202,6 +207,7 @@ class JobStore:
             "updated": now,
             "owner": self.owner,  # a queued job is held too: if this process dies, it shows as interrupted
             "lease_until": now + self.lease_s,
+            "client": current_client(),
             **values,
         }
         names = ", ".join(row)
@@ -215,9 +221,13 @@ class JobStore:
         return None if row is None else self._visible(JobRecord(*row))
 
     def list(self, limit: int = 20) -> list[JobRecord]:
+        """The newest jobs; for an HTTP client, only its own."""
+        client = current_client()
+        mine = "" if client is None else "WHERE client = ? "
         with self._reading():
             rows = self._reader.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM jobs ORDER BY created DESC, rowid DESC LIMIT ?", (limit,)
+                f"SELECT {', '.join(_COLUMNS)} FROM jobs {mine}ORDER BY created DESC, rowid DESC LIMIT ?",
+                (limit,) if client is None else (client, limit),
             ).fetchall()
         return [self._visible(JobRecord(*row)) for row in rows]
 

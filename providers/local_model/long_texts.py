@@ -8,11 +8,13 @@ vectors = combine_windows(window_vectors, plan, text_count=len(token_ids))
 A text that fits the window is one window. A longer one is either cut to the window
 (`truncate`: the model sees its beginning, and the dropped tokens are reported) or cut into
 overlapping windows (`split`: every token is seen; the windows' vectors are averaged, weighted by
-how many of the text's tokens each holds, and renormalised).
+how many of the text's tokens each holds, and renormalised). A prompt the text begins with
+(`prompt_ids`) starts every window of a split text, so each one is read as the model expects.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -56,6 +58,7 @@ def plan_windows(
     max_length: int,
     policy: LongTextPolicy,
     overlap: int,
+    prompt_ids: Sequence[int] = (),
 ) -> InputPlan:
     """Windows for texts tokenized with special tokens; `specials` = (leading, trailing) special-token counts."""
     lead, trail = specials
@@ -74,9 +77,13 @@ def plan_windows(
             windows.append(Window(index, prefix + content[:room] + suffix, room))
             dropped[index] = len(content) - room
         else:
-            for start in _window_starts(len(content), room, overlap):
-                piece = content[start : start + room]
-                windows.append(Window(index, prefix + piece + suffix, len(piece)))
+            head = _common_prefix(content, prompt_ids)
+            body, body_room = content[head:], room - head
+            if body_room <= overlap:  # a prompt too long to repeat: split the whole text instead
+                head, body, body_room = 0, content, room
+            for start in _window_starts(len(body), body_room, overlap):
+                piece = body[start : start + body_room]
+                windows.append(Window(index, prefix + content[:head] + piece + suffix, len(piece)))
     return InputPlan(windows, dropped)
 
 
@@ -91,6 +98,24 @@ def combine_windows(
     np.add.at(combined, texts, window_vectors * weights[:, None])
     combined /= np.maximum(np.linalg.norm(combined, axis=1, keepdims=True), 1e-12)
     return combined
+
+
+def part_of(plan: InputPlan, texts: Sequence[int]) -> tuple[InputPlan, list[int]]:
+    """The plan of some of its texts (numbered by their place in `texts`), and the indexes of their windows."""
+    position = {text: n for n, text in enumerate(texts)}
+    picked = [i for i, window in enumerate(plan.windows) if window.text in position]
+    windows = [dataclasses.replace(plan.windows[i], text=position[plan.windows[i].text]) for i in picked]
+    return InputPlan(windows, {position[t]: plan.dropped[t] for t in texts if t in plan.dropped}), picked
+
+
+def _common_prefix(content: Sequence[int], prompt_ids: Sequence[int]) -> int:
+    """How many leading tokens of `content` are the prompt's (tokenizers may merge its last one)."""
+    count = 0
+    for ours, prompts in zip(content, prompt_ids, strict=False):
+        if ours != prompts:
+            break
+        count += 1
+    return count
 
 
 def _window_starts(length: int, room: int, overlap: int) -> range:

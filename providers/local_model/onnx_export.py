@@ -102,7 +102,11 @@ def cached_onnx_model(
         if entry.exists():
             logger.warning("ONNX cache entry %s does not match its manifest; exporting it again", entry)
             _discard(entry)
-        logger.info("exporting %s to ONNX (%s) in %s", source, variant, entry)
+        logger.info(
+            "building the local model's ONNX Runtime export (%s) in %s: once per data directory, about 20 s",
+            variant,
+            entry,
+        )
         staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=cache_root))
         try:
             export(source, staging, quantized)
@@ -118,7 +122,7 @@ def cached_onnx_model(
     return cached
 
 
-def export_in_subprocess(source: Path, destination: Path, quantized: bool) -> None:
+def export_in_subprocess(source: Path, destination: Path, quantized: bool, *, trust_remote_code: bool = False) -> None:
     """`export_onnx_model` in a child Python, so torch and the export's peak memory stay out of this process."""
     package_root = str(Path(__file__).resolve().parents[1])
     python_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
@@ -126,7 +130,7 @@ def export_in_subprocess(source: Path, destination: Path, quantized: bool) -> No
     command = [sys.executable, "-m", "providers.local_model.onnx_export", str(source), str(destination)]
     # Captured, never inherited: a stdio MCP server's stdout carries JSON-RPC.
     completed = subprocess.run(
-        [*command, *(["--quantized"] if quantized else [])],
+        [*command, *(["--quantized"] if quantized else []), *(["--trust-remote-code"] if trust_remote_code else [])],
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -139,7 +143,7 @@ def export_in_subprocess(source: Path, destination: Path, quantized: bool) -> No
 
 
 def export_onnx_model(
-    source: Path, destination: Path, quantized: bool
+    source: Path, destination: Path, quantized: bool, trust_remote_code: bool = False
 ) -> None:  # pragma: no cover - runs in the export child
     """Export the sentence-transformers model at `source` into `destination` (needs torch)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -153,7 +157,7 @@ def export_onnx_model(
         str(source),
         device="cpu",
         local_files_only=True,
-        trust_remote_code=False,
+        trust_remote_code=trust_remote_code,
         # Eager attention exports as plain MatMul/Softmax, the pattern the ORT optimizer fuses.
         model_kwargs={"attn_implementation": "eager"},
     ).eval()
@@ -324,8 +328,9 @@ def main(argv: list[str] | None = None) -> int:  # pragma: no cover - runs in th
     parser.add_argument("source", type=Path)
     parser.add_argument("destination", type=Path)
     parser.add_argument("--quantized", action="store_true")
+    parser.add_argument("--trust-remote-code", action="store_true")
     args = parser.parse_args(argv)
-    export_onnx_model(args.source, args.destination, args.quantized)
+    export_onnx_model(args.source, args.destination, args.quantized, args.trust_remote_code)
     return 0
 
 

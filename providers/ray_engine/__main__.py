@@ -23,10 +23,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=Path, required=True, help="directory for shards and manifest.json")
     parser.add_argument("--ray-address", help="ray://host:10001 or host:6379; default: RAY_ADDRESS, else a local Ray")
     parser.add_argument("--actors", type=int, help="actors embedding at once (default: one per CPU)")
-    parser.add_argument("--threads-per-actor", type=int, default=1)
-    parser.add_argument("--gpus-per-actor", type=float, default=0.0)
-    parser.add_argument("--input-format", choices=("auto", "jsonl", "parquet"), default="auto")
-    parser.add_argument("--shard-format", choices=SHARD_FORMATS, default="parquet")
+    parser.add_argument(
+        "--threads-per-actor", type=int, default=1, help="model threads (and CPUs asked for) per actor (default 1)"
+    )
+    parser.add_argument(
+        "--gpus-per-actor", type=float, default=0.0, help="GPUs each actor asks for, e.g. 0.5 (default 0: CPU only)"
+    )
+    parser.add_argument(
+        "--input-format",
+        choices=("auto", "jsonl", "parquet"),
+        default="auto",
+        help="auto: by the inputs' suffixes (.jsonl or .parquet)",
+    )
+    parser.add_argument(
+        "--shard-format", choices=SHARD_FORMATS, default="parquet", help="what each output shard is (default parquet)"
+    )
     parser.add_argument("--shard-rows", type=int, default=1000, help="rows per shard, the unit of resumption")
     parser.add_argument("--batch-rows", type=int, default=256, help="rows per actor call")
     args = parser.parse_args(argv)

@@ -91,7 +91,9 @@ class RayJobEngine:
     ) -> None:
         from providers.ray_engine import RayJobOptions, read_shards, run_ray_job
 
-        self.provider(job.provider)
+        space = self.provider(job.provider).space
+        if space != job.space:  # e.g. queries of a prompted model: the actors embed documents
+            raise InputError(f"the Ray engine embeds into {space}, not {job.space}: run this job in-process.")
         work = self.work_dir(job.id)
         ids = await anyio.to_thread.run_sync(_write_input, work, chunks)
         if not ids:

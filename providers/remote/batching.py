@@ -20,7 +20,15 @@ from typing import Literal
 from providers.errors import InputError
 from providers.text.validation import positions
 
-__all__ = ["OPENAI_LIMITS", "BatchPacker", "OverlongPolicy", "RequestLimits", "overlong_items", "plan_batches"]
+__all__ = [
+    "OPENAI_LIMITS",
+    "BatchPacker",
+    "OverlongPolicy",
+    "RequestLimits",
+    "overlong_items",
+    "plan_batches",
+    "request_cap",
+]
 
 OverlongPolicy = Literal["truncate", "error"]
 """What to do with a text over `max_input_tokens`: cut it to fit (and report it) or refuse the call."""
@@ -94,8 +102,10 @@ def plan_batches(
 class BatchPacker:
     """`plan_batches` one text at a time, so requests can leave while later texts are still counted."""
 
-    def __init__(self, limits: RequestLimits) -> None:
+    def __init__(self, limits: RequestLimits, cap: int | None = None) -> None:
         self.limits = limits
+        self.cap = cap
+        """Tokens after which a request closes, below the endpoint's limit (a longer text goes alone)."""
         self._current: list[int] = []
         self._tokens = 0
         self._bytes = 0
@@ -109,10 +119,9 @@ class BatchPacker:
         if count < 0 or count > limits.max_input_tokens:
             raise ValueError(f"token count {count} at index {index} is outside 0..{limits.max_input_tokens}")
         too_big = limits.max_request_bytes is not None and self._bytes + size > limits.max_request_bytes
+        most = limits.max_request_tokens if self.cap is None else min(self.cap, limits.max_request_tokens)
         closed = None
-        if self._current and (
-            len(self._current) == limits.max_inputs or self._tokens + count > limits.max_request_tokens or too_big
-        ):
+        if self._current and (len(self._current) == limits.max_inputs or self._tokens + count > most or too_big):
             closed, self._current, self._tokens, self._bytes = self._current, [], 0, 0
         self._current.append(index)
         self._tokens += count
@@ -123,3 +132,28 @@ class BatchPacker:
         """The last, partly filled request, if any."""
         closed, self._current, self._tokens, self._bytes = self._current or None, [], 0, 0
         return closed
+
+
+# Under a TPM limit, a request holds at most this share of a minute's tokens, and at most this
+# many tokens under any limit or none (an endpoint may report "unlimited" as a big number).
+_REQUESTS_PER_TPM = 32
+_MID_SIZED_TOKENS = 32_768
+# A request under a TPM limit holds at least this many tokens (a longer text still goes alone).
+_MIN_REQUEST_TOKENS = 256
+
+
+def request_cap(limits: RequestLimits, configured: int | None, tpm: float | None, ratio: float) -> int:
+    """Tokens per request: the endpoint's limit (or the `configured` one), and under a TPM limit a small share of it.
+
+    Many mid-sized requests beat a few huge ones under a TPM limit: the burst an idle bucket
+    allows is spread over several round trips, so the limiter learns how the API counts
+    before the bucket runs low; a request the API counts higher than estimated overshoots
+    by less; and the last request, which the whole call waits for, is short. `ratio` is the
+    API's count per estimated token: where it counts more than we do, leave it room for that.
+    """
+    cap = configured or limits.max_request_tokens
+    if configured is None:
+        cap = min(cap, _MID_SIZED_TOKENS, int(tpm / _REQUESTS_PER_TPM) if tpm is not None else cap)
+    # A text longer than the cap still goes, alone: the cap need not hold a full input.
+    floor = min(_MIN_REQUEST_TOKENS, limits.max_input_tokens)
+    return max(floor, int(min(cap, limits.max_request_tokens) / max(1.0, ratio)))

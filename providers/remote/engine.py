@@ -2,7 +2,7 @@
 
 A provider subclasses `RemoteProvider` and supplies three things:
 
-- `_request(texts)`: send one request, return a `Reply` (vectors, reported usage, headers);
+- `_request(texts, input_type)`: send one request, return a `Reply` (vectors, usage, headers);
 - `_classify(exc)`: what one of its failures means (`Failure`: retry it? split it? refused?),
   and `_translate(exc, attempts)`: the one place its exceptions become ours (outage, quota,
   input, configuration);
@@ -11,21 +11,18 @@ A provider subclasses `RemoteProvider` and supplies three things:
 One call goes through four steps:
 
 1. *Check*: blank texts are refused, naming their positions, before any request.
-2. *Plan* (`batching`, `tokens`): cut or refuse over-long texts, then count tokens offline and
-   pack the texts into requests within the endpoint's limits. Requests leave as soon as they
-   are packed. Under a TPM limit a request holds at most 1/32 of a minute's tokens (many
-   mid-sized requests beat a few big ones). A request the endpoint still finds too large is
-   sent again in two halves.
+2. *Plan* (`batching`, `tokens`): cut or refuse over-long texts, count tokens offline, and pack
+   requests within the endpoint's limits as workers take them (under a TPM limit at most 1/32 of a
+   minute's tokens, `batching.request_cap`). While no limit is known a small first request goes
+   alone and its answer tells them. A request still too large is sent again in two halves.
 3. *Send*: `concurrency` workers take requests in order; each waits for the `limiter`, and
    tenacity retries it alone on what `_classify` calls transient, honouring the server's
    retry-after, within `max_attempts` and `max_retry_seconds`. A refused connection (nothing
    listens) is an outage after `refused_attempts`.
-4. *Collect*: each answer (read within `answer_cap`, decompressed, by clients built with
-   `remote.capped.capped_client`) is checked: usage reported beyond `usage.plausible_tokens` of our own
-   count is recorded as billed, and ends the call at once. Then it is written into a preallocated
-   array at its texts' positions, so the output order is the input order, and handed to
-   `on_request` at once: a caller that records and caches each piece keeps what was paid for
-   even if the process dies mid-call.
+4. *Collect*: each answer (read within `answer_cap` by `capped.capped_client`) is checked (usage
+   beyond `usage.plausible_tokens` of our count is recorded as billed, then ends the call), put at
+   its texts' positions (output order is input order) and handed to `on_request` at once: a
+   caller that records and caches each piece keeps what was paid for if the process dies.
 
 A call that fails after some requests succeeded raises a `ProviderError` whose `partial` holds
 what they returned, with `partial_indexes` naming their texts. Nothing new is sent after such a
@@ -34,8 +31,8 @@ failure, but requests already in flight get `finish_in_flight` seconds to come b
 
 from __future__ import annotations
 
+import collections
 import logging
-import math
 import time
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
@@ -46,28 +43,30 @@ import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 
-from providers.base import EmbeddingProvider, EmbeddingResult, ProgressCallback, RequestHook
+from providers.base import EmbeddingProvider, EmbeddingResult, InputType, ProgressCallback, RequestHook
 from providers.cost import cost_usd
-from providers.errors import EmbeddingError, InputError, ProviderError
-from providers.remote.batching import BatchPacker, RequestLimits, overlong_items
+from providers.errors import EmbeddingError, ProviderError
+from providers.remote.batching import BatchPacker, RequestLimits, overlong_items, request_cap
 from providers.remote.capped import answer_bytes, response_cap
 from providers.remote.options import RemoteOptions
-from providers.remote.ratelimit import Clock, RateLimiter, Sleep
+from providers.remote.ratelimit import Clock, RateLimiter, Sleep, paused_if_long
 from providers.remote.retry import Failure, Reply, retry_policy
 from providers.remote.usage import check_usage
 from providers.text.tokens import Tokenizer, default_tokenizer
-from providers.text.validation import blank_positions, positions
+from providers.text.validation import reject_blank
 
-__all__ = ["Failure", "RemoteProvider", "Reply"]
+__all__ = ["RATE_LIMITED", "Failure", "RemoteProvider", "Reply"]
 
 logger = logging.getLogger(__name__)
 
+RATE_LIMITED: collections.Counter[str] = collections.Counter()
+"""429 answers received by this process, by provider name (the HTTP server's metrics read it)."""
+
 # Texts counted per trip to a worker thread: the first request can leave after one step.
 _COUNT_STEP = 256
-# Under a TPM limit, a request holds at most this share of a minute's tokens (see `_request_cap`),
-# and while no TPM limit is known, at most this many tokens.
-_REQUESTS_PER_TPM = 32
-_UNPACED_REQUEST_TOKENS = 32_768
+# While no limit is known, the first request holds at most this many tokens and goes alone: its
+# answer's headers tell the limits (and its usage the token ratio) before the rest is packed.
+_PROBE_TOKENS = 1024
 # JSON quotes, comma and escapes: bytes a text takes on the wire beyond its UTF-8 bytes (an allowance).
 _WIRE_OVERHEAD = 8
 
@@ -110,12 +109,14 @@ class RemoteProvider(EmbeddingProvider):
         )
         self._learnt_inputs: int | None = None
         """Texts per request the endpoint has shown it takes at most (lowered when it finds one too large)."""
+        self._answered = False
+        """Whether a request of this provider has come back (and with it any limits the endpoint reports)."""
 
     # what a provider supplies
 
     @abstractmethod
-    async def _request(self, texts: list[str]) -> Reply:
-        """Send one request for `texts`; raise the transport's own exceptions."""
+    async def _request(self, texts: list[str], input_type: InputType) -> Reply:
+        """Send one request for `texts` embedded as `input_type`; raise the transport's own exceptions."""
 
     @abstractmethod
     def _classify(self, exc: BaseException) -> Failure | None:
@@ -144,16 +145,23 @@ class RemoteProvider(EmbeddingProvider):
             limits = replace(limits, max_inputs=self._learnt_inputs)
         return limits
 
-    async def embed(self, texts: Sequence[str], *, progress: ProgressCallback | None = None) -> EmbeddingResult:
-        return await self.embed_each(texts, progress=progress)
+    async def embed(
+        self, texts: Sequence[str], *, input_type: InputType = "document", progress: ProgressCallback | None = None
+    ) -> EmbeddingResult:
+        return await self.embed_each(texts, input_type=input_type, progress=progress)
 
     async def embed_each(
-        self, texts: Sequence[str], *, progress: ProgressCallback | None = None, on_request: RequestHook | None = None
+        self,
+        texts: Sequence[str],
+        *,
+        input_type: InputType = "document",
+        progress: ProgressCallback | None = None,
+        on_request: RequestHook | None = None,
     ) -> EmbeddingResult:
         texts = list(texts)
-        _reject_blank(texts)
+        reject_blank(texts)
         if not texts:
-            return self._result(np.empty((0, self.dimensions), dtype=np.float32), _Run(total=0), {})
+            return self._result(np.empty((0, self.dimensions), dtype=np.float32), _Run(total=0), {}, input_type)
         await self._prepare()
         tokenizer = await self._loaded_tokenizer()
         # Every refusal (blank, or over-long under the "error" policy) comes before the first request.
@@ -161,13 +169,19 @@ class RemoteProvider(EmbeddingProvider):
         counts = [0] * len(texts)
         vectors: npt.NDArray[np.float32] | None = None
         run = _Run(total=len(texts))
-        send, receive = anyio.create_memory_object_stream[list[int]](math.inf)
-        limits = replace(self.limits(), max_request_tokens=self._request_cap())
+        # Requests are packed as workers take them, each with the limits known by then.
+        send, receive = anyio.create_memory_object_stream[list[int]](0)
+        limits = self.limits()
         sized = limits.max_request_bytes is not None
+        learnt = anyio.Event()
+        learning = not self._answered and self.limiter.rpm is None and self.limiter.tpm is None
+        if not learning:
+            learnt.set()
 
         async def plan() -> None:
             # Requests leave as soon as they are packed; counting the rest goes on meanwhile.
-            packer = BatchPacker(limits)
+            cap = _PROBE_TOKENS if learning else self._request_cap()
+            packer = BatchPacker(limits, cap)
             async with send:
                 for start in range(0, len(texts), _COUNT_STEP):
                     if run.error is not None:
@@ -178,6 +192,8 @@ class RemoteProvider(EmbeddingProvider):
                         size = _wire_bytes(texts[index]) if sized else 0
                         if batch := packer.add(index, counts[index], size):
                             await send.send(batch)
+                            await learnt.wait()  # the first request's answer tells the limits
+                            packer.cap = self._request_cap()
                 if batch := packer.flush():
                     await send.send(batch)
 
@@ -197,14 +213,18 @@ class RemoteProvider(EmbeddingProvider):
                 piece = _Run(total=len(batch), done=len(batch), tokens=used, requests=1, estimated=reply.tokens is None)
                 kept = {n: truncated[i] for n, i in enumerate(batch) if i in truncated}
                 with anyio.CancelScope(shield=True):  # what was paid for is written down, even when cancelled
-                    await on_request(batch, self._result(reply.vectors, piece, kept))
+                    await on_request(batch, self._result(reply.vectors, piece, kept, input_type))
             check_usage(self.label, reply.tokens, estimated, len(batch))  # recorded as billed above; then stop
 
         async def work() -> None:
             async for batch in receive:  # one shared stream: each request is taken by one worker, in order
                 if run.error is not None:
                     return  # the call has failed: send nothing more
-                await self._send(texts, counts, batch, keep)
+                try:
+                    await self._send(texts, counts, batch, keep, input_type)
+                finally:
+                    self._answered = True
+                    learnt.set()
                 if progress is not None:
                     await progress(run.done, run.total)
 
@@ -224,8 +244,8 @@ class RemoteProvider(EmbeddingProvider):
         if vectors is None:
             vectors = np.empty((len(texts), self.dimensions), dtype=np.float32)
         if run.error is not None:
-            raise self._with_partial(run.error, vectors, run, truncated)
-        return self._result(vectors, run, truncated)
+            raise self._with_partial(run.error, vectors, run, truncated, input_type)
+        return self._result(vectors, run, truncated, input_type)
 
     async def estimate_tokens(self, texts: Sequence[str]) -> int:
         """Tokens `texts` will cost as the tokenizer counts them, over-long ones cut to the limit."""
@@ -234,7 +254,9 @@ class RemoteProvider(EmbeddingProvider):
         counts = await anyio.to_thread.run_sync(_count_all, tokenizer, list(texts))
         return sum(min(count, limit) for count in counts)
 
-    def _result(self, vectors: npt.NDArray[np.float32], run: _Run, truncated: dict[int, int]) -> EmbeddingResult:
+    def _result(
+        self, vectors: npt.NDArray[np.float32], run: _Run, truncated: dict[int, int], input_type: InputType
+    ) -> EmbeddingResult:
         return EmbeddingResult(
             vectors=vectors,
             provider=self.name,
@@ -247,10 +269,11 @@ class RemoteProvider(EmbeddingProvider):
             # At list price; the service prices it again with the configured prices.
             cost_usd=cost_usd(self.name, self.model, run.tokens),
             endpoint=self.endpoint,
+            qualifiers=self.space_qualifiers(input_type),
         )
 
     def _with_partial(
-        self, error: Exception, vectors: npt.NDArray[np.float32], run: _Run, truncated: dict[int, int]
+        self, error: Exception, vectors: npt.NDArray[np.float32], run: _Run, truncated: dict[int, int], kind: InputType
     ) -> Exception:
         """Attach to a provider failure the vectors of the requests that had succeeded before it.
 
@@ -263,7 +286,7 @@ class RemoteProvider(EmbeddingProvider):
         position = {index: n for n, index in enumerate(indexes)}
         # `truncated` of the partial result is keyed by position within `partial_indexes`.
         kept = {position[i]: dropped for i, dropped in truncated.items() if i in position}
-        error.partial = self._result(vectors[list(indexes)], run, kept)
+        error.partial = self._result(vectors[list(indexes)], run, kept, kind)
         error.partial_indexes = indexes
         return error
 
@@ -293,25 +316,12 @@ class RemoteProvider(EmbeddingProvider):
             cut = tokenizer.truncate(texts[index], limits.max_input_tokens)
             truncated[index] = suspects[index] - tokenizer.count(cut)
             texts[index] = cut
-        _reject_blank(texts, after="truncation")
+        reject_blank(texts, after="truncation")
         return truncated
 
     def _request_cap(self) -> int:
-        """Tokens per request: the endpoint's limit, and under a TPM limit a small share of it.
-
-        Many mid-sized requests beat a few huge ones under a TPM limit: the burst an idle bucket
-        allows is spread over several round trips, so the limiter learns how the API counts
-        before the bucket runs low; a request the API counts higher than estimated overshoots
-        by less; and the last request, which the whole call waits for, is short.
-        """
-        limits = self.options.limits
-        # Where the API has been counting more tokens than we do, leave it room for that.
-        scale = max(1.0, self.limiter.token_ratio)
-        cap = self.options.request_tokens or limits.max_request_tokens
-        if self.options.request_tokens is None:
-            tpm = self.limiter.tpm
-            cap = min(cap, int(tpm / _REQUESTS_PER_TPM) if tpm is not None else _UNPACED_REQUEST_TOKENS)
-        return max(limits.max_input_tokens, int(min(cap, limits.max_request_tokens) / scale))
+        """Tokens per request (see `batching.request_cap`), with the limits and token ratio known now."""
+        return request_cap(self.options.limits, self.options.request_tokens, self.limiter.tpm, self.limiter.token_ratio)
 
     # sending
 
@@ -321,6 +331,7 @@ class RemoteProvider(EmbeddingProvider):
         counts: list[int],
         batch: list[int],
         keep: Callable[[list[int], Reply, int], Awaitable[None]],
+        input_type: InputType,
     ) -> None:
         """One request for the texts at `batch`, with its retries; `keep(batch, reply, estimated)` takes the answer.
 
@@ -332,7 +343,8 @@ class RemoteProvider(EmbeddingProvider):
         try:
             async for attempt in retrying:
                 with attempt:
-                    reply = await self._attempt([texts[i] for i in batch], estimated)
+                    left = self.options.max_retry_seconds - (self._clock() - started)
+                    reply = await self._attempt([texts[i] for i in batch], estimated, input_type, within=left)
                 outcome = attempt.retry_state.outcome
                 if outcome is not None and not outcome.failed:  # else tenacity holds the error: next attempt
                     await keep(batch, reply, estimated)
@@ -342,25 +354,30 @@ class RemoteProvider(EmbeddingProvider):
             if failure is None:
                 raise
             if not failure.too_large or len(batch) < 2:
-                raise self._translate(exc, attempts=retrying.statistics.get("attempt_number", 1)) from exc
+                error = self._translate(exc, attempts=retrying.statistics.get("attempt_number", 1))
+                raise paused_if_long(error, failure, self.options.max_retry_seconds) from exc
             logger.info("%s found a request of %d texts too large; sending it in two halves", self.label, len(batch))
             self._lower_limit(len(batch))
         half = len(batch) // 2
-        await self._send(texts, counts, batch[:half], keep)
-        await self._send(texts, counts, batch[half:], keep)
+        await self._send(texts, counts, batch[:half], keep, input_type)
+        await self._send(texts, counts, batch[half:], keep, input_type)
 
-    async def _attempt(self, texts: list[str], estimated: int) -> Reply:
-        charged = await self.limiter.acquire(estimated)
+    async def _attempt(
+        self, texts: list[str], estimated: int, input_type: InputType, *, within: float | None = None
+    ) -> Reply:
+        # A pause or a queue longer than the request's retry budget is an outage, not a wait.
+        charged = await self.limiter.acquire(estimated, within=within)
         try:
             # The transport's timeout covers each network phase; this bounds the whole request.
             with anyio.fail_after(self.options.request_timeout), response_cap(self.answer_cap(len(texts))):
-                reply = await self._request(texts)
+                reply = await self._request(texts, input_type)
         except BaseException as exc:
             failure = self._classify(exc) if isinstance(exc, Exception) else None
             # A refused request counted no tokens; a timeout or dropped connection may have.
             self.limiter.settle(charged, estimated, 0 if failure is not None and failure.answered else None)
             if failure is not None:
                 self.limiter.update_from_headers(failure.headers)
+                RATE_LIMITED[self.name] += failure.rate_limited
                 if failure.rate_limited and failure.retry_after is not None:
                     self.limiter.pause(failure.retry_after)
             raise
@@ -377,13 +394,3 @@ def _count_all(tokenizer: Tokenizer, texts: list[str]) -> list[int]:
 
 def _wire_bytes(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass")) + _WIRE_OVERHEAD
-
-
-def _reject_blank(texts: list[str], *, after: str | None = None) -> None:
-    blank = blank_positions(texts)
-    if blank:
-        when = f" after {after}" if after else ""
-        raise InputError(
-            f"empty or whitespace-only text{when} at {positions(blank)}: "
-            "remove those items or give them content; nothing was sent."
-        )

@@ -40,6 +40,8 @@ class RemoteOptions:
     """Attempts per request, the first included."""
     refused_attempts: int = 2
     """Attempts per request while the endpoint refuses connections: nothing listens, so it is an outage."""
+    timeout_attempts: int = 6
+    """Attempts per request that time out (the provider says which failures are timeouts)."""
     max_retry_seconds: float = 120.0
     """Seconds a request may spend retrying before its failure is final."""
     backoff_initial: float = 0.5
@@ -49,8 +51,8 @@ class RemoteOptions:
     good, so that what they return (and cost) is kept; nothing new is sent meanwhile."""
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1 or self.max_attempts < 1 or self.refused_attempts < 1:
-            raise ConfigurationError("concurrency, max_attempts and refused_attempts must be at least 1.")
+        if min(self.concurrency, self.max_attempts, self.refused_attempts, self.timeout_attempts) < 1:
+            raise ConfigurationError("concurrency and the attempts per request must be at least 1.")
         if min(self.request_timeout, self.rate_window, self.backoff_initial, self.backoff_max) <= 0:
             raise ConfigurationError("timeouts, the rate window and backoff must be positive.")
         if self.finish_in_flight < 0:

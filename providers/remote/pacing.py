@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS pacer (
     probe_until REAL NOT NULL,
     estimated_sum REAL NOT NULL,
     used_sum REAL NOT NULL,
-    spread REAL NOT NULL
+    spread REAL NOT NULL,
+    pause_left REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS pacer_waiters (
     ticket INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -195,6 +196,10 @@ class SharedPacer(RateLimiter):
             try:
                 for statement in filter(None, (part.strip() for part in _SCHEMA.split(";"))):
                     db.execute(statement)
+                columns = {row[1] for row in db.execute("PRAGMA table_info(pacer)")}
+                if "pause_left" not in columns:  # a file of an older release: its pauses are not trusted
+                    db.execute("ALTER TABLE pacer ADD COLUMN pause_left REAL NOT NULL DEFAULT 0")
+                    db.execute("UPDATE pacer SET paused_until = 0")
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -245,14 +250,17 @@ class SharedPacer(RateLimiter):
         row = db.execute(
             "SELECT requests_limit, requests_measured_rate, requests_level,"
             " tokens_limit, tokens_measured_rate, tokens_level,"
-            " stamp, paused_until, probe_until, estimated_sum, used_sum, spread FROM pacer WHERE scope = ?",
+            " stamp, paused_until, probe_until, estimated_sum, used_sum, spread, pause_left FROM pacer WHERE scope = ?",
             (self._scope,),
         ).fetchone()
         now = self._clock()
         if row is not None:
             self._requests.load(row[0], row[1], row[2], row[6])
             self._tokens.load(row[3], row[4], row[5], row[6])
-            self._paused_until, self._probe_until = row[7], row[8]
+            # Another process's clock may run ahead: a pause lasts no longer on ours than the
+            # server asked for, and a probe no longer than its lease.
+            self._paused_until = min(row[7], now + max(0.0, row[12]))
+            self._probe_until = min(row[8], now + self.lease)
             self._estimated_sum, self._used_sum, self._spread = row[9], row[10], row[11]
         # Both buckets are saved with one stamp: bring both to now first.
         self._requests.refill(now)
@@ -266,7 +274,9 @@ class SharedPacer(RateLimiter):
 
     def _save(self, db: sqlite3.Connection) -> None:
         db.execute(
-            "INSERT OR REPLACE INTO pacer VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO pacer (scope, requests_limit, requests_measured_rate, requests_level,"
+            " tokens_limit, tokens_measured_rate, tokens_level, stamp, paused_until, probe_until,"
+            " estimated_sum, used_sum, spread, pause_left) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 self._scope,
                 *self._requests.state(),
@@ -277,6 +287,8 @@ class SharedPacer(RateLimiter):
                 self._estimated_sum,
                 self._used_sum,
                 self._spread,
+                # What is left of the pause, as this process measures it: a reader trusts no more.
+                max(0.0, self._paused_until - self._clock()),
             ),
         )
 

@@ -34,18 +34,23 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
+
+from providers.errors import RateLimitError
+from providers.remote.buckets import Bucket, WaitQueue
 
 __all__ = [
     "INTERACTIVE_TOKENS",
     "Clock",
+    "PausedError",
     "RateLimiter",
     "Sleep",
     "WaitQueue",
     "parse_duration",
     "parse_retry_after",
+    "paused_if_long",
 ]
 
 Clock = Callable[[], float]
@@ -60,11 +65,46 @@ _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs"
 _RATIO_DECAY = 0.7
 # Headroom, in spreads, kept over the charge of the requests the API has not yet counted.
 _HEADROOM_SPREADS = 2.0
+# Once the API's count is seen to stray at all, the spread the headroom assumes is at least this:
+# a few requests' spread underestimates the next one's, and other processes' requests in flight
+# stray too.
+_MIN_SPREAD = 0.05
 # Seconds a waiter whose turn has not come waits at least before it looks again.
 _MIN_POLL = 0.005
 INTERACTIVE_TOKENS = 4096
 """Estimated tokens up to which a request counts as interactive (an agent's few texts) and goes first."""
 _T = TypeVar("_T")
+# Seconds an outage's circuit stays open at most for a pause the server asked for: a probe after
+# that finds the pause still stored and costs nothing.
+_LONGEST_CIRCUIT = 3600.0
+
+
+class PausedError(RateLimitError):
+    """The server asked to pause every request for longer than a request may wait: an outage.
+
+    `resume_in` is how long until it takes requests again; the circuit breaker opens for that long.
+    """
+
+    def __init__(self, message: str, *, resume_in: float) -> None:
+        super().__init__(message)
+        self.resume_in = resume_in
+        self.open_circuit_s = min(resume_in, _LONGEST_CIRCUIT)
+
+
+def paused_if_long(error: Exception, failure: Any, budget: float) -> Exception:
+    """`error` as a `PausedError` when the server asked to pause for longer than a request's `budget`.
+
+    `failure` is the engine's `retry.Failure` of the last attempt (rate_limited, retry_after).
+    """
+    seconds = failure.retry_after
+    if not failure.rate_limited or seconds is None or seconds <= budget:
+        return error
+    resume = time.strftime("%H:%M:%S UTC", time.gmtime(time.time() + seconds))
+    return PausedError(
+        f"{error} The server asked to pause every request for {seconds:.0f} s, longer than a request may wait "
+        f"(MAX_RETRY_S, {budget:.0f} s): it takes requests again at about {resume}.",
+        resume_in=seconds,
+    )
 
 
 def parse_duration(value: str | None) -> float | None:
@@ -112,119 +152,6 @@ def _non_negative(raw: str | None) -> float | None:
     return value if math.isfinite(value) and value >= 0 else None
 
 
-class _Bucket:
-    """A token bucket; `capacity` None means no limit is known (nothing is held back)."""
-
-    def __init__(self, configured: float | None, window: float, now: float) -> None:
-        self.configured = configured
-        self.window = window
-        self.learned: float | None = None
-        """The limit the server last reported (None: not yet, or unlimited)."""
-        self.measured: float | None = None
-        """The server's refill rate as its `reset` header tells it (None: not measured)."""
-        self.capacity = configured
-        self.base_rate = configured / window if configured else 0.0
-        self.rate = self.base_rate
-        self.level = configured or 0.0
-        self.stamp = now
-
-    def state(self) -> tuple[float | None, float | None, float | None]:
-        """What other processes need to share this bucket: the learned limit, refill rate and level."""
-        return self.learned, self.measured, self.level if self.capacity is not None else None
-
-    def load(self, learned: float | None, measured: float | None, level: float | None, stamp: float) -> None:
-        """Take over a bucket `state()` saved at `stamp` (this process's configured limit still holds)."""
-        self.learned, self.measured = learned, measured
-        self._set_capacity()
-        cap = self.capacity
-        self.level = (cap if level is None else min(level, cap)) if cap is not None else 0.0
-        self.stamp = stamp
-
-    def _set_capacity(self) -> None:
-        known = [limit for limit in (self.configured, self.learned) if limit is not None]
-        self.capacity = min(known) if known else None
-        self.base_rate = self.capacity / self.window if self.capacity else 0.0
-        # The rate never rises above the configured one.
-        self.rate = min(self.measured, self.base_rate) if self.measured and self.capacity else self.base_rate
-
-    def refill(self, now: float) -> None:
-        if self.capacity is not None:
-            # A clock that went back (another machine, a reboot) refills nothing.
-            self.level = min(self.capacity, self.level + max(0.0, now - self.stamp) * self.rate)
-        self.stamp = now
-
-    def wait(self, amount: float, now: float) -> float:
-        """Seconds until `amount` (at most a full bucket) can be taken."""
-        self.refill(now)
-        if self.capacity is None:
-            return 0.0
-        missing = min(amount, self.capacity) - self.level
-        # Under a microsecond is rounding: a wall clock's seconds since 1970 cannot move by less.
-        return missing / self.rate if missing > 1e-6 * self.rate else 0.0
-
-    def take(self, amount: float) -> None:
-        # A request larger than the bucket goes when the bucket is full and leaves a debt.
-        if self.capacity is not None:
-            self.level -= amount
-
-    def give_back(self, amount: float, now: float) -> None:
-        self.refill(now)
-        if self.capacity is not None:
-            self.level = min(self.capacity, self.level + amount)
-
-    def observe(self, limit: float | None, remaining: float | None, reset: float | None, now: float) -> None:
-        """Fold in what the server reported about its own bucket."""
-        self.refill(now)
-        if limit is not None and limit > 0 and limit != self.learned:
-            was_unknown = self.capacity is None
-            self.learned = limit
-            self._set_capacity()
-            assert self.capacity is not None
-            self.level = self.capacity if was_unknown else min(self.level, self.capacity)
-        if self.capacity is None or remaining is None:
-            return
-        self.level = min(self.level, remaining)
-        # `reset` is when the server's bucket will be full again: that gives its refill rate.
-        # Only a sizeable gap measures it well.
-        gap = self.capacity - remaining
-        self.measured = gap / reset if reset is not None and reset > 0 and gap >= 0.05 * self.capacity else None
-        self._set_capacity()
-
-
-class WaitQueue:
-    """Who waits for the buckets, in turn: interactive requests (priority 0) before batch ones (1).
-
-    Each waiter holds a lease it renews while it waits; one that stops renewing (its process
-    died) drops out when the lease expires. This one lives in memory; `pacing` keeps one in SQLite.
-    """
-
-    def __init__(self) -> None:
-        self._waiters: dict[int, tuple[int, float, float]] = {}  # ticket → priority, charge, expires
-        self._last_ticket = 0
-
-    def expire(self, now: float, lease: float) -> None:
-        """Drop waiters whose lease ran out (or lies implausibly far ahead: a clock went back)."""
-        for ticket, (_, _, expires) in list(self._waiters.items()):
-            if not now <= expires <= now + lease:
-                del self._waiters[ticket]
-
-    def ahead(self, priority: int, ticket: int | None) -> list[float]:
-        """Charges of the waiters whose turn comes before this one's (a newcomer's: ticket None)."""
-        mine = (priority, math.inf if ticket is None else ticket)
-        return [charge for other, (rank, charge, _) in self._waiters.items() if (rank, other) < mine]
-
-    def hold(self, ticket: int | None, priority: int, charge: float, expires: float) -> int:
-        """Join the queue (ticket None) or renew the lease; returns the ticket."""
-        if ticket is None:
-            self._last_ticket += 1
-            ticket = self._last_ticket
-        self._waiters[ticket] = (priority, charge, expires)
-        return ticket
-
-    def leave(self, ticket: int) -> None:
-        self._waiters.pop(ticket, None)
-
-
 class RateLimiter:
     """Requests-per-minute and tokens-per-minute buckets shared by every request of a provider.
 
@@ -253,8 +180,8 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         now = clock()
-        self._requests = _Bucket(rpm, window, now)
-        self._tokens = _Bucket(tpm, window, now)
+        self._requests = Bucket(rpm, window, now)
+        self._tokens = Bucket(tpm, window, now)
         self._paused_until = now
         self._queue = WaitQueue()
         self._interactive_tokens = interactive_tokens
@@ -289,14 +216,20 @@ class RateLimiter:
         """Tokens `acquire(tokens)` would take from the token bucket right now."""
         return math.ceil(tokens * self.token_ratio)
 
-    async def acquire(self, tokens: int = 0, *, interactive: bool | None = None) -> int:
+    async def acquire(self, tokens: int = 0, *, interactive: bool | None = None, within: float | None = None) -> int:
         """Wait until one request and `tokens` estimated tokens fit; return the tokens charged.
 
         `interactive` None: a request of at most `interactive_tokens` is. Every charge must later
-        be `settle`d, whether the request succeeded or not.
+        be `settle`d, whether the request succeeded or not. `within`: seconds the request may
+        wait at most (its retry budget); a longer wait raises `RateLimitError` at once, and a
+        pause the server asked for that is longer raises `PausedError` (an outage), saying when
+        the server takes requests again.
         """
         priority = 0 if (tokens <= self._interactive_tokens if interactive is None else interactive) else 1
         async with self._lanes[priority]:
+            # The budget counts this request's own turn: the lane holds this process's other
+            # requests of its kind, each bounded alike.
+            started = self._clock()
             ticket: int | None = None
             try:
                 while True:
@@ -304,10 +237,30 @@ class RateLimiter:
                     if wait <= 0:
                         self._outstanding += charge
                         return charge
+                    if within is not None:
+                        self._check_budget(within - (self._clock() - started), wait)
                     await self._sleep(wait)
             finally:
                 if ticket is not None:  # cancelled while waiting: give the place up now
                     self._synced(partial(self._leave, ticket))
+
+    def _check_budget(self, left: float, wait: float) -> None:
+        """Raise rather than wait past a request's budget (`left` seconds) for a pause or the buckets."""
+        now = self._clock()
+        paused = self._paused_until - now
+        if paused > left:
+            resume = time.strftime("%H:%M:%S UTC", time.gmtime(time.time() + paused))
+            raise PausedError(
+                f"the server asked (429, Retry-After) to pause every request for {paused:.0f} s more, longer than "
+                f"a request may wait ({max(0.0, left):.0f} s of its retry budget, MAX_RETRY_S, left): it takes "
+                f"requests again at about {resume}.",
+                resume_in=paused,
+            )
+        if wait > left:
+            raise RateLimitError(
+                f"the rate limits leave this request no turn within its retry budget: it would wait {wait:.0f} s "
+                f"more, {max(0.0, left):.0f} s are left (MAX_RETRY_S). Retry later, or raise the budget."
+            )
 
     def _take_or_queue(self, tokens: int, priority: int, ticket: int | None) -> tuple[float, int | None, int]:
         """Take the request's share if it fits and its turn has come, else hold its place.
@@ -317,7 +270,8 @@ class RateLimiter:
         charge = self.charge_for(tokens)
         # When the estimate is not exact, keep headroom for how far the API's count of this
         # request and of those it has not yet answered may exceed their charge.
-        headroom = _HEADROOM_SPREADS * self._spread * (charge + self._outstanding)
+        spread = max(self._spread, _MIN_SPREAD) if self._spread > 0 else 0.0
+        headroom = _HEADROOM_SPREADS * spread * (charge + self._outstanding)
         now = self._clock()
         self._queue.expire(now, self.lease)
         ahead = self._queue.ahead(priority, ticket)

@@ -41,6 +41,8 @@ class Failure:
     """The request as a whole was too large: send it again in two halves."""
     refused: bool = False
     """Nothing listens at the endpoint: an outage after `refused_attempts`."""
+    timed_out: bool = False
+    """No answer in time: an outage after `timeout_attempts`."""
     retry_after: float | None = None
     """Seconds the server asked to wait."""
     rate_limited: bool = False
@@ -59,7 +61,8 @@ def retry_policy(
     """Retries of one request: what `classify` calls transient, within the attempts and time budget.
 
     The wait is what the server asked for, else exponential backoff with jitter. A refused
-    connection ends after `refused_attempts`: nothing listens there, and waiting will not change that.
+    connection ends after `refused_attempts`: nothing listens there, and waiting will not change that;
+    a request that timed out, after `timeout_attempts` (a hung server costs each caller the timeout).
     """
 
     def failure(state: RetryCallState) -> Failure | None:
@@ -82,6 +85,8 @@ def retry_policy(
             return True
         found = failure(state)
         if found is not None and found.refused and state.attempt_number >= options.refused_attempts:
+            return True
+        if found is not None and found.timed_out and state.attempt_number >= options.timeout_attempts:
             return True
         # Give up now rather than sleep past the time budget and fail anyway.
         return clock() - started + (state.upcoming_sleep or 0.0) > options.max_retry_seconds

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import anyio
 import anyio.to_thread
 
-from providers.base import EmbeddingProvider, EmbeddingResult, ProgressCallback
+from providers.base import EmbeddingProvider, EmbeddingResult, InputType, ProgressCallback
 from providers.cost import CostEstimate, CostReport
 from providers.errors import (
     ConfigurationError,
@@ -21,10 +21,11 @@ from providers.errors import (
 )
 from providers.fallback import OUTAGES, CircuitBreaker
 from providers.registry import ProviderFactory, provider_specs
+from providers.service.ranking import check_input_type, check_query, with_query, without_query
 from providers.service.results import DuplicateTexts, ProviderStatus, RankedTexts, SpendTotals, SwitchResult
 from providers.service.similarity import find_duplicate_groups, rank
 from providers.service.space_call import SpaceCall
-from providers.settings import InputLimits, Settings
+from providers.settings import Settings
 from providers.storage.cache import EmbeddingCache
 from providers.storage.ledger import CostLedger, _period_start
 from providers.text.validation import validate_texts
@@ -95,24 +96,29 @@ class EmbeddingService:
         self,
         texts: Sequence[str],
         *,
+        input_type: InputType = "document",
         provider: str | None = None,
         progress: ProgressCallback | None = None,
         check_capacity: Callable[[int, int], None] | None = None,
     ) -> EmbeddingResult:
-        """Validate, embed and account for `texts`; the result carries its cost.
+        """Validate, embed and account for `texts` as `input_type`; the result carries its cost.
 
-        Each distinct text is embedded once; texts already in the cache for this vector space are
-        not sent at all. `check_capacity(count, dimensions)` may refuse the call (by raising) after
-        the texts are validated and before any work is done, e.g. when the answer could not be
-        delivered.
+        Each distinct text is embedded once; texts already in the cache for this vector space (and
+        input type, where the provider tells them apart) are not sent at all.
+        `check_capacity(count, dimensions)` may refuse the call (by raising) after the texts are
+        validated and before any work is done, e.g. when the answer could not be delivered.
         """
+        check_input_type(input_type)
         valid = validate_texts(texts, self.settings.limits)
-        return await self._embed_valid(valid, provider=provider, progress=progress, check_capacity=check_capacity)
+        return await self._embed_valid(
+            valid, input_type=input_type, provider=provider, progress=progress, check_capacity=check_capacity
+        )
 
     async def _embed_valid(
         self,
         valid: list[str],
         *,
+        input_type: InputType = "document",
         provider: str | None,
         progress: ProgressCallback | None,
         check_capacity: Callable[[int, int], None] | None,
@@ -125,7 +131,7 @@ class EmbeddingService:
         fallbacks = self.settings.fallback.fallbacks_for(primary.name)
         if breaker.allows_request():
             try:
-                result = await self._space_call().embed(primary, valid, progress)
+                result = await self._space_call().embed(primary, valid, progress, input_type=input_type)
             except OUTAGES as exc:
                 breaker.record_failure(exc)
                 if not fallbacks:
@@ -135,9 +141,9 @@ class EmbeddingService:
                 if result.cached < result.count:  # the cache alone says nothing of the provider's health
                     breaker.record_success()
                 return result
-        elif (hits := await self._space_call().all_cached(primary, valid)) is not None:
+        elif (hits := await self._space_call().all_cached(primary, valid, input_type)) is not None:
             # The provider is down but has nothing to do: its own cached vectors answer, in its space.
-            return await self._space_call().embed(primary, valid, progress, hits=hits)
+            return await self._space_call().embed(primary, valid, progress, input_type=input_type, hits=hits)
         else:
             reason = (
                 f"{primary.name} is unavailable after repeated failures (last: {breaker.last_error}); "
@@ -145,7 +151,7 @@ class EmbeddingService:
             )
             if not fallbacks:
                 raise ProviderUnavailableError(f"{reason}. Retry later, or switch_provider to another provider.")
-        return await self._fall_back(primary, fallbacks, reason, valid, progress, check_capacity)
+        return await self._fall_back(primary, fallbacks, reason, valid, progress, check_capacity, input_type)
 
     async def _fall_back(
         self,
@@ -155,6 +161,7 @@ class EmbeddingService:
         texts: list[str],
         progress: ProgressCallback | None,
         check_capacity: Callable[[int, int], None] | None,
+        input_type: InputType,
     ) -> EmbeddingResult:
         """Answer the whole call from the first working fallback: one call, one vector space."""
         for name in fallbacks:
@@ -166,14 +173,15 @@ class EmbeddingService:
                 check_capacity(len(texts), other.dimensions)
             logger.warning("%s; answering from %s (%s)", reason, other.name, other.space)
             try:
-                result = await self._space_call().embed(other, texts, progress)
+                result = await self._space_call().embed(other, texts, progress, input_type=input_type)
             except OUTAGES as exc:
                 breaker.record_failure(exc)
                 reason = f"{reason}; {other.name} failed too: {exc}"
                 continue
             if result.cached < result.count:
                 breaker.record_success()
-            return dataclasses.replace(result, fallback_reason=reason, requested_space=primary.space)
+            requested = primary.space_for(input_type)
+            return dataclasses.replace(result, fallback_reason=reason, requested_space=requested)
         raise ProviderUnavailableError(f"{reason}. No fallback provider could answer; retry later.")
 
     def _breaker(self, provider: EmbeddingProvider) -> CircuitBreaker:
@@ -188,13 +196,13 @@ class EmbeddingService:
     def _space_call(self) -> SpaceCall:
         return SpaceCall(self.ledger, self.cache, self.settings)
 
-    async def generate(self, text: str) -> list[float]:
-        """Embed one text."""
-        return (await self.batch_generate([text]))[0]
+    async def generate(self, text: str, *, input_type: InputType = "document") -> list[float]:
+        """Embed one text (a search's text as `input_type="query"`)."""
+        return (await self.batch_generate([text], input_type=input_type))[0]
 
-    async def batch_generate(self, texts: Sequence[str]) -> list[list[float]]:
+    async def batch_generate(self, texts: Sequence[str], *, input_type: InputType = "document") -> list[list[float]]:
         """Embed texts; vectors come back in input order."""
-        result = await self.embed(texts)
+        result = await self.embed(texts, input_type=input_type)
         return result.vectors.tolist()  # type: ignore[no-any-return]
 
     async def estimate_cost(
@@ -252,6 +260,7 @@ class EmbeddingService:
                     circuit=breaker.state.value,
                     last_error=breaker.last_error,
                     retry_in_s=round(breaker.retry_in_s, 3),
+                    input_types=provider.input_types,
                 )
             )
         return statuses
@@ -308,16 +317,25 @@ class EmbeddingService:
     ) -> RankedTexts:
         """The `top_k` of `texts` most similar to `query` (cosine), best first.
 
-        The query and the candidates are embedded in one call, so they are always in one space,
-        fallback included; the cache and the ledger see that call as any other.
+        The candidates are embedded as documents and the query as a query, by the one provider
+        that answered the candidates (fallback included), so both sides come from one model.
         """
         limits = self.settings.limits
-        _check_query(query, limits)
+        check_query(query, limits)
         valid = validate_texts(texts, limits)
         if top_k < 1:
             raise InputError(f"top_k must be at least 1, got {top_k}.")
-        result = await self._embed_valid([query, *valid], provider=provider, progress=progress, check_capacity=None)
-        return RankedTexts(rank(result.vectors[0], result.vectors[1:], top_k), result)
+        if not self.get_provider(provider).input_types:
+            # One call, as a query and a document are the same to this provider (the fallback's query is redone).
+            both = await self._embed_valid([query, *valid], provider=provider, progress=progress, check_capacity=None)
+            if not self.get_provider(both.provider, both.model).input_types:
+                return RankedTexts(rank(both.vectors[0], both.vectors[1:], top_k), both)
+            documents = without_query(both)
+        else:
+            documents = await self._embed_valid(valid, provider=provider, progress=progress, check_capacity=None)
+        answering = self.get_provider(documents.provider, documents.model)
+        asked = await self._space_call().embed(answering, [query], None, input_type="query")
+        return RankedTexts(rank(asked.vectors[0], documents.vectors, top_k), with_query(documents, asked))
 
     async def find_duplicates(
         self,
@@ -355,13 +373,6 @@ class EmbeddingService:
                 "until the server is restarted with the key in its environment."
             )
         return None
-
-
-def _check_query(query: object, limits: InputLimits) -> None:
-    if not isinstance(query, str) or not query.strip():
-        raise InputError("query is empty or not a string: give the text to look for.")
-    if len(query) > limits.max_text_chars:
-        raise InputError(f"query is longer than {limits.max_text_chars:,} characters: shorten it.")
 
 
 def _never_backwards(progress: ProgressCallback | None) -> ProgressCallback | None:

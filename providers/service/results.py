@@ -36,6 +36,8 @@ class ProviderStatus:
     circuit: str
     last_error: str | None
     retry_in_s: float
+    input_types: bool | None = None
+    """Whether `input_type` changes its vectors (False: it ignores it); None when it cannot be built."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from providers.base import EmbeddingProvider, EmbeddingResult, ProgressCallback
+from providers.base import EmbeddingProvider, EmbeddingResult, InputType, ProgressCallback
 from providers.cost import CostEstimate, batch_cost_usd, cost_usd, price_per_million
 from providers.settings import Settings
 from providers.storage.billing import Keeper, Recorded
@@ -39,18 +39,29 @@ class SpaceCall:
         valid: list[str],
         progress: ProgressCallback | None,
         *,
+        input_type: InputType = "document",
         hits: dict[str, CachedVector] | None = None,
     ) -> EmbeddingResult:
         """Embed with one provider: each distinct text once, cached texts (`hits`, if already read) not at all."""
         unique = list(dict.fromkeys(valid))
         if hits is None:
             await chosen.resolve_space()
-            hits = await self._cached(chosen, unique)
+            hits = await self._cached(chosen, unique, input_type)
         missing = [text for text in unique if text not in hits]
 
         fresh, reservation, recorded = await self._fresh(
-            chosen, missing, progress, done_before=len(unique) - len(missing)
+            chosen, missing, progress, input_type, done_before=len(unique) - len(missing)
         )
+        if not missing:
+            # Wholly cached: no provider answered, so the space is the provider's, named in full
+            # (the endpoint too): a cached answer must name the space a fresh one would.
+            fresh = dataclasses.replace(
+                fresh,
+                provider=chosen.name,
+                model=chosen.model,
+                normalized=chosen.normalized,
+                endpoint=chosen.endpoint,
+            )
         by_text = {text: (hit.vector, hit.dropped_tokens) for text, hit in hits.items()}
         by_text.update((text, (fresh.vectors[i], fresh.truncated.get(i, 0))) for i, text in enumerate(missing))
         vectors = np.stack([by_text[text][0] for text in valid]).astype(np.float32, copy=False)
@@ -88,7 +99,13 @@ class SpaceCall:
         return result
 
     async def _fresh(
-        self, chosen: EmbeddingProvider, texts: list[str], progress: ProgressCallback | None, *, done_before: int
+        self,
+        chosen: EmbeddingProvider,
+        texts: list[str],
+        progress: ProgressCallback | None,
+        input_type: InputType,
+        *,
+        done_before: int,
     ) -> tuple[EmbeddingResult, Reservation, Recorded]:
         """Embed texts the cache did not have, within the budget; see `billing.Keeper.embed_fresh`."""
         estimate = await self.estimate(chosen, texts)
@@ -97,17 +114,23 @@ class SpaceCall:
             if progress is not None:
                 await progress(done_before + done, done_before + total)
 
-        return await Keeper(self.ledger, self.cache, self.settings).embed_fresh(chosen, texts, estimate, report)
+        keeper = Keeper(self.ledger, self.cache, self.settings)
+        return await keeper.embed_fresh(chosen, texts, estimate, report, input_type)
 
-    async def _cached(self, chosen: EmbeddingProvider, texts: list[str]) -> dict[str, CachedVector]:
+    async def _cached(
+        self, chosen: EmbeddingProvider, texts: list[str], input_type: InputType
+    ) -> dict[str, CachedVector]:
         if self.cache is None:
             return {}
-        return await anyio.to_thread.run_sync(self.cache.get_many, chosen.space, texts, chosen.dimensions)
+        space = chosen.space_for(input_type)  # each input type has its own cache entries
+        return await anyio.to_thread.run_sync(self.cache.get_many, space, texts, chosen.dimensions)
 
-    async def all_cached(self, chosen: EmbeddingProvider, texts: list[str]) -> dict[str, CachedVector] | None:
+    async def all_cached(
+        self, chosen: EmbeddingProvider, texts: list[str], input_type: InputType = "document"
+    ) -> dict[str, CachedVector] | None:
         """The cached vectors of `texts` when the cache has every one of them, else None."""
         unique = list(dict.fromkeys(texts))
-        hits = await self._cached(chosen, unique)
+        hits = await self._cached(chosen, unique, input_type)
         return hits if self.cache is not None and len(hits) == len(unique) else None
 
     async def estimate(self, provider: EmbeddingProvider, texts: list[str]) -> CostEstimate:

@@ -23,7 +23,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from providers.base import EmbeddingProvider, EmbeddingResult, ProgressCallback
+from providers.base import EmbeddingProvider, EmbeddingResult, InputType, ProgressCallback
 from providers.cost import CostEstimate, cost_usd
 from providers.errors import BudgetExceededError, ProviderError
 from providers.settings import Settings
@@ -80,7 +80,12 @@ class Keeper:
     settings: Settings
 
     async def embed_fresh(
-        self, chosen: EmbeddingProvider, texts: list[str], estimate: CostEstimate, progress: ProgressCallback
+        self,
+        chosen: EmbeddingProvider,
+        texts: list[str],
+        estimate: CostEstimate,
+        progress: ProgressCallback,
+        input_type: InputType = "document",
     ) -> tuple[EmbeddingResult, Reservation, Recorded]:
         """Embed `texts` within the budget; returns the priced result, its reservation (the caller
         settles it) and what the completed requests recorded already."""
@@ -98,43 +103,59 @@ class Keeper:
             await anyio.to_thread.run_sync(self.ledger.record_part, reservation, priced)
             recorded.add(priced)
             _billed(priced)
-            await self.cache_put(chosen, [texts[i] for i in indexes], piece)
+            await self.cache_put(chosen, [texts[i] for i in indexes], piece, input_type)
 
         try:
             if texts:
-                result = await chosen.embed_each(texts, progress=progress, on_request=keep)
+                result = await chosen.embed_each(texts, input_type=input_type, progress=progress, on_request=keep)
             else:
                 await progress(0, 0)
                 empty = np.empty((0, chosen.dimensions), dtype=np.float32)
-                result = EmbeddingResult(vectors=empty, provider=chosen.name, model=chosen.model, tokens=0, requests=0)
+                result = EmbeddingResult(
+                    vectors=empty,
+                    provider=chosen.name,
+                    model=chosen.model,
+                    tokens=0,
+                    requests=0,
+                    normalized=chosen.normalized,
+                    endpoint=chosen.endpoint,
+                    qualifiers=chosen.space_qualifiers(input_type),
+                )
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.ledger.release, reservation)
                 if isinstance(exc, ProviderError) and exc.partial is not None and not recorded.requests:
-                    await self.keep_partial(chosen, texts, exc)
+                    await self.keep_partial(chosen, texts, exc, input_type)
             raise
         if not recorded.requests and texts:
-            await self.cache_put(chosen, texts, result)
+            await self.cache_put(chosen, texts, result, input_type)
         # Cost comes from the usage the provider reported, never from our estimate.
-        return dataclasses.replace(self.priced(result), warning=reservation.warning), reservation, recorded
+        # A provider's own caveat (e.g. truncation unknown) and the budget's warning both reach the caller.
+        warning = "; ".join(w for w in (result.warning, reservation.warning) if w) or None
+        return dataclasses.replace(self.priced(result), warning=warning), reservation, recorded
 
     def priced(self, result: EmbeddingResult) -> EmbeddingResult:
         return dataclasses.replace(
             result, cost_usd=cost_usd(result.provider, result.model, result.tokens, self.settings)
         )
 
-    async def cache_put(self, chosen: EmbeddingProvider, texts: list[str], result: EmbeddingResult) -> None:
+    async def cache_put(
+        self, chosen: EmbeddingProvider, texts: list[str], result: EmbeddingResult, input_type: InputType
+    ) -> None:
         if self.cache is None or not texts:
             return
         dropped = [result.truncated.get(i, 0) for i in range(len(texts))]
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self.cache.put_many, chosen.space, texts, result.vectors, dropped)
+            space = chosen.space_for(input_type)  # a query vector is never served for a document
+            await anyio.to_thread.run_sync(self.cache.put_many, space, texts, result.vectors, dropped)
 
-    async def keep_partial(self, chosen: EmbeddingProvider, texts: list[str], error: ProviderError) -> None:
+    async def keep_partial(
+        self, chosen: EmbeddingProvider, texts: list[str], error: ProviderError, input_type: InputType
+    ) -> None:
         """Vectors paid for before a failure, from a provider that does not report each request: keep them."""
         partial = error.partial
         assert partial is not None
         priced = self.priced(partial)
         await anyio.to_thread.run_sync(self.ledger.record, priced)
         _billed(priced)
-        await self.cache_put(chosen, [texts[i] for i in error.partial_indexes], partial)
+        await self.cache_put(chosen, [texts[i] for i in error.partial_indexes], partial, input_type)

@@ -22,6 +22,7 @@ from pathlib import Path
 import filelock
 
 from providers.base import EmbeddingResult
+from providers.clients import NO_CLIENT, current_client
 from providers.cost import CostReport, Usage
 from providers.errors import BudgetExceededError, ConfigurationError
 from providers.settings import Budget
@@ -85,6 +86,11 @@ class CostLedger:
             calls = {row[1] for row in self._db.execute("PRAGMA table_info(calls)")}
             if "estimated_tokens" not in calls:  # a ledger from before servers without usage reports
                 self._db.execute("ALTER TABLE calls ADD COLUMN estimated_tokens INTEGER NOT NULL DEFAULT 0")
+            # The client (HTTP token name) of each call and reservation; NULL before clients were recorded.
+            if "client" not in calls:
+                self._db.execute("ALTER TABLE calls ADD COLUMN client TEXT")
+            if "client" not in columns:
+                self._db.execute("ALTER TABLE reservations ADD COLUMN client TEXT")
         self._owners = path.with_name(path.name + ".owners")
         self._owner = _LiveOwner(self._owners)
         self.release_dead_owners()
@@ -134,9 +140,19 @@ class CostLedger:
                     f"${budget.hard_usd:.6f}. Raise SIGNAL_HUB_BUDGET_HARD_USD, wait for the next {budget.period}, "
                     "or use the local provider (free)."
                 )
+            client = current_client()
+            if budget.hard_usd_per_client is not None and client is not None and usd > 0:
+                mine = self._spent(budget.period, client) + self._held(client)
+                if mine + usd > budget.hard_usd_per_client:
+                    raise BudgetExceededError(
+                        f"this call would cost about ${usd:.6f}, and client {client!r} has spent or reserved "
+                        f"${mine:.6f} this {budget.period}: that passes the per-client hard limit of "
+                        f"${budget.hard_usd_per_client:.6f}. Raise SIGNAL_HUB_BUDGET_HARD_USD_PER_CLIENT, wait for "
+                        f"the next {budget.period}, or use the local provider (free)."
+                    )
             self._db.execute(
-                "INSERT INTO reservations (id, at, usd, owner) VALUES (?, ?, ?, ?)",
-                (reservation_id, self._now(), usd, self._owner.id),
+                "INSERT INTO reservations (id, at, usd, owner, client) VALUES (?, ?, ?, ?, ?)",
+                (reservation_id, self._now(), usd, self._owner.id, client),
             )
         warning = None
         if budget.soft_usd is not None and projected > budget.soft_usd:
@@ -189,18 +205,20 @@ class CostLedger:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         with self._lock:
             rows = self._db.execute(
-                "SELECT provider, model, SUM(tokens), SUM(requests), SUM(embeddings), "
+                "SELECT provider, model, client, SUM(tokens), SUM(requests), SUM(embeddings), "
                 "SUM(COALESCE(usd, 0)), SUM(CASE WHEN usd IS NULL THEN tokens ELSE 0 END), "
-                f"SUM(cached), SUM(saved_usd), SUM(estimated_tokens) FROM calls {clause} GROUP BY provider, model",
+                f"SUM(cached), SUM(saved_usd), SUM(estimated_tokens) FROM calls {clause} "
+                "GROUP BY provider, model, client",
                 args,
             ).fetchall()
         report = CostReport(total_usd=0.0, total=Usage())
-        for provider, model, *sums in rows:
+        for provider, model, client, *sums in rows:
             usage = Usage(*sums)
             for bucket in (
                 report.total,
                 report.by_provider.setdefault(provider, Usage()),
                 report.by_model.setdefault(model, Usage()),
+                report.by_client.setdefault(client or NO_CLIENT, Usage()),
             ):
                 bucket.merge(usage)
         report.total_usd = report.total.usd
@@ -217,7 +235,7 @@ class CostLedger:
         tokens = min(result.tokens, _MAX_TOKENS)
         self._db.execute(
             "INSERT INTO calls (at, session, provider, model, tokens, requests, embeddings, usd, cached, saved_usd, "
-            "estimated_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "estimated_tokens, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 self._now(),
                 self.session,
@@ -230,21 +248,30 @@ class CostLedger:
                 cached,
                 saved_usd,
                 tokens if result.tokens_estimated else 0,
+                current_client(),
             ),
         )
 
-    def _spent(self, period: str) -> float:
+    def _spent(self, period: str, client: str | None = None) -> float:
+        """Spent in the period; with `client`, by that client only."""
+        mine = "" if client is None else " AND client = ?"
+        who = () if client is None else (client,)
         if period == "session":
-            row = self._db.execute("SELECT SUM(COALESCE(usd, 0)) FROM calls WHERE session = ?", (self.session,))
+            row = self._db.execute(
+                f"SELECT SUM(COALESCE(usd, 0)) FROM calls WHERE session = ?{mine}", (self.session, *who)
+            )
         else:
             row = self._db.execute(
-                "SELECT SUM(COALESCE(usd, 0)) FROM calls WHERE at >= ?", (_period_start(period, self._now()),)
+                f"SELECT SUM(COALESCE(usd, 0)) FROM calls WHERE at >= ?{mine}",
+                (_period_start(period, self._now()), *who),
             )
         return float(row.fetchone()[0] or 0.0)
 
-    def _held(self) -> float:
+    def _held(self, client: str | None = None) -> float:
+        mine = "" if client is None else " AND client = ?"
         row = self._db.execute(
-            "SELECT SUM(usd) FROM reservations WHERE owner IS NOT NULL OR at >= ?", (self._now() - _RESERVATION_TTL_S,)
+            f"SELECT SUM(usd) FROM reservations WHERE (owner IS NOT NULL OR at >= ?){mine}",
+            (self._now() - _RESERVATION_TTL_S, *(() if client is None else (client,))),
         )
         return float(row.fetchone()[0] or 0.0)
 

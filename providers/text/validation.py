@@ -10,7 +10,7 @@ from providers.errors import InputError
 if TYPE_CHECKING:  # settings import batching, which names positions with this module
     from providers.settings import InputLimits
 
-__all__ = ["blank_positions", "positions", "validate_texts"]
+__all__ = ["blank_positions", "positions", "reject_blank", "validate_texts"]
 
 _MAX_POSITIONS_NAMED = 10
 
@@ -65,3 +65,14 @@ def positions(indexes: Sequence[int]) -> str:
 def _more(indexes: list[int]) -> str:
     hidden = len(indexes) - _MAX_POSITIONS_NAMED
     return f" and {hidden} more" if hidden > 0 else ""
+
+
+def reject_blank(texts: Sequence[str], *, after: str | None = None) -> None:
+    """Refuse empty or whitespace-only texts (`after` a step that made them so), naming their positions."""
+    blank = blank_positions(texts)
+    if blank:
+        when = f" after {after}" if after else ""
+        raise InputError(
+            f"empty or whitespace-only text{when} at {positions(blank)}: "
+            "remove those items or give them content; nothing was sent."
+        )

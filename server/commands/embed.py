@@ -43,18 +43,18 @@ from typing import Any
 
 import anyio
 
-from providers import ConfigurationError, EmbeddingError, EmbeddingService, InputError, Settings
+from providers import INPUT_TYPES, ConfigurationError, EmbeddingError, EmbeddingService, InputError, InputType, Settings
 from providers.batch_api.job_engine import BatchesRunning
 from providers.jobs.engine import EngineJob, JobEngine
 from providers.jobs.files import FORMATS, Chunk, DuplicateIds, Source, find_sources, read_chunks
-from providers.jobs.outputs import check_output_target
+from providers.jobs.outputs import check_cli_output
 from providers.jobs.pipeline import Tally
 from providers.jobs.writers import JsonlWriter, NpyWriter, VectorWriter, ids_path
 from providers.registry import provider_names
 from providers.settings import InputLimits
 from server.commands.cache import format_bytes, run_cache
 from server.commands.engines import EngineOptions, add_engine_arguments, default_provider, engine_options, open_engine
-from server.commands.progress import cost_text, format_seconds, format_usd, progress_bar, summary
+from server.commands.progress import cost_text, format_seconds, format_usd, progress_bar, say, showing_notices, summary
 from server.commands.ray_shards import (
     add_shard_arguments,
     is_directory_output,
@@ -106,6 +106,7 @@ class EmbedJob:
     provider: str | None = None
     model: str | None = None
     encoding: Encoding = "float"
+    input_type: InputType = "document"
     engines: EngineOptions = dataclasses.field(default_factory=EngineOptions)
 
     @property
@@ -140,6 +141,9 @@ def add_commands(subparsers: Any) -> None:
         help="embed chunks from files or stdin into JSONL or .npy",
         description="Embed chunks and write their vectors. Progress and the summary go to stderr; stdout "
         "carries vectors only with --output -. Run again after a kill, it sends only chunks not yet cached.",
+        epilog=f"exit codes: {EXIT_OK} done, {EXIT_FAILED} the provider, the budget or writing failed, "
+        f"{EXIT_USAGE} bad usage or bad input (named by file and line), {EXIT_PENDING} batches still running "
+        f"(--no-wait), {EXIT_INTERRUPTED} interrupted.",
     )
     embed.add_argument(
         "inputs",
@@ -168,26 +172,32 @@ def add_commands(subparsers: Any) -> None:
     embed.add_argument("--provider", choices=provider_names(), help="default: SIGNAL_HUB_PROVIDER")
     embed.add_argument("--model", help="the provider's model (default: as configured)")
     embed.add_argument(
+        "--input-type", choices=INPUT_TYPES, default="document", help="document (default), or query: search texts"
+    )
+    embed.add_argument(
         "--window", type=int, default=DEFAULT_WINDOW, help=f"texts per call and cache commit (default {DEFAULT_WINDOW})"
     )
     add_engine_arguments(embed)
     add_shard_arguments(embed)
     embed.add_argument("--skip-invalid", action="store_true", help="skip bad records (counted as failed), not stop")
     embed.add_argument("--no-cache", action="store_true", help="neither read nor fill the cache (no resuming)")
-    embed.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an earlier run's output (never a file embed did not write)",
-    )
+    embed.add_argument("--overwrite", action="store_true", help="replace an earlier run's output (never other files)")
     embed.add_argument("--no-progress", action="store_true", help="no progress bar; the summary is still printed")
     embed.set_defaults(run=run_embed)
 
-    cache = subparsers.add_parser("cache", help="inspect or prune the embedding cache")
+    cache = subparsers.add_parser(
+        "cache",
+        help="inspect or prune the embedding cache",
+        description="The vector cache (cache.sqlite3 under the data directory), shared by the server and embed.",
+    )
     actions = cache.add_subparsers(dest="cache_command", metavar="{stats,prune}", required=True)
-    actions.add_parser("stats", help="entries, bytes and entries per vector space").add_argument(
+    stats_help = "entries, bytes and entries per vector space"
+    actions.add_parser("stats", help=stats_help, description=stats_help.capitalize() + ".").add_argument(
         "--json", action="store_true", help="print JSON"
     )
-    prune = actions.add_parser("prune", help="delete cached vectors")
+    prune = actions.add_parser(
+        "prune", help="delete cached vectors", description="Delete cached vectors: by space, by age, or all."
+    )
     prune.add_argument("--space", help="only vectors of this space (see `cache stats`)")
     prune.add_argument("--older-than-days", type=float, metavar="N", help="only vectors stored over N days ago")
     prune.add_argument("--all", action="store_true", help="every cached vector")
@@ -220,11 +230,12 @@ def run_embed(args: argparse.Namespace, settings: Settings) -> int:
     run = _Run()
     try:
         try:
-            job = _job_from(args, settings)
+            job = _job_from(args, settings.limits, settings.resolved_data_dir)
             run.total = _preflight(job, settings.limits)
         except EmbeddingError as exc:
             return _fail(f"error: {exc}", run, started, EXIT_USAGE)
-        return _embed_and_report(job, settings, run, started, no_cache=args.no_cache)
+        with showing_notices():
+            return _embed_and_report(job, settings, run, started, no_cache=args.no_cache)
     finally:
         run.duplicates.close()
 
@@ -276,8 +287,7 @@ def _report(run: _Run, started: float) -> None:
         _say(f"warning: {run.duplicates.describe()}; give each chunk its own id.")
 
 
-def _job_from(args: argparse.Namespace, settings: Settings) -> EmbedJob:
-    limits = settings.limits
+def _job_from(args: argparse.Namespace, limits: InputLimits, data_dir: Path) -> EmbedJob:
     if not 1 <= args.window <= limits.max_texts:
         raise InputError(f"--window must be between 1 and {limits.max_texts}, not {args.window}.")
     engines = engine_options(args)
@@ -292,19 +302,7 @@ def _job_from(args: argparse.Namespace, settings: Settings) -> EmbedJob:
             raise InputError(f"--output {output} is a directory; name a file, e.g. {output / 'vectors.jsonl'}.")
         if not output.parent.is_dir():
             raise InputError(f"--output {output}: the directory {output.parent} does not exist.")
-        inputs = [Path(raw).resolve() for raw in args.inputs if raw != "-"]
-        if output.resolve() in inputs:
-            raise InputError(f"--output {output} is also an input; write the vectors elsewhere.")
-        out_format = "npy" if output.suffix.lower() == ".npy" else "jsonl"
-        check_output_target(
-            output.resolve(),
-            out_format,
-            inputs=inputs,
-            data_dir=settings.resolved_data_dir,
-            overwrite=args.overwrite,
-            shown=f"--output {output}",
-            flag="--overwrite",
-        )
+        check_cli_output(output, args.inputs, data_dir, overwrite=args.overwrite)
     return EmbedJob(
         inputs=tuple(args.inputs),
         output=output,
@@ -316,6 +314,7 @@ def _job_from(args: argparse.Namespace, settings: Settings) -> EmbedJob:
         provider=args.provider,
         model=args.model,
         encoding=args.encoding,
+        input_type=args.input_type,
         engines=engines,
     )
 
@@ -361,14 +360,16 @@ async def _embed_with(
     engine: JobEngine, service: EmbeddingService, job: EmbedJob, settings: Settings, run: _Run
 ) -> str:
     provider = engine.provider(service.provider.name)
+    await provider.resolve_space()  # the file's space must be final (a compatible server's length) before it opens
+    space = provider.space_for(job.input_type)
     writer: VectorWriter = (
         NpyWriter(job.output, provider.dimensions)
         if job.npy and job.output is not None
-        else JsonlWriter(job.output, provider.space, job.encoding)
+        else JsonlWriter(job.output, space, job.encoding)
     )
     tally = run.tally
-    job_id = "embed" if job.engines.engine == "in-process" else job.fingerprint(provider.space)
-    engine_job = EngineJob(job_id, provider.name, provider.space, window=job.window)
+    job_id = "embed" if job.engines.engine == "in-process" else job.fingerprint(space)
+    engine_job = EngineJob(job_id, provider.name, space, window=job.window, input_type=job.input_type)
     with progress_bar(run.total, enabled=job.progress) as bar:
 
         def show(done: int) -> None:
@@ -383,7 +384,7 @@ async def _embed_with(
             raise
         finally:
             show(tally.written)
-    return provider.space
+    return space
 
 
 def _fail(message: str, run: _Run, started: float, code: int, *, resumable: bool = False) -> int:
@@ -396,4 +397,4 @@ def _fail(message: str, run: _Run, started: float, code: int, *, resumable: bool
 
 
 def _say(message: str, *, prefix: str = f"{PROG}: ") -> None:
-    print(f"{prefix}{message}", file=sys.stderr, flush=True)
+    say(message, prefix=prefix)

@@ -1,20 +1,59 @@
-"""The `embed` command's progress bar and summary on stderr."""
+"""The `embed` command's progress bar, its other lines and its summary on stderr."""
 
 from __future__ import annotations
 
+import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from tqdm import tqdm
 
 from providers.jobs.pipeline import Tally
+from server.wording import count
+from server.wording import format_usd as _usd
 
-__all__ = ["cost_text", "format_seconds", "format_usd", "progress_bar", "summary"]
+__all__ = ["cost_text", "format_seconds", "format_usd", "progress_bar", "say", "showing_notices", "summary"]
+
+PROG = "signal-hub-embeddings"
+NOTICES = ("providers.local_model.onnx_export",)
+"""Loggers whose INFO lines a person at the terminal should see: the first ONNX export takes ~20 s."""
+
+
+def say(message: str, *, prefix: str = f"{PROG}: ") -> None:
+    """A line on stderr, above the progress bar rather than onto its line."""
+    tqdm.write(f"{prefix}{message}", file=sys.stderr)
+
+
+class _Notice(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        say(record.getMessage())
+
+
+@contextmanager
+def showing_notices(names: tuple[str, ...] = NOTICES) -> Iterator[None]:
+    """While the block runs, the core's INFO lines from `names` are said (not logged with a level)."""
+    handler = _Notice(logging.INFO)
+    saved = []
+    for name in names:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level, logger.propagate))
+        logger.setLevel(logging.INFO)
+        logger.propagate = False  # said once, not also by the root handler
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for logger, level, propagate in saved:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
 
 
 def summary(tally: Tally, seconds: float) -> str:
     return (
         f"embedded {tally.embedded:,}, cached {tally.cached:,}, failed {tally.failed:,}; "
-        f"{tally.tokens:,} tokens, {cost_text(tally)}; {format_seconds(seconds)}"
+        f"{count(tally.tokens, 'token')}, {cost_text(tally)}; {format_seconds(seconds)}"
     )
 
 
@@ -46,4 +85,4 @@ def format_seconds(seconds: float) -> str:
 
 
 def format_usd(usd: float) -> str:
-    return "$0.00" if usd == 0 else f"${usd:,.4f}" if usd >= 0.01 else f"${usd:.6f}"
+    return _usd(usd, places=4 if usd >= 0.01 else 6)

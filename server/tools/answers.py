@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from providers import EmbeddingResult
 from server.tools.encoding import Encoding
+from server.wording import count, format_usd
 
 __all__ = ["answer", "call_meta", "dump", "embedding_meta", "summary"]
 
@@ -44,20 +45,21 @@ def call_meta(result: EmbeddingResult) -> dict[str, Any]:
 
 
 def summary(result: EmbeddingResult, what: str) -> str:
-    cost = "price unknown" if result.cost_usd is None else f"${result.cost_usd:.6f}"
+    cost = "price unknown" if result.cost_usd is None else format_usd(result.cost_usd)
     text = (
         f"Embedded {what} with {result.provider}/{result.model}: {result.dimensions} dimensions, "
-        f"{result.tokens} tokens, {cost}."
+        f"{count(result.tokens, 'token')}, {cost}."
     )
     if result.cached:
-        text += f" {result.cached} from the cache."
+        text += f" {result.cached:,} from the cache."
     if result.fallback:
         text += (
             f" FALLBACK: {result.fallback_reason}; these vectors are in space {result.space},"
             f" not {result.requested_space}."
         )
     if result.truncated:
-        text += f" {len(result.truncated)} text(s) were longer than the model's window and were truncated."
+        cut = len(result.truncated)
+        text += f" {count(cut, 'text')} {'was' if cut == 1 else 'were'} longer than the model's window and truncated."
     if result.warning:
         text += f" Warning: {result.warning}"
     return text

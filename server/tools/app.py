@@ -8,7 +8,6 @@ are registered.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -16,17 +15,18 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio
 import anyio.to_thread
-from mcp import MCPDeprecationWarning
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import CallToolResult
 from pydantic import Field
 
 from providers import EmbeddingResult, EmbeddingService, Settings
-from providers.base import ProgressCallback
+from providers.base import InputType, ProgressCallback
 from providers.registry import provider_names
 from providers.service.similarity import preview
+from providers.settings import VectorsMode
 from server.tools.answers import answer, call_meta, dump, embedding_meta, summary
 from server.tools.budget import fit_items
+from server.tools.client_log import send_log
 from server.tools.encoding import Encoding, check_message_size, encode_vectors
 from server.tools.jobs import register_job_tools, run_jobs
 from server.tools.models import (
@@ -46,8 +46,9 @@ from server.tools.models import (
     UsageOut,
 )
 from server.tools.registration import AgentServer, add_tool
+from server.wording import count, format_usd
 
-__all__ = ["build_server"]
+__all__ = ["build_server", "instructions"]
 
 # The registry's provider names: the tool schema lists them (mypy sees a plain str).
 if TYPE_CHECKING:
@@ -55,12 +56,25 @@ if TYPE_CHECKING:
 else:
     ProviderName = Literal[provider_names()]
 
-INSTRUCTIONS = """\
-Text embeddings for semantic code search. To compare texts use rank_texts (which snippets match a
-query) or find_duplicates (near-copies); embed_text and embed_batch return raw vectors for
-programs. Never mix vectors of two `space` ids: `fallback: true` means another provider answered.
-estimate_cost prices a job first; get_cost reports the spend. For a whole repository, start_embedding_job
-runs in the background: poll job_status."""
+_INSTRUCTIONS = """\
+Embeddings for semantic code search. Pick the tool by need:
+- which snippets match a query: rank_texts (ranked indexes and scores)
+- near-copies among texts: find_duplicates
+- index a file or directory: start_embedding_job, then poll job_status
+- price a job before running it: estimate_cost; money spent: get_cost
+{vectors}
+Never mix vectors of two `space` ids: `fallback: true` means another provider answered."""
+_VECTORS = {
+    "inline": "- vectors for a program to store: embed_text, embed_batch (they return the vectors)",
+    "on_request": "- vectors for a program to store: embed_text, embed_batch with include_vectors: true; "
+    "without it they answer count, space, tokens and cost but no vectors",
+}
+
+
+def instructions(vectors: VectorsMode) -> str:
+    """What `initialize` tells the model first (often all it sees before it picks a tool): true under `vectors`."""
+    return _INSTRUCTIONS.format(vectors=_VECTORS[vectors])
+
 
 ServiceFactory = Callable[[Settings], EmbeddingService]
 
@@ -69,6 +83,9 @@ IncludeVectors = Annotated[
     bool | None, Field(description="Return vectors (default: SIGNAL_HUB_VECTORS); ~2,800 tokens each as floats.")
 ]
 EncodingArg = Annotated[Encoding, Field(description="'base64' (float32) takes half the tokens of 'float'.")]
+InputTypeArg = Annotated[
+    InputType, Field(description="'query' for what a search looks for; 'document': what is searched.")
+]
 
 
 def build_server(settings: Settings, service_factory: ServiceFactory | None = None) -> MCPServer[EmbeddingService]:
@@ -86,7 +103,7 @@ def build_server(settings: Settings, service_factory: ServiceFactory | None = No
 
     mcp: MCPServer[EmbeddingService] = AgentServer(
         "signal-hub-embeddings",
-        instructions=INSTRUCTIONS,
+        instructions=instructions(settings.vectors),
         lifespan=lifespan,
         log_level="WARNING",
         secrets=lambda: (settings.openai_api_key,),
@@ -125,7 +142,7 @@ async def rank_texts(
 
     structured = await anyio.to_thread.run_sync(fit_items, build, len(shown))
     best = f"; best #{shown[0].index} ({shown[0].score})" if shown else ""
-    return answer(structured, f"Ranked {len(texts)} texts{best}.")
+    return answer(structured, f"Ranked {count(len(texts), 'text')}{best}.")
 
 
 async def find_duplicates(
@@ -155,7 +172,7 @@ async def find_duplicates(
             left -= len(group.indexes)
         notes = []
         if len(shown) < len(groups):
-            notes.append(f"and {len(groups) - len(shown)} more groups: raise threshold or pass fewer texts.")
+            notes.append(f"and {count(len(groups) - len(shown), 'more group')}: raise threshold or pass fewer texts.")
         if shown and len(shown[-1].indexes) < shown[-1].size:
             notes.append(f"the group of {shown[-1].size} shows {len(shown[-1].indexes)} of its indexes.")
         more = " ".join(notes) or None
@@ -170,7 +187,8 @@ async def find_duplicates(
         return dump(out, lean=True)
 
     structured = await anyio.to_thread.run_sync(fit_items, build, sum(sizes))
-    return answer(structured, f"{len(groups)} groups of near-duplicates among {len(texts)} texts.")
+    said = f"{count(len(groups), 'group')} of near-duplicates among {count(len(texts), 'text')}."
+    return answer(structured, said)
 
 
 async def embed_text(
@@ -179,11 +197,12 @@ async def embed_text(
     provider: ProviderArg = None,
     encoding: EncodingArg = "float",
     include_vectors: IncludeVectors = None,
+    input_type: InputTypeArg = "document",
 ) -> Annotated[CallToolResult, EmbedTextResult]:
     """Embed one text into a vector, for programs that store vectors.
     To compare texts use rank_texts or find_duplicates instead."""
     with_vectors = _with_vectors(ctx, include_vectors)
-    result = await _embed(ctx, [text], provider, encoding if with_vectors else None)
+    result = await _embed(ctx, [text], provider, encoding if with_vectors else None, input_type=input_type)
     dropped = result.truncated.get(0, 0)
     out = EmbedTextResult(
         embedding=encode_vectors(result.vectors, encoding)[0] if with_vectors else None,
@@ -201,13 +220,14 @@ async def embed_batch(
     provider: ProviderArg = None,
     encoding: EncodingArg = "float",
     include_vectors: IncludeVectors = None,
+    input_type: InputTypeArg = "document",
 ) -> Annotated[CallToolResult, EmbedBatchResult]:
     """Embed many texts into vectors, for programs that index them (progress is reported).
     Without vectors it warms the cache and prices the job; to compare texts use rank_texts."""
     with_vectors = _with_vectors(ctx, include_vectors)
-    result = await _embed(ctx, texts, provider, encoding if with_vectors else None, _progress(ctx))
+    result = await _embed(ctx, texts, provider, encoding if with_vectors else None, _progress(ctx), input_type)
     truncated = [TruncatedText(index=i, dropped_tokens=n) for i, n in sorted(result.truncated.items())]
-    said = summary(result, f"{result.count} texts")
+    said = summary(result, count(result.count, "text"))
     if with_vectors:  # programs read every field: nothing is cut
         out = EmbedBatchResult(
             embeddings=encode_vectors(result.vectors, encoding),
@@ -275,6 +295,7 @@ async def list_providers(ctx: Context) -> CallToolResult:
                 dimensions=st.dimensions,
                 space=st.space,
                 active=st.active,
+                input_types=st.input_types,
                 circuit=st.circuit,  # type: ignore[arg-type]
                 last_error=st.last_error,
                 retry_in_s=st.retry_in_s,
@@ -314,14 +335,16 @@ async def get_cost(
         **vars(report.total),
         by_provider={name: UsageOut(**vars(u)) for name, u in report.by_provider.items()},
         by_model={name: UsageOut(**vars(u)) for name, u in report.by_model.items()},
+        by_client={name: UsageOut(**vars(u)) for name, u in report.by_client.items()},
     )
     parts = [
-        f"{name}: {u.embeddings} embeddings, {u.tokens} tokens, ${u.usd:.6f}" for name, u in report.by_provider.items()
+        f"{name}: {count(u.embeddings, 'embedding')}, {count(u.tokens, 'token')}, {format_usd(u.usd)}"
+        for name, u in report.by_provider.items()
     ]
-    text = f"Total ${report.total_usd:.6f}" + (" (" + "; ".join(parts) + ")" if parts else "")
+    text = f"Total {format_usd(report.total_usd)}" + (" (" + "; ".join(parts) + ")" if parts else "")
     text += (
-        f". Session ${totals.session_usd:.6f}, this {totals.period} ${totals.period_usd:.6f}, "
-        f"all time ${totals.all_time_usd:.6f}."
+        f". Session {format_usd(totals.session_usd)}, this {totals.period} {format_usd(totals.period_usd)}, "
+        f"all time {format_usd(totals.all_time_usd)}."
     )
     return answer(dump(out), text)
 
@@ -335,11 +358,11 @@ async def estimate_cost(
     """Price a job without running it (tokens, USD): nothing is sent or spent.
     For money already spent use get_cost."""
     estimate = await _service(ctx).estimate_cost(texts, provider, model)
-    usd = "price unknown" if estimate.usd is None else f"${estimate.usd:.6f}"
-    batch = "" if estimate.batch_usd is None else f" (${estimate.batch_usd:.6f} through the Batch API)"
+    usd = "price unknown" if estimate.usd is None else format_usd(estimate.usd)
+    batch = "" if estimate.batch_usd is None else f" ({format_usd(estimate.batch_usd)} through the Batch API)"
+    said = f"{count(estimate.texts, 'text')} ≈ {count(estimate.tokens, 'token')} ≈ {usd}{batch}"
     return answer(
-        dump(CostEstimateResult(**vars(estimate)), lean=True),
-        f"{estimate.texts} texts ≈ {estimate.tokens} tokens ≈ {usd}{batch} with {estimate.provider}/{estimate.model}.",
+        dump(CostEstimateResult(**vars(estimate)), lean=True), f"{said} with {estimate.provider}/{estimate.model}."
     )
 
 
@@ -366,18 +389,18 @@ async def _embed(
     provider: str | None,
     encoding: Encoding | None,
     progress: ProgressCallback | None = None,
+    input_type: InputType = "document",
 ) -> EmbeddingResult:
     """Embed `texts`; with an `encoding`, first check the vectors' answer can be delivered."""
     check = None if encoding is None else (lambda count, dimensions: check_message_size(count, dimensions, encoding))
-    result = await _service(ctx).embed(texts, provider=provider, progress=progress, check_capacity=check)
+    service = _service(ctx)
+    result = await service.embed(
+        texts, input_type=input_type, provider=provider, progress=progress, check_capacity=check
+    )
     await _warn(ctx, result)
     return result
 
 
 async def _warn(ctx: Context, result: EmbeddingResult) -> None:
     if result.warning:
-        # Log notifications are deprecated from protocol 2026-07-28 on, but hosts on the
-        # handshake-era protocol (and clients that opt in) still show them to the user.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", MCPDeprecationWarning)
-            await ctx.warning(result.warning, logger_name="signal-hub-embeddings.budget")
+        await send_log(ctx, "warning", result.warning, logger_name="signal-hub-embeddings.budget")

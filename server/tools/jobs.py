@@ -31,8 +31,17 @@ from providers.jobs.runner import JobRunner, estimate_usd
 from providers.jobs.store import JobRecord, JobStatus
 from server.tools.budget import fit_items
 from server.tools.registration import add_tool
+from server.wording import count, format_usd
 
-__all__ = ["JobListResult", "JobStarted", "JobStatusResult", "checkpoint_jobs", "register_job_tools", "run_jobs"]
+__all__ = [
+    "JobListResult",
+    "JobStarted",
+    "JobStatusResult",
+    "checkpoint_jobs",
+    "register_job_tools",
+    "run_jobs",
+    "runner_of",
+]
 
 _RUNNERS: weakref.WeakKeyDictionary[EmbeddingService, JobRunner] = weakref.WeakKeyDictionary()
 _ROOTS_TIMEOUT_S = 2.0
@@ -55,6 +64,11 @@ async def checkpoint_jobs(service: EmbeddingService, within_s: float = 2.0) -> N
     runner = _RUNNERS.get(service)
     if runner is not None:
         await runner.checkpoint_all(within_s)
+
+
+def runner_of(service: EmbeddingService) -> JobRunner | None:
+    """The job runner serving beside `service`, while the server runs (for the HTTP server's metrics)."""
+    return _RUNNERS.get(service)
 
 
 class JobStatusResult(BaseModel):
@@ -132,7 +146,8 @@ def _batches(runner: JobRunner, job: JobRecord) -> dict[str, Any] | None:
 
 
 def _line(job: JobStatusResult) -> str:
-    text = f"Job {job.job_id}: {job.status}, {job.done}/{job.total} chunks ({job.cached} cached), ${job.usd:.6f}"
+    text = f"Job {job.job_id}: {job.status}, {job.done:,}/{count(job.total, 'chunk')} ({job.cached:,} cached), "
+    text += format_usd(job.usd)
     if job.eta_s is not None:
         text += f", about {job.eta_s:.0f} s left"
     if job.batches is not None:
@@ -201,6 +216,7 @@ async def start_embedding_job(
         Literal["in-process", "batch-api", "ray"], Field(description="batch-api: OpenAI, half price, <=24 h")
     ] = "in-process",
     overwrite: Annotated[bool, Field(description="Replace an earlier job's output there (never other files)")] = False,
+    input_type: Literal["document", "query"] = "document",
 ) -> CallToolResult:
     """Embed a file or directory into a file in the background, for more than a call can carry.
     Answers at once with job_id and estimated tokens/USD; poll job_status."""
@@ -208,17 +224,25 @@ async def start_embedding_job(
     roots = await _roots(ctx, runner)
     started = await _call(
         lambda: runner.start(
-            input, output, provider=provider, format=format, roots=roots, engine=engine, overwrite=overwrite
+            input,
+            output,
+            provider=provider,
+            format=format,
+            roots=roots,
+            engine=engine,
+            overwrite=overwrite,
+            input_type=input_type,
         )
     )
     job = started.job
     fields: dict[str, Any] = {"output": job.output, "space": job.space, "estimated_usd": job.estimated_usd}
     fields |= _prices(runner, job)
     out = JobStarted(**vars(_status(job)), estimated_tokens=job.estimated_tokens, **fields)
-    usd = "price unknown" if out.estimated_usd is None else f"${out.estimated_usd:.6f}"
-    text = f"Started job {out.job_id} ({engine}): {out.total} chunks, about {out.estimated_tokens} tokens, {usd}"
+    usd = "price unknown" if out.estimated_usd is None else format_usd(out.estimated_usd)
+    text = f"Started job {out.job_id} ({engine}): {count(out.total, 'chunk')}, about "
+    text += f"{count(out.estimated_tokens, 'token')}, {usd}"
     if out.sync_usd is not None and out.batch_usd is not None:
-        text += f" (synchronous ${out.sync_usd:.6f}, Batch API ${out.batch_usd:.6f})"
+        text += f" (synchronous {format_usd(out.sync_usd)}, Batch API {format_usd(out.batch_usd)})"
     text += "."
     if started.duplicate_ids:
         text += f" Warning: {started.duplicate_ids}."
@@ -257,9 +281,9 @@ async def list_jobs(ctx: Context) -> CallToolResult:
     # Each job may carry five provider errors: cut whole jobs, as every list answer is.
     structured = await anyio.to_thread.run_sync(fit_items, first, len(jobs))
     shown = jobs[: len(structured["jobs"])]
-    text = "; ".join(_line(job) for job in shown) or "No jobs yet."
+    text = " ".join(_line(job) for job in shown) or "No jobs yet."  # each line ends with "."
     if structured["more"]:
-        text += f"; {structured['more']}"
+        text += f" {structured['more'][0].upper()}{structured['more'][1:]}"
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured)
 
 

@@ -115,6 +115,8 @@ class ProviderInfo(BaseModel):
     dimensions: int | None
     space: str | None
     active: bool
+    input_types: bool | None = None
+    """False: the provider ignores `input_type` (queries and documents embed alike); None: unknown (unavailable)."""
     circuit: Literal["closed", "open", "half_open", "unavailable"]
     last_error: str | None
     retry_in_s: float
@@ -145,6 +147,8 @@ class CostResult(UsageOut):
     all_time_usd: float
     by_provider: dict[str, UsageOut]
     by_model: dict[str, UsageOut]
+    by_client: dict[str, UsageOut]
+    """By the HTTP client (token name) that made the calls; "(none)" for stdio, the CLI and Python."""
 
 
 class CostEstimateResult(BaseModel):

@@ -1,6 +1,7 @@
 """The MCP server class every tool of ours is registered on, and how a tool is registered.
 
-Two policies are written here once, for every tool (job tools included):
+Three policies are written here once, for every tool (job tools included):
+- an argument a tool does not take is refused, naming it and the arguments the tool takes;
 - a failure always reaches the model as an error that says what happened and what to do, never
   the SDK's bare "Error executing tool X", and never longer than an answer may be;
 - `tools/list` is lean: agents pay for it on every turn, and pydantic's generated schema `title`s
@@ -9,6 +10,7 @@ Two policies are written here once, for every tool (job tools included):
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 import sqlite3
@@ -25,6 +27,7 @@ from providers import EmbeddingError
 from providers.redaction import redact
 from providers.storage.sqlite import storage_error
 from server.tools.budget import shorten
+from server.tools.client_log import accept_log_levels
 
 __all__ = ["AgentServer", "add_tool", "explain"]
 
@@ -44,8 +47,14 @@ class AgentServer(MCPServer[LifespanT]):
     def __init__(self, *args: Any, secrets: Callable[[], Iterable[str | None]] = tuple, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._secrets = secrets
+        accept_log_levels(self._lowlevel_server)  # the SDK's one handle on its request handlers
+        self._arguments: dict[str, tuple[str, ...]] = {}
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None) -> Any:
+        allowed = await self._arguments_of(name)
+        unknown = [key for key in arguments if allowed is not None and key not in allowed]
+        if allowed is not None and unknown:
+            raise ToolError(self._answer(name, _unknown_arguments(name, unknown, allowed)))
         try:
             return await super().call_tool(name, arguments, context)
         except MCPError:
@@ -70,6 +79,13 @@ class AgentServer(MCPServer[LifespanT]):
             if tool.output_schema is not None:
                 tool.output_schema = _without_defaults(_without_titles(tool.output_schema))
         return tools
+
+    async def _arguments_of(self, name: str) -> tuple[str, ...] | None:
+        """The argument names `name` takes (from its input schema), or None for a tool we do not know."""
+        if name not in self._arguments:
+            for tool in await super().list_tools():
+                self._arguments[tool.name] = tuple(tool.input_schema.get("properties", {}))
+        return self._arguments.get(name)
 
     def _answer(self, tool: str, message: str) -> str:
         return self._redact(shorten(f"Error executing tool {tool}: {message}"))
@@ -118,6 +134,17 @@ def _original(error: UnexpectedToolError) -> BaseException:
     while isinstance(cause, UnexpectedToolError) and cause.__cause__ is not None:
         cause = cause.__cause__
     return cause
+
+
+def _unknown_arguments(tool: str, unknown: list[str], allowed: tuple[str, ...]) -> str:
+    """An agent's misspelt argument would otherwise have no effect and no error."""
+    names = ", ".join(repr(name[:40]) for name in unknown[:_ERRORS_NAMED])
+    more = f" and {len(unknown) - _ERRORS_NAMED} more" if len(unknown) > _ERRORS_NAMED else ""
+    guesses = [match for name in unknown[:_ERRORS_NAMED] for match in difflib.get_close_matches(name, allowed, n=1)]
+    hint = f" (did you mean {', '.join(repr(g) for g in dict.fromkeys(guesses))}?)" if guesses else ""
+    takes = ", ".join(allowed) if allowed else "no arguments"
+    word = "argument" if len(unknown) == 1 and not more else "arguments"
+    return f"unknown {word} {names}{more}{hint}; {tool} takes: {takes}. Fix the call and call again."
 
 
 def _invalid_arguments(error: ValidationError) -> str:
