@@ -155,7 +155,7 @@ async def test_a_cancelled_local_call_keeps_the_model_calls_it_finished(shared_d
                 await service.embed(texts, progress=stop_after_the_first_step)
         assert scope.cancelled_caught
         kept = service.cache.get_many(service.provider.space, texts, service.provider.dimensions)
-        assert 32 <= len(kept) < 256
+        assert 0 < len(kept) < 256  # the model steps done before the cancel (8 windows a step)
         again = await service.embed(texts)
     assert again.cached == len(kept)
 
