@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import base64
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -137,7 +138,9 @@ def test_base64_embeddings_decode_to_the_same_float32_vectors(openai: Settings, 
     assert (tmp_path / "base64.jsonl").stat().st_size * 2 < (tmp_path / "floats.jsonl").stat().st_size
 
 
-def test_other_files_are_one_chunk_each_and_directories_are_walked_in_order(openai: Settings, tmp_path: Path) -> None:
+def test_files_are_chunked_and_directories_give_the_files_worth_embedding_in_path_order(
+    openai: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     tree = tmp_path / "src"
     (tree / "pkg" / ".git").mkdir(parents=True)
     (tree / "pkg" / ".git" / "config.py").write_text("hidden = True")
@@ -145,11 +148,20 @@ def test_other_files_are_one_chunk_each_and_directories_are_walked_in_order(open
     (tree / "a.py").write_text("\ufeffa = 1")  # a byte-order mark is not part of the text
     (tree / "notes.md").write_text("not python")
     (tree / ".env.py").write_text("SECRET = 1")
+    (tree / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00")
+    (tree / "__pycache__").mkdir()
+    (tree / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\x00\x01")
     single = tmp_path / "one.txt"
     single.write_text("just text")
     assert embed(openai, str(single), str(tree), "--glob", "*.py", "-o", str(tmp_path / "out.jsonl")) == 0
-    expected = {str(single): "just text", str(tree / "a.py"): "a = 1", str(tree / "pkg" / "b.py"): "b = 2"}
+    expected = {"one.txt:1-1": "just text", "a.py:1-1": "a = 1", "pkg/b.py:1-1": "b = 2"}
     assert_vectors_of(read_output(tmp_path / "out.jsonl"), expected)
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert rows[2]["path"] == "pkg/b.py" and rows[2]["language"] == "python"
+    assert rows[2]["sha256"] == hashlib.sha256(b"b = 2").hexdigest()
+    err = capsys.readouterr().err
+    # .git and __pycache__ are pruned whole; logo.png and notes.md do not match the glob
+    assert "skipped 5 files: 2 build or vendored directory, 2 not matching glob, 1 hidden" in err
 
 
 def test_stdin_jsonl_can_go_to_stdout(
@@ -249,15 +261,18 @@ def test_bad_bytes_and_overlong_lines_are_named_too(
     assert f"{source} line 3: the line is longer than 66,136 bytes" in err
     (tmp_path / "big.txt").write_text("é" * 101)
     (tmp_path / "binary.bin").write_bytes(b"\x00\xff")
-    for name, message in [("big.txt", "the text is over 100"), ("binary.bin", "not UTF-8 text (invalid start byte")]:
+    for name, message in [
+        ("big.txt", " lines 1-1: the text is over 100"),  # one line: a chunk never cuts one
+        ("binary.bin", ": not UTF-8 text (invalid start byte"),
+    ]:
         assert embed(settings, str(tmp_path / name), "-o", str(tmp_path / "x.jsonl")) == 2
-        assert f"error: {tmp_path / name}: {message}" in capsys.readouterr().err
+        assert f"error: {tmp_path / name}{message}" in capsys.readouterr().err
 
 
 def test_skip_invalid_skips_bad_records_and_counts_them_as_failed(
     openai: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(batch, "_MAX_REPORTED_SKIPS", 2)
+    monkeypatch.setattr("server.commands.tree._MAX_REPORTED_SKIPS", 2)
     records = [{"id": 1, "text": "good"}, "oops", {"id": 2}, {"id": 3, "text": ""}, {"id": 4, "text": "also good"}]
     source = write_jsonl(tmp_path / "in.jsonl", records)
     assert embed(openai, str(source), "--skip-invalid", "-o", str(tmp_path / "out.jsonl")) == 0

@@ -126,7 +126,7 @@ async def test_npy_output_has_one_row_per_chunk_and_the_ids_beside_it(
     np.testing.assert_array_equal(vectors[3], fake_vector("chunk number 3", 8))
 
 
-async def test_a_directory_of_text_files_is_one_chunk_per_file(
+async def test_a_directory_gives_chunks_named_by_relative_path_and_lines(
     runner: JobRunner, providers: dict[str, GatedProvider], tmp_path: Path
 ) -> None:
     providers["fake"].gate.set()
@@ -136,10 +136,14 @@ async def test_a_directory_of_text_files_is_one_chunk_per_file(
     started = await runner.start("src", "out.jsonl", format="jsonl")
     with anyio.fail_after(10):
         await runner.wait(started.job.id)
-    assert [row["id"] for row in jsonl_rows(tmp_path / "out.jsonl")] == [
-        str(tmp_path / "src" / "a.py"),
-        str(tmp_path / "src" / "b.py"),
-    ]
+    rows = jsonl_rows(tmp_path / "out.jsonl")
+    assert [row["id"] for row in rows] == ["a.py:1-1", "b.py:1-1"]
+    assert {key: rows[0][key] for key in ("path", "start_line", "end_line", "language")} == {
+        "path": "a.py",
+        "start_line": 1,
+        "end_line": 1,
+        "language": "python",
+    }
 
 
 async def test_cancel_stops_a_running_job_and_keeps_the_finished_windows_cached(

@@ -447,7 +447,7 @@ async def test_the_never_policy_fails_instead_of_answering_from_local(make_rig: 
 @pytest.mark.parametrize(
     ("provider", "model", "dimensions", "message"),
     [
-        ("cohere", None, None, "unknown provider 'cohere'; choose one of: openai, local"),
+        ("anthropic", None, None, "unknown provider 'anthropic'; choose one of: openai, local"),
         ("/usr/lib/libembed.so", None, None, "unknown provider '/usr/lib/libembed.so'"),
         ("https://evil.example/v1", None, None, "unknown provider 'https://evil.example/v1'"),
         ("local", "/etc/passwd", None, "unknown local model '/etc/passwd'"),

@@ -141,7 +141,7 @@ BAD_CALLS = [
     ("embed_batch", {"texts": ["x"] * 2049}, "the limit is 2048"),
     ("embed_batch", {"texts": ["x" * 100_001]}, "longer than 100,000 characters"),
     ("embed_text", {"text": ""}, "whitespace-only"),
-    ("embed_text", {"text": "x", "provider": "cohere"}, "Input should be 'local'"),
+    ("embed_text", {"text": "x", "provider": "anthropic"}, "Input should be 'local'"),
     ("embed_text", {"text": "x", "encoding": "hex"}, "'float' or 'base64'"),
     ("switch_provider", {"provider": "nope"}, "Input should be 'local'"),
     ("switch_provider", {"provider": "local", "model": "/etc/passwd"}, "unknown local model '/etc/passwd'"),

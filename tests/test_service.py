@@ -122,8 +122,8 @@ async def test_switching_to_something_unknown_changes_nothing(
 
 
 def test_an_unknown_provider_at_construction_is_a_configuration_error(settings: Settings) -> None:
-    with pytest.raises(ConfigurationError, match="unknown provider 'cohere'"):
-        make_service(settings, provider="cohere")
+    with pytest.raises(ConfigurationError, match="unknown provider 'anthropic'"):
+        make_service(settings, provider="anthropic")
 
 
 async def test_closing_the_service_closes_every_provider_once(settings: Settings) -> None:

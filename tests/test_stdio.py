@@ -105,7 +105,7 @@ anyio.run(main)
 
 
 def test_an_unknown_provider_in_the_environment_stops_with_a_clear_message(tmp_path: Path) -> None:
-    env = {**os.environ, **server_env(tmp_path, SIGNAL_HUB_PROVIDER="cohere")}
+    env = {**os.environ, **server_env(tmp_path, SIGNAL_HUB_PROVIDER="anthropic")}
     run = subprocess.run(
         [sys.executable, "-m", "server"],
         cwd=ROOT,
@@ -116,5 +116,5 @@ def test_an_unknown_provider_in_the_environment_stops_with_a_clear_message(tmp_p
         stdin=subprocess.DEVNULL,
     )
     assert run.returncode == 2
-    assert "SIGNAL_HUB_PROVIDER='cohere' is not a provider; use one of: local, openai" in run.stderr
+    assert "SIGNAL_HUB_PROVIDER='anthropic' is not a provider; use one of: local, openai" in run.stderr
     assert run.stdout == ""  # stdout belongs to JSON-RPC

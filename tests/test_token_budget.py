@@ -70,7 +70,7 @@ ERRORS = [
     ("embed_batch", {"texts": ["x"] * 2049}),
     ("embed_batch", {"texts": "x" * 100_000}),
     ("embed_text", {"text": " "}),
-    ("embed_text", {"text": "x", "provider": "cohere"}),
+    ("embed_text", {"text": "x", "provider": "anthropic"}),
     ("rank_texts", {"query": "", "texts": ["a"]}),
     ("rank_texts", {"query": "q", "texts": ["a"], "top_k": 0}),
     ("find_duplicates", {"texts": ["a"], "threshold": 2}),

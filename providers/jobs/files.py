@@ -1,36 +1,58 @@
 """Reading a job's chunks (the `embed` command and the MCP job tools).
 
 Sources are JSONL (`{"id", "text"}` per line), whole text files or one chunk per line, read lazily
-and checked against the input limits record by record.
+and checked against the input limits record by record; source files and directories are chunked
+by syntax (`chunks`, see `providers/chunking` and `jobs/repository.py`). Directories give the
+files `chunking.selection` picks: what git would track, less binary, minified, huge and build files.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import hashlib
 import json
 import os
 import sqlite3
 import sys
+from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from providers.chunking.selection import FileFilter, select_files
 from providers.errors import InputError
 from providers.settings import InputLimits
 
-__all__ = ["FORMATS", "Chunk", "DuplicateIds", "Invalid", "Source", "find_sources", "read_chunks", "windows"]
+__all__ = [
+    "FORMATS",
+    "Chunk",
+    "DuplicateIds",
+    "Invalid",
+    "Skipped",
+    "Source",
+    "checked",
+    "find_sources",
+    "read_chunks",
+    "windows",
+]
 
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
-FORMATS = ("auto", "jsonl", "text", "lines")
+FORMATS = ("auto", "jsonl", "chunks", "text", "lines")
 
 
 @dataclass(frozen=True)
 class Chunk:
     id: str | int
     text: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file found in a directory that gives nothing to embed (e.g. not UTF-8): counted, not an error."""
+
+    where: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -49,7 +71,12 @@ class Source:
     path: Path | None
     """None: standard input."""
     format: str
-    """"jsonl" ({"id", "text"} per line), "text" (all of it is one chunk) or "lines" (a chunk per line)."""
+    """"jsonl" ({"id", "text"} per line), "chunks" (by syntax, or windows), "text" (all of it is one
+    chunk) or "lines" (a chunk per line)."""
+    relative: str | None = None
+    """The path chunk ids start with: relative to the directory it was found in (a file named alone: its name)."""
+    in_directory: bool = False
+    """Found in a directory (so a file with nothing to embed is skipped, not refused)."""
     real: Path | None = None
     """Set: the file to read, resolved and checked just before, opened without following a symlink."""
 
@@ -64,38 +91,48 @@ class Source:
 def find_sources(
     inputs: Sequence[str],
     fmt: str,
-    glob: str,
+    glob: str | FileFilter,
     exclude: frozenset[Path],
     check: Callable[[Path], None] | None = None,
+    skipped: Counter[str] | None = None,
 ) -> Iterator[Source]:
-    """Each input as a source; directories are walked in sorted order, hidden entries skipped.
+    """Each input as a source; directories give the files `select_files` picks, in path order.
 
-    `check(path)` may refuse a file found in a directory (by raising), e.g. one outside the allowed roots.
+    `glob` is a `FileFilter` (or one name pattern). `check(path)` may refuse a file found in a
+    directory (by raising), e.g. one outside the allowed roots. What a directory leaves out is
+    counted in `skipped` by reason.
     """
+    wanted = glob if isinstance(glob, FileFilter) else FileFilter(globs=() if glob == "*" else (glob,))
     for raw in inputs:
         if raw == "-":
-            yield Source(None, "jsonl" if fmt == "auto" else fmt)
+            yield Source(None, "jsonl" if fmt in ("auto", "chunks") else fmt)
         elif not (path := Path(raw)).is_dir():
-            yield Source(path, _format_of(path, fmt))
+            yield Source(path, _format_of(path, fmt), path.name)
         else:
-            for folder, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in sorted(files):
-                    file = Path(folder, name)
-                    if not name.startswith(".") and fnmatch.fnmatch(name, glob) and file.resolve() not in exclude:
-                        if check is not None:
-                            check(file)
-                        yield Source(file, _format_of(file, fmt))
+            found = select_files(path, wanted)
+            if skipped is not None:
+                skipped.update(found.skipped)
+            for file, relative in found.files:
+                if file.resolve() in exclude:
+                    continue
+                if check is not None:
+                    check(file)
+                yield Source(file, "chunks" if fmt == "auto" else fmt, relative, in_directory=True)
 
 
 def _format_of(path: Path, fmt: str) -> str:
     if fmt != "auto":
         return fmt
-    return "jsonl" if path.suffix.lower() in JSONL_SUFFIXES else "text"
+    return "jsonl" if path.suffix.lower() in JSONL_SUFFIXES else "chunks"
 
 
 def read_chunks(source: Source, limits: InputLimits) -> Iterator[Chunk | Invalid]:
-    """The chunks of one source, lazily; records that cannot be embedded come as `Invalid`."""
+    """The chunks of one source, lazily; records that cannot be embedded come as `Invalid`.
+
+    A "chunks" source is read by `jobs/repository.py`, which knows the model's token budget.
+    """
+    if source.format == "chunks":
+        raise ValueError("chunks sources are read by providers.jobs.repository")
     if source.format == "text":
         yield _whole(source, limits)
         return
@@ -117,7 +154,7 @@ def read_chunks(source: Source, limits: InputLimits) -> Iterator[Chunk | Invalid
             if source.format == "jsonl":
                 yield _jsonl_chunk(line, where, limits)
             else:
-                yield _checked(f"{source.name}:{number}", line.rstrip("\r\n"), where, limits)
+                yield checked(f"{source.name}:{number}", line.rstrip("\r\n"), where, limits)
 
 
 def _numbered_lines(stream: IO[bytes], max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
@@ -158,7 +195,7 @@ def _whole(source: Source, limits: InputLimits) -> Chunk | Invalid:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         return Invalid(source.name, f"not UTF-8 text ({exc.reason} at byte {exc.start}); leave it out with --glob")
-    return _checked(source.name, text, source.name, limits)
+    return checked(source.name, text, source.name, limits)
 
 
 def _jsonl_chunk(line: str, where: str, limits: InputLimits) -> Chunk | Invalid:
@@ -175,10 +212,10 @@ def _jsonl_chunk(line: str, where: str, limits: InputLimits) -> Chunk | Invalid:
         return Invalid(where, f'"id" must be a string or an integer, not {json.dumps(chunk_id)}')
     if "text" not in record:
         return Invalid(where, f'no "text" field (id {json.dumps(chunk_id)})')
-    return _checked(chunk_id, record["text"], where, limits)
+    return checked(chunk_id, record["text"], where, limits)
 
 
-def _checked(chunk_id: str | int, text: object, where: str, limits: InputLimits) -> Chunk | Invalid:
+def checked(chunk_id: str | int, text: object, where: str, limits: InputLimits) -> Chunk | Invalid:
     label = f"(id {json.dumps(chunk_id)})"
     if not isinstance(text, str):
         return Invalid(where, f'"text" must be a string, not {type(text).__name__} {label}')

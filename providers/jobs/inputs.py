@@ -1,88 +1,102 @@
-"""A job's input as the runner reads it: checked chunks, counted and priced up front, fingerprinted.
+"""How the job runner reads a job's input: opened with the model's token budget, scanned, carried over.
 
-Every file is checked against the allowed roots again right before it is read, and opened
-without following a symlink: a queued job can wait long, and its files may have been swapped.
+```python
+inputs = JobInputs(settings, provider_of)          # provider_of(engine, provider) -> EmbeddingProvider
+job_input = inputs.open(source, output, "jsonl", options.to_column(), "local", "in-process", roots)  # "npy"
+scan = inputs.scan(job_input)                     # counts and tokens before the job is queued
+inputs.save_changes(job_id, job_input)            # what job_status reports as `changes`
+```
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
+import contextlib
 import json
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from providers.cost import batch_cost_usd, cost_usd
+from providers.base import EmbeddingProvider
+from providers.chunking.budget import chunk_budget
+from providers.chunking.manifest import ManifestStore
 from providers.errors import InputError
-from providers.jobs.files import Chunk, DuplicateIds, find_sources, read_chunks
+from providers.jobs.files import Chunk, Invalid
+from providers.jobs.input_checks import open_check, output_files
 from providers.jobs.paths import AllowedRoots
-from providers.jobs.writers import ids_path
-from providers.settings import InputLimits, Settings
+from providers.jobs.repository import JobInput, JobOptions
+from providers.jobs.scan import InputScan, scan_input
+from providers.jobs.writers import VectorWriter
+from providers.settings import Settings
 
-__all__ = ["Scan", "estimate_usd", "fingerprint", "job_chunks", "output_files", "scan_chunks", "scan_input"]
-
-
-@dataclass
-class Scan:
-    """What a job's input holds, found before the job is queued."""
-
-    total: int = 0
-    estimated_tokens: int = 0
-    fingerprint: str = ""
-    duplicates: str | None = None
+__all__ = ["JobInputs"]
 
 
-def scan_chunks(chunks: Iterable[Chunk]) -> tuple[int, int, DuplicateIds]:
-    """Count chunks and estimated tokens (about 3 bytes a token, erring high) and find repeated ids."""
-    total = tokens = 0
-    duplicates = DuplicateIds()
-    for chunk in chunks:
-        total += 1
-        tokens += len(chunk.text.encode()) // 3 + 1
-        duplicates.add(chunk.id)
-    return total, tokens, duplicates
+class JobInputs:
+    def __init__(self, settings: Settings, provider_of: Callable[[str, str | None], EmbeddingProvider]) -> None:
+        self.settings = settings
+        self.provider_of = provider_of
+        """(engine, provider name) -> the provider a job of that engine gets."""
+        self.manifests = ManifestStore(settings.resolved_data_dir / "chunk_manifests")
+        self.changes_dir = settings.resolved_data_dir / "job_changes"
 
+    def open(
+        self,
+        source: str,
+        output: Path,
+        fmt: str,
+        column: str,
+        provider: str,
+        engine: str,
+        roots: AllowedRoots,
+        space: str | None = None,
+    ) -> JobInput:
+        """The job's input, its files sorted into unchanged (rows carried over) and to read.
 
-def job_chunks(
-    source: str, glob: str, output: Path, out_format: str, roots: AllowedRoots, limits: InputLimits
-) -> Iterator[Chunk]:
-    """The chunks of a job's input, each file checked again just before it is read; a bad record stops it."""
-    excluded = output_files(output, out_format)
-    for found in find_sources([source], "auto", glob, excluded, roots.check_file):
-        assert found.path is not None  # a job never reads stdin
-        checked = dataclasses.replace(found, real=roots.check_input(str(found.path)))
-        for item in read_chunks(checked, limits):
-            if not isinstance(item, Chunk):
+        Each file is checked against `roots` again just before it is read, and opened without
+        following a symlink.
+        """
+        options = JobOptions.from_column(column)
+        chosen = self.provider_of(engine, provider)
+        return JobInput.open(
+            [source],
+            output=output,
+            budget=chunk_budget(chosen, self.settings, options.chunk_tokens),
+            options=options,
+            space=space or chosen.space,
+            exclude=output_files(output, fmt),
+            check=roots.check_file,
+            manifests=self.manifests,
+            reopen=open_check(roots),
+        )
+
+    def scan(self, job_input: JobInput) -> InputScan:
+        return scan_input(job_input, self.settings.limits)
+
+    def chunks(self, job_input: JobInput) -> Iterator[Chunk]:
+        """The chunks to embed; a bad record fails the job (it was checked when the job started)."""
+        for item in job_input.items(self.settings.limits):
+            if isinstance(item, Invalid):
                 raise InputError(f"{item}. Fix it and start the job again.")
-            yield item
+            if isinstance(item, Chunk):
+                yield item
 
+    @staticmethod
+    def carry(job_input: JobInput, writer: VectorWriter, dimensions: int) -> int:
+        return job_input.write_carried(writer, dimensions)
 
-def scan_input(source: str, glob: str, output: Path, out_format: str, roots: AllowedRoots, limits: InputLimits) -> Scan:
-    total, tokens, duplicates = scan_chunks(job_chunks(source, glob, output, out_format, roots, limits))
-    try:
-        repeated = duplicates.describe() if duplicates.count else None
-    finally:
-        duplicates.close()
-    return Scan(total, tokens, fingerprint(source, glob, output_files(output, out_format)), repeated)
+    def save_changes(self, job_id: str, job_input: JobInput) -> None:
+        """Keep what the job found changed (and skipped) for job_status, beside the job store."""
+        if job_input.budget is None or not any(source.format == "chunks" for source in job_input.sources):
+            return
+        found = {**job_input.changes.to_json(), "skipped": dict(job_input.skipped)}
+        self.changes_dir.mkdir(parents=True, exist_ok=True)
+        target = self.changes_dir / f"{job_id}.json"
+        temporary = target.with_suffix(".tmp")
+        temporary.write_text(json.dumps(found), encoding="utf-8")
+        os.replace(temporary, target)
 
-
-def output_files(output: Path, out_format: str) -> frozenset[Path]:
-    """The files a job writes, which it never reads even when they lie in its input directory."""
-    files = [output, ids_path(output)] if out_format == "npy" else [output]
-    return frozenset([*files, *(f.with_name(f.name + ".partial") for f in files)])
-
-
-def fingerprint(source: str, glob: str, excluded: frozenset[Path]) -> str:
-    """Each input file's path, size and modification time: a changed input is a new job."""
-    digest = hashlib.sha256()
-    for found in find_sources([source], "auto", glob, excluded):
-        if found.path is not None:
-            info = found.path.stat()
-            digest.update(json.dumps([str(found.path), info.st_size, info.st_mtime_ns]).encode())
-    return digest.hexdigest()
-
-
-def estimate_usd(provider: str, model: str, tokens: int, settings: Settings, *, batch: bool = False) -> float | None:
-    """What `tokens` cost synchronously, or through the Batch API (`batch`: OpenAI only, half price)."""
-    return (batch_cost_usd if batch else cost_usd)(provider, model, tokens, settings)
+    def saved_changes(self, job_id: str) -> dict[str, object] | None:
+        with contextlib.suppress(OSError, ValueError):
+            found = json.loads((self.changes_dir / f"{job_id}.json").read_text(encoding="utf-8"))
+            return found if isinstance(found, dict) else None
+        return None

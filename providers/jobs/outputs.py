@@ -8,7 +8,8 @@ Refused: an output inside one of the job's input directories (a later job of tha
 read it) or inside the data directory (the ledger, the cache and the job store live there); an
 existing file, unless the caller passes overwrite; and, even then, a file a job did not write.
 A job's own output is known by its shape:
-- JSONL: its first line is a row of ours, `{"id", "embedding", "space", "truncated", "dropped_tokens"}`;
+- JSONL: its first line is a row of ours, `{"id", "embedding", "space", "truncated", "dropped_tokens"}`
+  (a source file's chunk adds `path`, `start_line` and the like);
 - `.npy`: a 2-D little-endian float32 array whose `<stem>.ids.jsonl` beside it has one line per row;
   an ids file alone: its first line is an id (a JSON string or integer, or `{"id": ...}`).
 An empty file holds nothing to lose and may be replaced as well.
@@ -117,7 +118,7 @@ def is_job_output(path: Path, out_format: str, target: Path | None = None) -> bo
 
 def _is_jsonl_rows(path: Path) -> bool:
     record = json.loads(_first_line(path))
-    return isinstance(record, dict) and set(record) == ROW_FIELDS and isinstance(record["embedding"], list | str)
+    return isinstance(record, dict) and set(record) >= ROW_FIELDS and isinstance(record["embedding"], list | str)
 
 
 def _is_ids_file(path: Path) -> bool:

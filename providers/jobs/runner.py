@@ -34,20 +34,24 @@ import anyio.to_thread
 
 from providers.base import InputType, input_type_of
 from providers.clients import as_client, current_client
-from providers.cost import price_per_million
 from providers.errors import EmbeddingError, InputError, StorageError
-from providers.jobs.engine import ENGINES, EngineJob, InProcessEngine, JobEngine, build_engine, job_settings
-from providers.jobs.inputs import estimate_usd, fingerprint, job_chunks, output_files, scan_input
+from providers.jobs.engine import EngineJob, InProcessEngine, JobEngine, job_settings
+from providers.jobs.free_resume import resume_free_jobs, resumes_by_itself
+from providers.jobs.input_checks import estimate_usd, fingerprint, output_files
+from providers.jobs.inputs import JobInputs
 from providers.jobs.paths import AllowedRoots
 from providers.jobs.pipeline import Tally
+from providers.jobs.repository import JobOptions
+from providers.jobs.runner_engines import RunnerEngines
 from providers.jobs.saving import ProgressSaver, record_end
+from providers.jobs.scan import DryRun, scan_input
 from providers.jobs.store import JobRecord, JobStatus, JobStore, describe_owner
 from providers.jobs.target import check_target, commit_output, open_writer
 from providers.jobs.writers import VectorWriter
 from providers.settings import Settings
 from providers.storage.sqlite import storage_error
 
-__all__ = ["JobRunner", "JobStart", "estimate_usd"]
+__all__ = ["DryRun", "JobRunner", "JobStart", "estimate_usd"]
 
 OUTPUT_FORMATS = ("jsonl", "npy")
 logger = logging.getLogger(__name__)
@@ -84,8 +88,9 @@ class JobRunner:
         self.settings = settings
         self.roots = roots
         self.engine: JobEngine = engine or InProcessEngine(job_settings(settings))
-        self._engines: dict[str, JobEngine] = {"in-process": self.engine, **(engines or {})}
+        self.engines = RunnerEngines(settings, self.engine, engines)
         self.store = store or JobStore(settings.resolved_data_dir / "jobs.sqlite3")
+        self.inputs = JobInputs(settings, lambda engine, name: self.engine_named(engine).provider(name))
         self._heartbeat_s = heartbeat_s
         self._progress_every_s = progress_every_s
         self._finish_within_s = finish_within_s  # for a locked store: two busy timeouts
@@ -117,8 +122,7 @@ class JobRunner:
             return await self._tasks.__aexit__(exc_type, exc, tb)
         finally:
             with anyio.CancelScope(shield=True):
-                for engine in self._engines.values():
-                    await engine.aclose()
+                await self.engines.aclose()
                 self.store.close()
 
     async def checkpoint_all(self, within_s: float = 2.0) -> None:
@@ -147,48 +151,76 @@ class JobRunner:
         glob: str = "*",
         roots: AllowedRoots | None = None,
         engine: str = "in-process",
+        options: JobOptions | None = None,
         overwrite: bool = False,
         input_type: InputType = "document",
     ) -> JobStart:
         """Check, count and price the job, then queue it; answers before any embedding.
 
-        `overwrite`: the output may replace a job's output already there (never another file).
+        `overwrite`: the output may replace a job's output already there (never another file). A
+        rerun onto the output of an earlier run of the same input (a file-tree job's incremental
+        run) may replace it without: it is that job's own output.
         """
+        options = options or JobOptions.from_column(glob)
         roots = roots or self.roots
         source = roots.check_input(input)
         target = roots.resolve(output)
         out_format = format or ("npy" if target.suffix.lower() == ".npy" else "jsonl")
         if out_format not in OUTPUT_FORMATS:
             raise InputError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, not {format!r}.")
-        target = self._check_output(roots, output, source, out_format, overwrite)
         chosen = self.engine_named(engine).provider(provider)
         await chosen.resolve_space()  # the job's space must be final (a compatible server's length)
-        limits = self.settings.limits
-        scan = await anyio.to_thread.run_sync(scan_input, str(source), glob, target, out_format, roots, limits)
+        column, space = options.to_column(), chosen.space_for(input_type)
+        job_input = await anyio.to_thread.run_sync(
+            self.inputs.open, str(source), target, out_format, column, chosen.name, engine, roots, space
+        )
+        rerun = job_input.run.previous is not None and bool(job_input.run.previous.files)  # its own output
+        target = self._check_output(roots, output, source, out_format, overwrite or rerun)
+        scan = await anyio.to_thread.run_sync(self.inputs.scan, job_input)
+        found = await anyio.to_thread.run_sync(fingerprint, str(source), column, output_files(target, out_format))
         job = await self._in_thread(
             functools.partial(
                 self.store.create,
                 input=str(source),
                 output=str(target),
                 format=out_format,
-                glob=glob,
+                glob=column,
                 provider=chosen.name,
                 model=chosen.model,
-                space=chosen.space_for(input_type),  # also what a resume embeds as (`input_type_of`)
-                fingerprint=scan.fingerprint,
-                total=scan.total,
-                estimated_tokens=scan.estimated_tokens,
+                space=space,  # also what a resume embeds as (`input_type_of`)
+                fingerprint=found,
+                total=scan.totals.chunks,
+                estimated_tokens=scan.totals.tokens,
                 estimated_usd=estimate_usd(
-                    chosen.name, chosen.model, scan.estimated_tokens, self.settings, batch=engine == "batch-api"
+                    chosen.name, chosen.model, scan.totals.tokens, self.settings, batch=engine == "batch-api"
                 ),
                 engine=engine,
-                overwrite=int(overwrite),
+                overwrite=int(overwrite or rerun),
             )
         )
         if scan.duplicates:
             await self._in_thread(self.store.add_error, job.id, scan.duplicates)
+        await anyio.to_thread.run_sync(self.inputs.save_changes, job.id, job_input)
         self._enqueue(job)
         return JobStart(self.status(job.id), scan.duplicates)
+
+    async def dry_run(
+        self, input: str, output: str, *, provider: str | None = None, roots: AllowedRoots | None = None,
+        engine: str = "in-process", options: JobOptions | None = None,
+    ) -> DryRun:  # fmt: skip
+        """What `start` would embed and cost: read, not queued, nothing sent (the output is only compared with)."""
+        roots = roots or self.roots
+        source, target = roots.check_input(input), roots.resolve(output)
+        chosen = self.engine_named(engine).provider(provider)
+        fmt = "npy" if target.suffix.lower() == ".npy" else "jsonl"
+        column = (options or JobOptions()).to_column()
+        job_input = self.inputs.open(str(source), target, fmt, column, chosen.name, engine, roots)
+        scan = await anyio.to_thread.run_sync(scan_input, job_input, self.settings.limits)
+        return DryRun(scan.totals, job_input, chosen.name, chosen.model, chosen.space, job_input.budget)
+
+    def changes(self, job_id: str) -> dict[str, object] | None:
+        """What a file-tree job found changed since the last run to its output (None: not a file-tree job)."""
+        return self.inputs.saved_changes(job_id)
 
     def status(self, job_id: str) -> JobRecord:
         job, caller = self.store.get(job_id), current_client()
@@ -201,9 +233,7 @@ class JobRunner:
         return self.store.list(limit)
 
     def resumes_by_itself(self, job: JobRecord) -> bool:
-        """Whether the job, interrupted, resumes when a runner starts: its provider is free (the local model)."""
-        free = price_per_million(job.provider, job.model, self.settings) == 0.0
-        return free and job.engine != "batch-api"
+        return resumes_by_itself(job, self.settings)
 
     async def cancel(self, job_id: str) -> JobRecord:
         """Stop the job: at once here; within a heartbeat when another process runs it.
@@ -221,34 +251,14 @@ class JobRunner:
             with anyio.move_on_after(1.0):
                 await self._finished[job_id].wait()
         elif job.status != "running":  # no one runs it: stop what an earlier run left running remotely
-            await self._cancel_remote(job)
+            await self.engines.cancel_remote(job)
         return self.status(job_id)
 
     def engine_named(self, name: str) -> JobEngine:
-        """The engine of that name (`ENGINES`), built on first use with the in-process engine's providers."""
-        if name not in self._engines:
-            if name not in ENGINES:
-                raise InputError(f"engine must be one of {', '.join(ENGINES)}, not {name!r}.")
-            self._engines[name] = build_engine(name, job_settings(self.settings), self.engine.provider)
-        return self._engines[name]
+        return self.engines.named(name)
 
     def engine_status(self, job: JobRecord) -> dict[str, object] | None:
-        """What the job's engine reports beyond the counts: a Batch API job's batches (no remote call)."""
-        status = getattr(self.engine_named(job.engine), "status", None) if job.engine == "batch-api" else None
-        found = status(job.id, job.model) if status is not None else None
-        if found is None:
-            return None
-        from providers.batch_api.job_engine import batch_summary
-
-        return batch_summary(found)
-
-    async def _cancel_remote(self, job: JobRecord) -> None:
-        if job.engine != "batch-api":
-            return
-        cancel = getattr(self.engine_named(job.engine), "cancel", None)
-        if cancel is not None:
-            with anyio.CancelScope(shield=True):
-                await cancel(job.id, job.model)
+        return self.engines.status(job)
 
     async def resume(self, job_id: str, roots: AllowedRoots | None = None) -> JobRecord:
         """Run a stopped job again; the cache answers every chunk done before, so only the rest is sent."""
@@ -275,22 +285,7 @@ class JobRunner:
 
     async def resume_free_jobs(self) -> tuple[str, ...]:
         """Resume interrupted free jobs (as the runner starts); one that cannot is logged. The ids resumed."""
-        try:
-            jobs = await self._in_thread(self.store.interrupted)
-        except StorageError as exc:
-            logger.warning("interrupted jobs were not resumed: %s", exc)
-            return ()
-        resumed: list[str] = []
-        for job in jobs:
-            if not self.resumes_by_itself(job):
-                continue
-            try:
-                await self.resume(job.id)
-            except EmbeddingError as exc:
-                logger.warning("job %s was not resumed by itself: %s", job.id, exc)
-            else:
-                resumed.append(job.id)
-        return tuple(resumed)
+        return await resume_free_jobs(self.store, self.settings, self.resume)
 
     async def wait(self, job_id: str) -> JobRecord:
         """The job once this process has finished with it (for callers that want to block)."""
@@ -348,22 +343,28 @@ class JobRunner:
         error, committed = None, False
         try:
             with scope:
+                job_input = await anyio.to_thread.run_sync(
+                    self.inputs.open, job.input, Path(job.output), job.format, job.glob, job.provider, job.engine,
+                    self.roots, job.space,  # the server's roots: a resumed job may not reach further than a new one
+                )  # fmt: skip
                 dimensions = self.engine.provider(job.provider).dimensions
-                writer = await anyio.to_thread.run_sync(open_writer, job, self.roots, dimensions)
+                writer = await anyio.to_thread.run_sync(open_writer, job, self.roots, dimensions, job_input.fields)
+                tally.cached += await anyio.to_thread.run_sync(self.inputs.carry, job_input, writer, dimensions)
                 engine_job = EngineJob(job.id, job.provider, job.space, input_type=input_type_of(job.space))
                 # `done` counts rows written, each already cached: after a kill it never claims more.
                 engine = self.engine_named(job.engine)
-                # Read with the server's roots: a resumed job may not reach further than a new one.
-                chunks = job_chunks(job.input, job.glob, Path(job.output), job.format, self.roots, self.settings.limits)
+                chunks = self.inputs.chunks(job_input)
                 await engine.run(engine_job, chunks, writer, tally, lambda _: saver.poke())
                 data_dir = self.settings.resolved_data_dir
                 mine = bool(job.overwrite) or job_id in self._resumed  # a resumed job replaces its earlier output
                 await anyio.to_thread.run_sync(commit_output, job, writer, self.roots, data_dir, mine)
                 writer, committed = None, True
+                await anyio.to_thread.run_sync(job_input.commit)
+                self.inputs.save_changes(job.id, job_input)
             if scope.cancelled_caught and not committed:  # a cancel during the commit came too late
                 status = "interrupted" if self._stopping else "cancelled"
                 if status == "cancelled":
-                    await self._cancel_remote(job)
+                    await self.engines.cancel_remote(job)
         except EmbeddingError as exc:
             status, error = "failed", str(exc)
         except OSError as exc:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from providers.jobs.paths import AllowedRoots
 from providers.jobs.store import JobRecord
-from providers.jobs.writers import JsonlWriter, NpyWriter, VectorWriter
+from providers.jobs.writers import JsonlWriter, NpyWriter, RowFields, VectorWriter
 
 __all__ = ["check_target", "commit_output", "open_writer"]
 
@@ -23,13 +23,13 @@ def check_target(
     return roots.check_output(output, [source], out_format=out_format, data_dir=data_dir, overwrite=overwrite)
 
 
-def open_writer(job: JobRecord, roots: AllowedRoots, dimensions: int) -> VectorWriter:
-    """The writer of the job's `.partial`, once the way to it is checked again."""
+def open_writer(job: JobRecord, roots: AllowedRoots, dimensions: int, fields: RowFields | None = None) -> VectorWriter:
+    """The writer of the job's `.partial`, once the way to it is checked again (`fields`: see `JobInput`)."""
     output = Path(job.output)
     roots.check_unmoved(output.parent)
     if job.format == "npy":
-        return NpyWriter(output, dimensions)
-    return JsonlWriter(output, job.space)
+        return NpyWriter(output, dimensions, fields)
+    return JsonlWriter(output, job.space, fields=fields)
 
 
 def commit_output(job: JobRecord, writer: VectorWriter, roots: AllowedRoots, data_dir: Path, overwrite: bool) -> None:

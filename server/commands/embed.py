@@ -2,6 +2,7 @@
 
     signal-hub-embeddings embed chunks.jsonl -o vectors.jsonl
     signal-hub-embeddings embed src/ --glob '*.py' -o vectors.npy      # and vectors.ids.jsonl
+    signal-hub-embeddings embed src/ --dry-run                          # what it would embed and cost
     jq -c '{id, text}' chunks.json | signal-hub-embeddings embed - -o - > vectors.jsonl
     signal-hub-embeddings embed chunks.jsonl -o vectors.jsonl --provider openai --engine batch-api
     signal-hub-embeddings embed chunks.jsonl -o vectors.npy --engine ray --ray-address ray://head:10001
@@ -14,6 +15,7 @@ is read lazily and embedded in windows of `--window` texts, so memory does not g
 and every finished window is in the cache: a run that is killed and started again gets those
 windows from the cache and sends only the rest. Output goes to `<output>.partial`, renamed only
 when complete. Texts cut to the model's window are counted in the summary and marked on their rows.
+Files and directories are chunked by syntax, and a rerun reads only what changed (`commands/tree.py`).
 
 `--engine batch-api` sends the chunks missing from the cache through the OpenAI Batch API (half
 price, within 24 h) and waits for the batches; killed and run again on the same input, it
@@ -30,8 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
-import json
 import os
 import sys
 import time
@@ -45,13 +45,16 @@ import anyio
 
 from providers import INPUT_TYPES, ConfigurationError, EmbeddingError, EmbeddingService, InputError, InputType, Settings
 from providers.batch_api.job_engine import BatchesRunning
+from providers.chunking.incremental import Changes
 from providers.jobs.engine import EngineJob, JobEngine
-from providers.jobs.files import FORMATS, Chunk, DuplicateIds, Source, find_sources, read_chunks
+from providers.jobs.files import FORMATS, Chunk, DuplicateIds, Source, find_sources
 from providers.jobs.outputs import check_cli_output
 from providers.jobs.pipeline import Tally
+from providers.jobs.repository import JobOptions
 from providers.jobs.writers import JsonlWriter, NpyWriter, VectorWriter, ids_path
 from providers.registry import provider_names
 from providers.settings import InputLimits
+from server.commands import tree
 from server.commands.cache import format_bytes, run_cache
 from server.commands.engines import EngineOptions, add_engine_arguments, default_provider, engine_options, open_engine
 from server.commands.progress import cost_text, format_seconds, format_usd, progress_bar, say, showing_notices, summary
@@ -87,7 +90,6 @@ PROG = "signal-hub-embeddings"
 # 4 in flight 14 s, 8 in flight 13.5 s (and slower warm runs). Windows of 512-2048 were no faster
 # one at a time than 256 with 4 in flight, and make a killed run redo more.
 DEFAULT_WINDOW = 256
-_MAX_REPORTED_SKIPS = 20
 
 
 # --- the commands ----------------------------------------------------------------------------------
@@ -99,7 +101,8 @@ class EmbedJob:
     output: Path | None
     """None: JSONL on stdout."""
     format: str = "auto"
-    glob: str = "*"
+    options: JobOptions = dataclasses.field(default_factory=JobOptions)
+    dry_run: bool = False
     window: int = DEFAULT_WINDOW
     skip_invalid: bool = False
     progress: bool = True
@@ -114,7 +117,11 @@ class EmbedJob:
         return self.output is not None and self.output.suffix.lower() == ".npy"
 
     def sources(self) -> Iterator[Source]:
-        return find_sources(self.inputs, self.format, self.glob, frozenset(p.resolve() for p in self.output_files()))
+        return find_sources(self.inputs, self.format, self.options.filter, self.input_spec().excluded)
+
+    def input_spec(self) -> tree.InputSpec:
+        excluded = frozenset(p.resolve() for p in self.output_files())
+        return tree.InputSpec(self.output, self.options, self.format, excluded, self.skip_invalid)
 
     def output_files(self) -> list[Path]:
         if self.output is None:
@@ -123,15 +130,8 @@ class EmbedJob:
         return [*files, *(f.with_name(f.name + ".partial") for f in files)]
 
     def fingerprint(self, space: str) -> str:
-        """A stable id for this input in this space: each input file's path, size and mtime (a rerun re-attaches)."""
-        digest = hashlib.sha256(json.dumps([space, self.glob, self.format]).encode())
-        excluded = frozenset(p.resolve() for p in self.output_files())
-        for source in find_sources(self.inputs, self.format, self.glob, excluded):
-            if source.path is None:  # stdin: nothing to know it by again
-                return f"cli-stdin-{time.time_ns()}"
-            info = source.path.stat()
-            digest.update(json.dumps([str(source.path.resolve()), info.st_size, info.st_mtime_ns]).encode())
-        return f"cli-{digest.hexdigest()[:24]}"
+        """A stable id for this input in this space (a rerun re-attaches)."""
+        return tree.fingerprint(self.sources(), [space, self.options.to_column(), self.format])
 
 
 def add_commands(subparsers: Any) -> None:
@@ -149,18 +149,19 @@ def add_commands(subparsers: Any) -> None:
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help='a .jsonl file ({"id": ..., "text": ...} a line), any other file (one chunk; the path is its id), '
-        "a directory (its files, recursively), or - for stdin (JSONL unless --format says otherwise)",
+        help='a .jsonl file ({"id": ..., "text": ...} a line), a source or text file (chunked by syntax or in '
+        "windows; ids path:first-last line), a directory (the files git would track, chunked), or - for stdin "
+        "(JSONL unless --format says otherwise)",
     )
     embed.add_argument(
-        "-o", "--output", required=True, help="out.jsonl, out.npy (and out.ids.jsonl), or - for JSONL on stdout"
+        "-o", "--output", help="out.jsonl, out.npy (and out.ids.jsonl), or - for JSONL on stdout (not with --dry-run)"
     )
     embed.add_argument(
         "--format",
         choices=FORMATS,
         default="auto",
-        help="auto: .jsonl/.ndjson files and stdin are JSONL, other files one chunk each; "
-        "lines: a chunk per non-blank line, its id 'name:line'",
+        help="auto: .jsonl/.ndjson files and stdin are JSONL, other files chunks; text: a whole file is one "
+        "chunk, its id the path; lines: a chunk per non-blank line, its id 'name:line'",
     )
     embed.add_argument(
         "--encoding",
@@ -168,7 +169,7 @@ def add_commands(subparsers: Any) -> None:
         default="float",
         help="JSONL embeddings as a list of floats, or base64 of little-endian float32 (2.5x smaller)",
     )
-    embed.add_argument("--glob", default="*", help="names of the files to take from directories, e.g. '*.py'")
+    tree.add_tree_arguments(embed)
     embed.add_argument("--provider", choices=provider_names(), help="default: SIGNAL_HUB_PROVIDER")
     embed.add_argument("--model", help="the provider's model (default: as configured)")
     embed.add_argument(
@@ -214,6 +215,12 @@ class _Run:
     read: int = 0
     """Valid chunks read so far."""
     duplicates: DuplicateIds = dataclasses.field(default_factory=DuplicateIds)
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+    changes: Changes | None = None
+
+    def saw(self, chunk: Chunk) -> None:
+        self.read += 1
+        self.duplicates.add(chunk.id)
 
     def undone(self) -> int:
         """Valid chunks with no vector written: what a failure left."""
@@ -224,14 +231,13 @@ def run_embed(args: argparse.Namespace, settings: Settings) -> int:
     """The `embed` command. Progress, errors and the summary go to stderr; returns the exit code."""
     if misplaced := shard_arguments_misplaced(args):
         return _fail(f"error: {misplaced}", _Run(), time.monotonic(), EXIT_USAGE)
-    if args.engine == "ray" and is_directory_output(args.output):
+    if args.engine == "ray" and args.output is not None and is_directory_output(args.output):
         return run_ray_shards(args, settings)
     started = time.monotonic()
     run = _Run()
     try:
         try:
             job = _job_from(args, settings.limits, settings.resolved_data_dir)
-            run.total = _preflight(job, settings.limits)
         except EmbeddingError as exc:
             return _fail(f"error: {exc}", run, started, EXIT_USAGE)
         with showing_notices():
@@ -268,6 +274,8 @@ def _embed_and_report(job: EmbedJob, settings: Settings, run: _Run, started: flo
         return _fail(f"error: cannot write {target}: {exc}", run, started, EXIT_FAILED, resumable=resumable)
     except KeyboardInterrupt:
         return _fail("interrupted", run, started, EXIT_INTERRUPTED, resumable=resumable)
+    if job.dry_run:
+        return EXIT_OK
     written = run.tally.written
     _say(f"wrote {written:,} vector{'' if written == 1 else 's'} to {target} ({space})")
     _report(run, started)
@@ -285,6 +293,8 @@ def _report(run: _Run, started: float) -> None:
         )
     if run.duplicates.count:
         _say(f"warning: {run.duplicates.describe()}; give each chunk its own id.")
+    for line in tree.report_lines(run.skipped, run.changes):
+        _say(line, prefix="  ")
 
 
 def _job_from(args: argparse.Namespace, limits: InputLimits, data_dir: Path) -> EmbedJob:
@@ -296,18 +306,23 @@ def _job_from(args: argparse.Namespace, limits: InputLimits, data_dir: Path) -> 
     for raw in args.inputs:
         if raw != "-" and not Path(raw).exists():
             raise InputError(f"{raw}: no such file or directory.")
-    output = None if args.output == "-" else Path(args.output)
-    if output is not None:
+    if args.output is None and not args.dry_run:
+        raise InputError("name the output with -o (out.jsonl, out.npy or -), or pass --dry-run.")
+    output = None if args.output in ("-", None) else Path(args.output)
+    if output is not None and not args.dry_run:
         if output.is_dir():
             raise InputError(f"--output {output} is a directory; name a file, e.g. {output / 'vectors.jsonl'}.")
         if not output.parent.is_dir():
             raise InputError(f"--output {output}: the directory {output.parent} does not exist.")
-        check_cli_output(output, args.inputs, data_dir, overwrite=args.overwrite)
+        # A rerun onto a tree's earlier output reads only what changed: that output is its own.
+        rerun = tree.earlier_run(output, data_dir)
+        check_cli_output(output, args.inputs, data_dir, overwrite=args.overwrite or rerun)
     return EmbedJob(
         inputs=tuple(args.inputs),
         output=output,
         format=args.format,
-        glob=args.glob,
+        options=tree.tree_options(args),
+        dry_run=args.dry_run,
         window=args.window,
         skip_invalid=args.skip_invalid,
         progress=not args.no_progress,
@@ -319,34 +334,10 @@ def _job_from(args: argparse.Namespace, limits: InputLimits, data_dir: Path) -> 
     )
 
 
-def _preflight(job: EmbedJob, limits: InputLimits) -> int | None:
-    """Check every input file before anything is sent, and count the chunks (None: stdin is not countable)."""
-    if "-" in job.inputs:
-        return None
-    return sum(1 for _ in _valid(job, limits, _Run(), report=False))
-
-
-def _valid(job: EmbedJob, limits: InputLimits, run: _Run, *, report: bool = True) -> Iterator[Chunk]:
-    tally = run.tally
-    for source in job.sources():
-        for item in read_chunks(source, limits):
-            if isinstance(item, Chunk):
-                run.read += 1
-                if report:
-                    run.duplicates.add(item.id)
-                yield item
-            elif not job.skip_invalid:
-                raise InputError(f"{item}. Fix it, or pass --skip-invalid to skip bad records.")
-            else:
-                tally.failed += 1
-                if report and tally.failed <= _MAX_REPORTED_SKIPS:
-                    _say(f"skipped {item}")
-                elif report and tally.failed == _MAX_REPORTED_SKIPS + 1:
-                    _say("skipping more bad records without naming them")
-
-
 async def _embed_all(job: EmbedJob, settings: Settings, run: _Run) -> str:
     async with EmbeddingService(job.provider or default_provider(job.engines), job.model, settings=settings) as service:
+        if job.dry_run:  # no engine: nothing is sent
+            return await tree.dry_run(job.inputs, job.input_spec(), settings, service.provider)
         engine = open_engine(job.engines, settings, service)
         try:
             return await _embed_with(engine, service, job, settings, run)
@@ -362,10 +353,13 @@ async def _embed_with(
     provider = engine.provider(service.provider.name)
     await provider.resolve_space()  # the file's space must be final (a compatible server's length) before it opens
     space = provider.space_for(job.input_type)
+    job_input, run.total = await anyio.to_thread.run_sync(
+        tree.prepare, job.inputs, job.input_spec(), settings, provider, space
+    )
     writer: VectorWriter = (
-        NpyWriter(job.output, provider.dimensions)
+        NpyWriter(job.output, provider.dimensions, job_input.fields)
         if job.npy and job.output is not None
-        else JsonlWriter(job.output, space, job.encoding)
+        else JsonlWriter(job.output, space, job.encoding, job_input.fields)
     )
     tally = run.tally
     job_id = "embed" if job.engines.engine == "in-process" else job.fingerprint(space)
@@ -377,13 +371,19 @@ async def _embed_with(
             bar.update(done - bar.n)
 
         try:
-            await engine.run(engine_job, _valid(job, settings.limits, run), writer, tally, show)
+            tally.cached += await anyio.to_thread.run_sync(job_input.write_carried, writer, provider.dimensions)
+            chunks = tree.valid_chunks(job_input, settings.limits, job.skip_invalid, tally, run.saw, _say)
+            await engine.run(engine_job, chunks, writer, tally, show)
             writer.commit()
+            job_input.commit()
         except BaseException:
             writer.discard()
             raise
         finally:
             show(tally.written)
+            run.skipped = dict(job_input.skipped)
+            if job_input.run.previous is not None:
+                run.changes = job_input.changes
     return space
 
 

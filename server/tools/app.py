@@ -23,11 +23,11 @@ from providers import EmbeddingResult, EmbeddingService, Settings
 from providers.base import InputType, ProgressCallback
 from providers.registry import provider_names
 from providers.service.similarity import preview
-from providers.settings import VectorsMode
 from server.tools.answers import answer, call_meta, dump, embedding_meta, summary
 from server.tools.budget import fit_items
 from server.tools.client_log import send_log
 from server.tools.encoding import Encoding, check_message_size, encode_vectors
+from server.tools.instructions import instructions
 from server.tools.jobs import register_job_tools, run_jobs
 from server.tools.models import (
     CostEstimateResult,
@@ -55,26 +55,6 @@ if TYPE_CHECKING:
     ProviderName = str
 else:
     ProviderName = Literal[provider_names()]
-
-_INSTRUCTIONS = """\
-Embeddings for semantic code search. Pick the tool by need:
-- which snippets match a query: rank_texts (ranked indexes and scores)
-- near-copies among texts: find_duplicates
-- index a file or directory: start_embedding_job, then poll job_status
-- price a job before running it: estimate_cost; money spent: get_cost
-{vectors}
-Never mix vectors of two `space` ids: `fallback: true` means another provider answered."""
-_VECTORS = {
-    "inline": "- vectors for a program to store: embed_text, embed_batch (they return the vectors)",
-    "on_request": "- vectors for a program to store: embed_text, embed_batch with include_vectors: true; "
-    "without it they answer count, space, tokens and cost but no vectors",
-}
-
-
-def instructions(vectors: VectorsMode) -> str:
-    """What `initialize` tells the model first (often all it sees before it picks a tool): true under `vectors`."""
-    return _INSTRUCTIONS.format(vectors=_VECTORS[vectors])
-
 
 ServiceFactory = Callable[[Settings], EmbeddingService]
 

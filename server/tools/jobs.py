@@ -26,7 +26,9 @@ from mcp.types import CallToolResult, ClientCapabilities, RootsCapability, TextC
 from pydantic import BaseModel, Field
 
 from providers import EmbeddingError, EmbeddingService, Settings
+from providers.chunking.selection import FileFilter
 from providers.jobs.paths import AllowedRoots
+from providers.jobs.repository import JobOptions
 from providers.jobs.runner import JobRunner, estimate_usd
 from providers.jobs.store import JobRecord, JobStatus
 from server.tools.budget import fit_items
@@ -88,6 +90,9 @@ class JobStatusResult(BaseModel):
     """A batch-api job: its remote batches (each while few, else counts by status) and request counts."""
     next_step: str | None = None
     """An interrupted job: whether it resumes by itself (a free provider) or waits for resume_job."""
+    changes: dict[str, Any] | None = None
+    """A directory or source-file job: files and chunks added, changed, removed, unchanged since the
+    last run to its output, and files skipped by reason."""
 
 
 class JobStarted(JobStatusResult):
@@ -110,7 +115,12 @@ class JobListResult(BaseModel):
     """When the jobs' errors make the list too long: how many newest-first jobs were left out."""
 
 
-def _status(job: JobRecord, batches: dict[str, Any] | None = None, runner: JobRunner | None = None) -> JobStatusResult:
+def _status(
+    job: JobRecord,
+    batches: dict[str, Any] | None = None,
+    runner: JobRunner | None = None,
+    changes: dict[str, Any] | None = None,
+) -> JobStatusResult:
     now = time.time()
     eta = job.eta_s(now)
     next_step = None
@@ -135,6 +145,7 @@ def _status(job: JobRecord, batches: dict[str, Any] | None = None, runner: JobRu
         engine=job.engine,
         batches=batches,
         next_step=next_step,
+        changes=changes,
     )
 
 
@@ -204,6 +215,7 @@ def register_job_tools(mcp: MCPServer[Any]) -> None:
 
 
 JobId = Annotated[str, Field(description="From start_embedding_job or list_jobs.")]
+Patterns = Annotated[list[str] | None, Field(description="gitignore patterns, e.g. *.py")]
 
 
 async def start_embedding_job(
@@ -217,11 +229,22 @@ async def start_embedding_job(
     ] = "in-process",
     overwrite: Annotated[bool, Field(description="Replace an earlier job's output there (never other files)")] = False,
     input_type: Literal["document", "query"] = "document",
+    glob: Patterns = None,
+    exclude: Patterns = None,
+    dry_run: Annotated[bool, Field(description="report files, chunks, tokens, cost; send nothing")] = False,
+    chunk_tokens: int | None = None,
 ) -> CallToolResult:
     """Embed a file or directory into a file in the background, for more than a call can carry.
-    Answers at once with job_id and estimated tokens/USD; poll job_status."""
+    Directories: the files git would track, chunked by syntax. Answers at once with job_id and
+    estimated tokens/USD; poll job_status. A rerun to the same output embeds only what changed."""
     runner = _runner(ctx)
     roots = await _roots(ctx, runner)
+    options = JobOptions(FileFilter(_patterns(glob), _patterns(exclude)), chunk_tokens)
+    if dry_run:
+        found = await _call(
+            lambda: runner.dry_run(input, output, provider=provider, roots=roots, engine=engine, options=options)
+        )
+        return _dry_run_answer(found.report(runner.settings))
     started = await _call(
         lambda: runner.start(
             input,
@@ -230,6 +253,7 @@ async def start_embedding_job(
             format=format,
             roots=roots,
             engine=engine,
+            options=options,
             overwrite=overwrite,
             input_type=input_type,
         )
@@ -237,7 +261,9 @@ async def start_embedding_job(
     job = started.job
     fields: dict[str, Any] = {"output": job.output, "space": job.space, "estimated_usd": job.estimated_usd}
     fields |= _prices(runner, job)
-    out = JobStarted(**vars(_status(job)), estimated_tokens=job.estimated_tokens, **fields)
+    out = JobStarted(
+        **vars(_status(job, changes=runner.changes(job.id))), estimated_tokens=job.estimated_tokens, **fields
+    )
     usd = "price unknown" if out.estimated_usd is None else format_usd(out.estimated_usd)
     text = f"Started job {out.job_id} ({engine}): {count(out.total, 'chunk')}, about "
     text += f"{count(out.estimated_tokens, 'token')}, {usd}"
@@ -246,6 +272,8 @@ async def start_embedding_job(
     text += "."
     if started.duplicate_ids:
         text += f" Warning: {started.duplicate_ids}."
+    if out.changes is not None:
+        text += " " + _changes_text(out.changes)
     return _answer(out, text)
 
 
@@ -254,8 +282,9 @@ async def job_status(job_id: JobId, ctx: Context) -> CallToolResult:
     Poll it after start_embedding_job or resume_job."""
     runner = _runner(ctx)
     job = await _call(lambda: _async(runner.status, job_id))
-    out = _status(job, _batches(runner, job), runner)
-    return _answer(out, _line(out))
+    out = _status(job, _batches(runner, job), runner, runner.changes(job_id))
+    text = _line(out) if out.changes is None else f"{_line(out)} {_changes_text(out.changes)}"
+    return _answer(out, text)
 
 
 async def cancel_job(job_id: JobId, ctx: Context) -> CallToolResult:
@@ -309,3 +338,33 @@ def _prices(runner: JobRunner, job: JobRecord) -> dict[str, float | None]:
         for name in ("sync_usd", "batch_usd")
     }
     return {name: None if usd is None else round(usd, 6) for name, usd in both.items()}
+
+
+def _patterns(value: list[str] | None) -> tuple[str, ...]:
+    return tuple(pattern for pattern in value or () if pattern and pattern != "*")
+
+
+def _changes_text(changes: dict[str, Any]) -> str:
+    text = (
+        f"Files: {changes['files_added']} added, {changes['files_changed']} changed, "
+        f"{changes['files_removed']} removed, {changes['files_unchanged']} unchanged; chunks: "
+        f"{changes['chunks_added']} added, {changes['chunks_removed']} removed."
+    )
+    skipped = changes.get("skipped") or {}
+    if skipped:
+        text += f" Skipped {sum(skipped.values())}: " + ", ".join(f"{n} {why}" for why, n in skipped.items()) + "."
+    return text
+
+
+def _dry_run_answer(report: dict[str, Any]) -> CallToolResult:
+    usd = report["usd"]
+    text = (
+        f"Dry run, nothing sent: {report['files']} files, {report['chunks']} chunks; to embed "
+        f"{report['to_embed']} chunks, {report['tokens']} tokens, "
+        + ("price unknown" if usd is None else f"${usd:.6f}")
+        + ("" if report["batch_usd"] is None else f" (Batch API ${report['batch_usd']:.6f})")
+    )
+    if report["top_directories"]:
+        top = report["top_directories"][0]
+        text += f"; most in {top['directory']} ({top['share']:.0%})"
+    return CallToolResult(content=[TextContent(type="text", text=text + ".")], structured_content=report)
