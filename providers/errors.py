@@ -7,6 +7,7 @@ Every error is an `EmbeddingError`, and every message says what happened and wha
     ├── InputError                bad texts: empty, not a string, too many, too long
     ├── ResponseTooLargeError     the answer would not fit in one message
     ├── BudgetExceededError       the hard spending limit would be passed
+    ├── StorageError              a database of the data directory failed: a full disk, a lock held too long
     └── ProviderError             the provider failed to embed
         ├── AuthenticationError   the provider rejected the credentials
         ├── QuotaExceededError    the account has no credit left (retrying cannot help)
@@ -37,6 +38,7 @@ __all__ = [
     "QuotaExceededError",
     "RateLimitError",
     "ResponseTooLargeError",
+    "StorageError",
 ]
 
 
@@ -62,6 +64,10 @@ class ResponseTooLargeError(EmbeddingError):
 
 class BudgetExceededError(EmbeddingError):
     """Embedding these texts would pass the hard spending limit."""
+
+
+class StorageError(EmbeddingError):
+    """The ledger, the cache or the job store could not be read or written (see `storage.sqlite`)."""
 
 
 class ProviderError(EmbeddingError):

@@ -15,6 +15,7 @@ for their input type, `local_model/prompts.py`) are tokenized once, cut into mod
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -29,7 +30,7 @@ import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 
-from providers.base import INPUT_TYPES, EmbeddingProvider, EmbeddingResult, InputType, ProgressCallback
+from providers.base import INPUT_TYPES, EmbeddingProvider, EmbeddingResult, InputType, ProgressCallback, RequestHook
 from providers.errors import ConfigurationError, ProviderError
 from providers.local_model.encoders import (
     LOCAL_BACKENDS,
@@ -37,7 +38,6 @@ from providers.local_model.encoders import (
     OnnxEncoder,
     SentenceEncoder,
     TorchEncoder,
-    pad_batch,
     resolve_backend,
     resolve_device,
     usable_cores,
@@ -47,6 +47,7 @@ from providers.local_model.long_texts import (
     InputPlan,
     LongTextPolicy,
     combine_windows,
+    part_of,
     plan_windows,
 )
 from providers.local_model.model_dir import (
@@ -62,6 +63,7 @@ from providers.local_model.model_dir import (
 from providers.local_model.onnx_export import cached_onnx_model, export_in_subprocess, sha256_of_file
 from providers.local_model.options import LocalOptions
 from providers.local_model.prompts import Prompts, model_prompts
+from providers.local_model.tokenizing import encode_windows, plain_tokenizer, special_token_counts
 from providers.local_model.turns import ModelTurns
 from providers.registry import ProviderSpec, one_length_only
 from providers.settings import DEFAULT_LOCAL_MODEL, Settings
@@ -239,6 +241,17 @@ class LocalProvider(EmbeddingProvider):
     async def embed(
         self, texts: Sequence[str], *, input_type: InputType = "document", progress: ProgressCallback | None = None
     ) -> EmbeddingResult:
+        return await self.embed_each(texts, input_type=input_type, progress=progress)
+
+    async def embed_each(
+        self,
+        texts: Sequence[str],
+        *,
+        input_type: InputType = "document",
+        progress: ProgressCallback | None = None,
+        on_request: RequestHook | None = None,
+    ) -> EmbeddingResult:
+        """`embed`; the texts each step finished go to `on_request` at once: a cancelled call keeps them."""
         loaded = await self._loaded_model()
         prompt = self.prompts.of(input_type)
         plan = await anyio.to_thread.run_sync(self._plan, loaded, [prompt + text for text in texts], input_type)
@@ -247,22 +260,34 @@ class LocalProvider(EmbeddingProvider):
         order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids), reverse=True)
         window_vectors = np.empty((len(windows), self.dimensions), dtype=np.float32)
         windows_left = Counter(window.text for window in windows)
-        texts_done = 0
+        texts_done = steps = 0
         short = len(order) <= _WINDOWS_PER_STEP
         for start in range(0, len(order), _WINDOWS_PER_STEP):
             step = order[start : start + _WINDOWS_PER_STEP]
             async with self._turns.turn(short=short):
                 window_vectors[step], calls = await anyio.to_thread.run_sync(
-                    _encode_windows, loaded, [windows[i].ids for i in step], abandon_on_cancel=False
+                    encode_windows, loaded.encoder, loaded.runtime.batch_size, [windows[i].ids for i in step]
                 )
             self.model_calls += calls
+            finished = []
             for i in step:
                 windows_left[windows[i].text] -= 1
-                texts_done += windows_left[windows[i].text] == 0
+                if windows_left[windows[i].text] == 0:
+                    finished.append(windows[i].text)
+            texts_done += len(finished)
+            if on_request is not None and finished:
+                steps += 1
+                part, picked = part_of(plan, finished)
+                with anyio.CancelScope(shield=True):  # what was computed is kept, even when cancelled
+                    await on_request(finished, self._result(window_vectors[picked], part, input_type))
             if progress is not None:
                 await progress(texts_done, len(texts))
+        whole = self._result(window_vectors, plan, input_type)
+        return whole if on_request is None else dataclasses.replace(whole, requests=steps)
+
+    def _result(self, vectors: npt.NDArray[np.float32], plan: InputPlan, input_type: InputType) -> EmbeddingResult:
         return EmbeddingResult(
-            vectors=combine_windows(window_vectors, plan, text_count=len(texts)),
+            vectors=combine_windows(vectors, plan, text_count=len({window.text for window in plan.windows})),
             provider=self.name,
             model=self.model,
             tokens=plan.tokens,
@@ -315,8 +340,8 @@ class LocalProvider(EmbeddingProvider):
             raise
         except Exception as exc:
             raise ProviderError(f"local model {self.model!r} failed to load from {self._path}: {exc}") from exc
-        tokenizer = _plain_tokenizer(tokenizer_json)
-        specials = _special_token_counts(tokenizer)
+        tokenizer = plain_tokenizer(tokenizer_json)
+        specials = special_token_counts(tokenizer)
         if self._split_overlap >= max_length - sum(specials):
             raise ConfigurationError(
                 f"split overlap {self._split_overlap} must be smaller than the model's window of {max_length} tokens."
@@ -326,7 +351,7 @@ class LocalProvider(EmbeddingProvider):
             kind: tokenizer.encode(self.prompts.of(kind), add_special_tokens=False).ids for kind in INPUT_TYPES
         }
         loaded = _LoadedModel(runtime, encoder, tokenizer, specials, prompt_ids)
-        _encode_windows(loaded, [tokenizer.encode("warm up").ids])  # first-call allocations happen now
+        encode_windows(encoder, batch_size, [tokenizer.encode("warm up").ids])  # first-call allocations happen now
         return loaded
 
     def _load_torch(self, device: str, threads: int) -> tuple[SentenceEncoder, str, int]:
@@ -353,31 +378,6 @@ class LocalProvider(EmbeddingProvider):
             logger.info("exported %s to %s", self.model, cached.directory)
         encoder = OnnxEncoder(cached.model_bytes, threads=threads, device=device)
         return encoder, cached.tokenizer_json, max_seq_length(self._path)
-
-
-def _encode_windows(loaded: _LoadedModel, windows: list[list[int]]) -> tuple[npt.NDArray[np.float32], int]:
-    """L2-normalised vectors of token windows, `batch_size` windows per model call; and the calls made."""
-    size = loaded.runtime.batch_size
-    parts = [loaded.encoder.encode(*pad_batch(windows[start : start + size])) for start in range(0, len(windows), size)]
-    vectors = np.concatenate(parts).astype(np.float32, copy=False)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12), len(parts)
-
-
-def _plain_tokenizer(tokenizer_json: str) -> Tokenizer:
-    """The model's tokenizer without padding or truncation: windows are cut by `plan_windows`."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_str(tokenizer_json)
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-    return tokenizer
-
-
-def _special_token_counts(tokenizer: Tokenizer) -> tuple[int, int]:
-    mask = tokenizer.encode("x", add_special_tokens=True).special_tokens_mask
-    leading = next((i for i, special in enumerate(mask) if not special), len(mask))
-    trailing = next((i for i, special in enumerate(reversed(mask)) if not special), 0)
-    return leading, trailing
 
 
 def _onnx_cache_root(data_dir: Path | None) -> Path:

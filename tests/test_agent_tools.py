@@ -381,7 +381,12 @@ def test_unexpected_errors_are_explained_by_kind() -> None:
 
     assert "writable" in explain(PermissionError(13, "Permission denied"))
     assert explain(ValueError("odd")).startswith("unexpected ValueError: odd. The server is still running")
-    assert "ledger.sqlite3" in explain(sqlite3.OperationalError("database is locked"))
+    # A lock or a full disk passes: the advice is to retry, never to move the ledger aside (that resets the budget).
+    for error in (sqlite3.OperationalError("database is locked"), sqlite3.OperationalError("database or disk is full")):
+        advice = explain(error)
+        assert "retry" in advice.lower() and "nothing stored is lost" in advice and "ledger.sqlite3" not in advice
+    assert "locked by another process" in explain(sqlite3.OperationalError("database is locked"))
+    assert "the disk is full" in explain(sqlite3.OperationalError("database or disk is full"))
 
 
 async def test_tools_registered_later_share_the_error_policy_and_metadata(settings: Settings) -> None:

@@ -199,7 +199,7 @@ def test_without_the_cache_every_run_sends_again(
     openai: Settings, chunks: Path, tmp_path: Path, server: LoopbackOpenAI
 ) -> None:
     for _ in range(2):
-        assert embed(openai, str(chunks), "--no-cache", "-o", str(tmp_path / "out.jsonl")) == 0
+        assert embed(openai, str(chunks), "--no-cache", "--overwrite", "-o", str(tmp_path / "out.jsonl")) == 0
     assert len(server.embedded_inputs()) == 6
     assert cached_texts(openai.resolved_data_dir, list(CHUNKS.values())) == []
 

@@ -92,7 +92,7 @@ def test_cli_batch_api_embeds_in_input_order_and_a_rerun_sends_nothing(
     # The tokens the answers reported (the loopback counts 15 a text; we planned 12), at the batch price.
     assert "embedded 30, cached 0, failed 0; 450 tokens, $0.000005" in err
 
-    assert embed(openai, *argv) == 0  # the cache answers: no new batch
+    assert embed(openai, *argv, "--overwrite") == 0  # the cache answers: no new batch
     assert server.batches.batches_created == 1
     assert "embedded 0, cached 30" in capsys.readouterr().err
     assert_vectors(tmp_path / "out.jsonl", texts)

@@ -47,3 +47,26 @@ def test_an_intact_ledger_opens_and_keeps_its_records(tmp_path: Path) -> None:
     ledger.record(ONE)
     ledger.close()
     assert CostLedger(path).report().total.tokens == 5
+
+
+def test_storage_errors_say_what_to_do_by_what_failed(tmp_path: Path) -> None:
+    import sqlite3
+
+    from providers.storage.sqlite import storage_error
+
+    def error(message: str, code: int | None = None) -> sqlite3.Error:
+        exc = sqlite3.OperationalError(message)
+        if code is not None:
+            exc.sqlite_errorcode = code  # type: ignore[attr-defined]
+        return exc
+
+    path = tmp_path / "cache.sqlite3"
+    damaged = str(storage_error(error("database disk image is malformed", sqlite3.SQLITE_CORRUPT), "cache", path))
+    assert f"mv {path} {path}.damaged" in damaged  # only damage is a reason to move a file aside
+    readonly = storage_error(error("attempt to write a readonly database", sqlite3.SQLITE_READONLY), "cache", path)
+    assert "Check that the data directory (SIGNAL_HUB_DATA_DIR) is writable" in str(readonly)
+    other = str(storage_error(error("something odd"), "cache", path))
+    assert other.startswith(f"the cache at {path} failed (OperationalError: something odd). Retry")
+    for passing in (error("database is locked"), error("database or disk is full", sqlite3.SQLITE_FULL)):
+        assert "nothing stored is lost" in str(storage_error(passing, "job store", path))
+        assert "aside" not in str(storage_error(passing, "job store", path))

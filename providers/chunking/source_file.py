@@ -48,7 +48,9 @@ def file_version(path: Path) -> FileVersion:
 def read_file(path: Path, relative: str, budget: TokenBudget) -> FileRead:
     """Read and chunk one file; OSError when it cannot be read."""
     version = file_version(path)
-    data = path.read_bytes()
+    # Not following a symlink: the path was resolved and checked; one swapped in since is refused.
+    with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as stream:
+        data = stream.read()
     digest = hashlib.sha256(data).hexdigest()
     try:
         text = data.decode("utf-8-sig")

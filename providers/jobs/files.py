@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import sqlite3
 import sys
 from collections import Counter
@@ -76,6 +77,8 @@ class Source:
     """The path chunk ids start with: relative to the directory it was found in (a file named alone: its name)."""
     in_directory: bool = False
     """Found in a directory (so a file with nothing to embed is skipped, not refused)."""
+    real: Path | None = None
+    """Set: the file to read, resolved and checked just before, opened without following a symlink."""
 
     @property
     def name(self) -> str:
@@ -173,7 +176,10 @@ def _open_binary(source: Source) -> Iterator[IO[bytes]]:
         yield sys.stdin.buffer
         return
     try:
-        stream = source.path.open("rb")
+        if source.real is None:
+            stream = source.path.open("rb")
+        else:  # a symlink swapped in since the check is not followed
+            stream = os.fdopen(os.open(source.real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb")
     except OSError as exc:
         raise InputError(f"{source.name}: cannot read it ({exc.strerror or exc}).") from exc
     with stream:

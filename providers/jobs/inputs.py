@@ -2,7 +2,7 @@
 
 ```python
 inputs = JobInputs(settings, provider_of)          # provider_of(engine, provider) -> EmbeddingProvider
-job_input = inputs.open(source, output, "jsonl", options.to_column(), "local", "in-process", roots)
+job_input = inputs.open(source, output, "jsonl", options.to_column(), "local", "in-process", roots)  # "npy"
 scan = inputs.scan(job_input)                     # counts and tokens before the job is queued
 inputs.save_changes(job_id, job_input)            # what job_status reports as `changes`
 ```
@@ -21,6 +21,7 @@ from providers.chunking.budget import chunk_budget
 from providers.chunking.manifest import ManifestStore
 from providers.errors import InputError
 from providers.jobs.files import Chunk, Invalid
+from providers.jobs.input_checks import open_check, output_files
 from providers.jobs.paths import AllowedRoots
 from providers.jobs.repository import JobInput, JobOptions
 from providers.jobs.scan import InputScan, scan_input
@@ -42,14 +43,18 @@ class JobInputs:
         self,
         source: str,
         output: Path,
-        exclude: frozenset[Path],
+        fmt: str,
         column: str,
         provider: str,
         engine: str,
         roots: AllowedRoots,
         space: str | None = None,
     ) -> JobInput:
-        """The job's input, its files sorted into unchanged (rows carried over) and to read."""
+        """The job's input, its files sorted into unchanged (rows carried over) and to read.
+
+        Each file is checked against `roots` again just before it is read, and opened without
+        following a symlink.
+        """
         options = JobOptions.from_column(column)
         chosen = self.provider_of(engine, provider)
         return JobInput.open(
@@ -58,9 +63,10 @@ class JobInputs:
             budget=chunk_budget(chosen, self.settings, options.chunk_tokens),
             options=options,
             space=space or chosen.space,
-            exclude=exclude,
+            exclude=output_files(output, fmt),
             check=roots.check_file,
             manifests=self.manifests,
+            reopen=open_check(roots),
         )
 
     def scan(self, job_input: JobInput) -> InputScan:

@@ -7,8 +7,10 @@ target = roots.check_output("out/vectors.npy", inputs=[source])
 ```
 
 Refused: paths outside the roots, any `..` component, symlinks that lead out of the roots
-(every path is resolved before it is compared), devices, FIFOs and sockets, and an output that
-would overwrite an input.
+(every path is resolved before it is compared), devices, FIFOs and sockets, and outputs that
+`outputs.check_output_target` refuses (into an input or the data directory, over a file). A job
+checks its paths again when it runs (`check_unmoved`), and reads and writes without following a
+symlink put in their place since.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from providers.errors import ConfigurationError, InputError
+from providers.jobs.outputs import check_output_target, job_files
 
 __all__ = ["JOB_ROOTS_VARIABLE", "AllowedRoots"]
 
@@ -88,16 +91,32 @@ class AllowedRoots:
         """Refuse a file found while walking an input directory, the same way as a named input."""
         self.check_input(str(path))
 
-    def check_output(self, raw: str, inputs: Sequence[Path]) -> Path:
+    def check_output(
+        self,
+        raw: str,
+        inputs: Sequence[Path],
+        *,
+        out_format: str = "jsonl",
+        data_dir: Path | None = None,
+        overwrite: bool = False,
+    ) -> Path:
+        """`raw` resolved, if a job reading `inputs` may write there (see `outputs.check_output_target`)."""
         path = self.resolve(raw)
         if not path.parent.is_dir():
             raise InputError(f"{raw}: the directory {path.parent} does not exist.")
-        for existing in (path, path.with_name(path.name + ".partial")):
-            if existing.exists() or existing.is_symlink():
-                mode = existing.lstat().st_mode
-                if not stat.S_ISREG(mode):
-                    raise InputError(f"{raw}: {existing.name} exists and is not a regular file; choose another output.")
-        for source in inputs:
-            if path == source:
-                raise InputError(f"{raw} is also the input; write the vectors elsewhere.")
+        for written in job_files(path, out_format):
+            partial = written.with_name(written.name + ".partial")
+            if (partial.exists() or partial.is_symlink()) and not stat.S_ISREG(partial.lstat().st_mode):
+                raise InputError(f"{raw}: {partial.name} exists and is not a regular file; choose another output.")
+        check_output_target(path, out_format, inputs=inputs, data_dir=data_dir, overwrite=overwrite, shown=raw)
         return path
+
+    def check_unmoved(self, checked: Path) -> Path:
+        """`checked` (resolved when the job started) if it still resolves to itself under the roots.
+
+        A queued job may wait long: a directory on its path swapped for a symlink since is refused.
+        """
+        now = self.resolve(str(checked))
+        if now != checked:
+            raise InputError(f"{checked}: now leads to {now} (a symlink was put in its way); the job stops here.")
+        return now

@@ -6,7 +6,8 @@ await Pipeline(embed, writer, tally, in_flight=4, space=provider.space).run(wind
 ```
 
 `embed(texts)` is one call of an engine (the in-process `EmbeddingService.embed` by default); every
-finished window is in the cache, so a job killed and run again sends only what is left.
+finished request (and local model call) is in the cache, so a job killed and run again sends only
+what is left, and the tally's tokens and USD count each one as the ledger records it.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from providers.base import EmbeddingResult, ProgressCallback
 from providers.errors import EmbeddingError, InputError
 from providers.jobs.files import Chunk
 from providers.jobs.writers import VectorWriter
+from providers.storage.billing import on_billed
 
-__all__ = ["EmbedCall", "Pipeline", "Tally"]
+__all__ = ["Billed", "EmbedCall", "Pipeline", "Tally"]
 
 EmbedCall = Callable[[list[str], ProgressCallback], Awaitable[EmbeddingResult]]
 """Embeds distinct texts (reporting progress) and returns their vectors in order."""
@@ -53,17 +55,39 @@ class Tally:
     def written(self) -> int:
         return self.embedded + self.cached
 
-    def add(self, result: EmbeddingResult | None, *, rows: int, sent: int, dropped: list[int]) -> None:
-        """Count a window of `rows` chunks that sent `sent` distinct texts (none: `result` is None)."""
+    def add(
+        self, result: EmbeddingResult | None, *, rows: int, sent: int, dropped: list[int], billed: Billed | None = None
+    ) -> None:
+        """Count a window of `rows` chunks that sent `sent` distinct texts (none: `result` is None).
+
+        `billed`: what `bill` already counted of this window's call, piece by piece.
+        """
         embedded = 0 if result is None else sent - result.cached
         self.embedded += embedded
         self.cached += rows - embedded
         self.truncated += sum(1 for lost in dropped if lost)
         self.dropped_tokens += sum(dropped)
         if result is not None:
-            self.tokens += result.tokens
+            billed = billed or Billed()
+            self.tokens += max(result.tokens - billed.tokens, 0)
             self.unpriced = self.unpriced or result.cost_usd is None
-            self.usd += result.cost_usd or 0.0
+            self.usd += max((result.cost_usd or 0.0) - billed.usd, 0.0)
+
+    def bill(self, piece: EmbeddingResult, billed: Billed) -> None:
+        """Count a piece of a call (one request) as the ledger records it, before its window is written."""
+        billed.tokens += piece.tokens
+        billed.usd += piece.cost_usd or 0.0
+        self.tokens += piece.tokens
+        self.usd += piece.cost_usd or 0.0
+        self.unpriced = self.unpriced or piece.cost_usd is None
+
+
+@dataclass
+class Billed:
+    """What the pieces of one call recorded so far."""
+
+    tokens: int = 0
+    usd: float = 0.0
 
 
 @dataclass(eq=False)
@@ -79,6 +103,7 @@ class _Slot:
     progress: int = 0
     result: EmbeddingResult | None = None
     error: Exception | None = None
+    billed: Billed = field(default_factory=Billed)
 
 
 class Pipeline:
@@ -152,9 +177,14 @@ class Pipeline:
             slot.progress = len(slot.window) * done // max(total, 1)
             self._show()
 
+        def billed(piece: EmbeddingResult) -> None:
+            self.tally.bill(piece, slot.billed)
+            self._show()  # so the job's saved tokens and USD keep up with the ledger's
+
         try:
             if slot.texts:
-                slot.result = await self.embed(slot.texts, progress)
+                with on_billed(billed):
+                    slot.result = await self.embed(slot.texts, progress)
                 if slot.result.space != self.space:
                     raise EmbeddingError(f"{slot.result.space} answered, not {self.space}: two spaces in one file.")
         except Exception as exc:
@@ -178,7 +208,7 @@ class Pipeline:
         self._pending.popleft()
         for text in slot.texts:
             del self._sending[text]
-        self.tally.add(slot.result, rows=len(slot.window), sent=len(slot.texts), dropped=dropped)
+        self.tally.add(slot.result, rows=len(slot.window), sent=len(slot.texts), dropped=dropped, billed=slot.billed)
         slot.rows.clear()  # later windows may still read this one's result, but nothing older stays alive
         self._show()
 

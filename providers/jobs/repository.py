@@ -13,6 +13,7 @@ job_input.commit()                               # after the output is complete:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -71,6 +72,8 @@ class JobInput:
     """Each chunk's row fields from when it is read until its row is written."""
     tokens: dict[str, int] = field(default_factory=dict)
     """Each chunk's tokens as the chunker counted them, while `totals` reads."""
+    reopen: Callable[[Path], Path] | None = None
+    """Set: each file is checked with it (its real path, or InputError) just before it is read."""
 
     @classmethod
     def open(
@@ -85,6 +88,7 @@ class JobInput:
         exclude: frozenset[Path] = frozenset(),
         check: Callable[[Path], None] | None = None,
         manifests: ManifestStore | None = None,
+        reopen: Callable[[Path], Path] | None = None,
     ) -> JobInput:
         """Find the sources and sort the chunked files into unchanged (carried) and to read."""
         skipped: Counter[str] = Counter()
@@ -95,7 +99,7 @@ class JobInput:
         run = IncrementalRun(previous, output_intact=intact)
         files = [(s.path, s.relative or s.path.name) for s in sources if s.format == "chunks" and s.path is not None]
         run.plan([(path.resolve(), relative) for path, relative in files])
-        return cls(sources, budget, run, output, manifests, key, skipped)
+        return cls(sources, budget, run, output, manifests, key, skipped, reopen=reopen)
 
     @property
     def changes(self) -> Changes:
@@ -108,12 +112,13 @@ class JobInput:
         """Every chunk to embed, in source order; carried files give none (their rows come from the output)."""
         for source in self.sources:
             if source.format != "chunks":
-                yield from read_chunks(source, limits)
+                yield from read_chunks(self._checked(source), limits)
                 continue
             assert source.path is not None and self.budget is not None
             path = source.path.resolve()
             if str(path) in self.run.carried:
                 continue
+            self._checked(source)  # read_file opens the resolved path without following a symlink
             read = self.run.read(path, source.relative or source.path.name, self.budget)
             if read.skipped is not None and not source.in_directory:  # a file named alone: say why
                 yield Invalid(source.name, f"{read.detail or read.skipped}; leave it out of the inputs")
@@ -127,6 +132,12 @@ class JobInput:
                     if counting:
                         self.tokens[chunk.id] = chunk.tokens
                 yield item
+
+    def _checked(self, source: Source) -> Source:
+        """The source to read, checked again with `reopen` (its files may have changed since it was found)."""
+        if self.reopen is None or source.path is None:
+            return source
+        return dataclasses.replace(source, real=self.reopen(source.path))
 
     def totals(
         self, limits: InputLimits, invalid: Callable[[Invalid], None], seen: Callable[[Chunk], object]

@@ -7,23 +7,26 @@ async with JobRunner(settings, AllowedRoots.from_env(os.environ, Path.cwd())) as
     print(runner.status(job.id).status)   # "done"
 ```
 
-Jobs are read, checked and priced before they are queued, so a bad input is refused at once.
-A job runs through an engine (`jobs/engine.py`): the in-process one embeds with its own
-`EmbeddingService` (fallback off, so one file holds one vector space; the local model on all
-cores but one, so interactive calls keep a core). Interrupted jobs (the process died) do not
-resume by themselves: `resume` runs them again, and the cache answers every chunk done before.
+Jobs are checked and priced before they are queued. An engine (`jobs/engine.py`) runs them. An
+interrupted job (its process died, or `checkpoint_all` stopped it to exit) runs again by `resume`,
+the cache answering what was done; a free provider's resumes by itself when the next runner
+starts on the data directory. The job store is used from worker threads only: a database locked
+or full never stops the event loop, and fails only the job it hurts.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
+import functools
+import logging
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import ParamSpec, TypeVar
 
 import anyio
 import anyio.abc
@@ -31,22 +34,29 @@ import anyio.to_thread
 
 from providers.base import InputType, input_type_of
 from providers.clients import as_client, current_client
-from providers.cost import batch_cost_usd, cost_usd
-from providers.errors import EmbeddingError, InputError
-from providers.jobs.engine import ENGINES, EngineJob, InProcessEngine, JobEngine, build_engine, job_settings
-from providers.jobs.files import find_sources
+from providers.errors import EmbeddingError, InputError, StorageError
+from providers.jobs.engine import EngineJob, InProcessEngine, JobEngine, job_settings
+from providers.jobs.free_resume import resume_free_jobs, resumes_by_itself
+from providers.jobs.input_checks import estimate_usd, fingerprint, output_files
 from providers.jobs.inputs import JobInputs
 from providers.jobs.paths import AllowedRoots
 from providers.jobs.pipeline import Tally
-from providers.jobs.repository import JobInput, JobOptions
+from providers.jobs.repository import JobOptions
+from providers.jobs.runner_engines import RunnerEngines
+from providers.jobs.saving import ProgressSaver, record_end
 from providers.jobs.scan import DryRun, scan_input
-from providers.jobs.store import JobRecord, JobStore
-from providers.jobs.writers import JsonlWriter, NpyWriter, VectorWriter, ids_path
+from providers.jobs.store import JobRecord, JobStatus, JobStore, describe_owner
+from providers.jobs.target import check_target, commit_output, open_writer
+from providers.jobs.writers import VectorWriter
 from providers.settings import Settings
+from providers.storage.sqlite import storage_error
 
-__all__ = ["DryRun", "EngineJob", "InProcessEngine", "JobEngine", "JobRunner", "JobStart", "job_settings"]
+__all__ = ["DryRun", "JobRunner", "JobStart", "estimate_usd"]
 
 OUTPUT_FORMATS = ("jsonl", "npy")
+logger = logging.getLogger(__name__)
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -71,40 +81,63 @@ class JobRunner:
         store: JobStore | None = None,
         heartbeat_s: float = 0.5,
         progress_every_s: float = 0.5,
+        finish_within_s: float = 70.0,
+        resume_free: bool = True,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.roots = roots
         self.engine: JobEngine = engine or InProcessEngine(job_settings(settings))
-        self._engines: dict[str, JobEngine] = {"in-process": self.engine, **(engines or {})}
+        self.engines = RunnerEngines(settings, self.engine, engines)
         self.store = store or JobStore(settings.resolved_data_dir / "jobs.sqlite3")
         self.inputs = JobInputs(settings, lambda engine, name: self.engine_named(engine).provider(name))
         self._heartbeat_s = heartbeat_s
         self._progress_every_s = progress_every_s
+        self._finish_within_s = finish_within_s  # for a locked store: two busy timeouts
+        self._resume_free = resume_free
         self._now = now
         self._queues: dict[str, deque[str]] = {}
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._finished: dict[str, anyio.Event] = {}
         self._tasks: anyio.abc.TaskGroup | None = None
+        self._stopping = False
+        self._resumed: set[str] = set()
 
     async def __aenter__(self) -> JobRunner:
         self._tasks = anyio.create_task_group()
         await self._tasks.__aenter__()
         self._tasks.start_soon(self._heartbeat)
+        if self._resume_free:
+            self._tasks.start_soon(self.resume_free_jobs)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
         assert self._tasks is not None
-        self._tasks.cancel_scope.cancel()  # running jobs end as interrupted: resume_job goes on
+        with anyio.CancelScope(shield=True):
+            await self.checkpoint_all()
+        self._tasks.cancel_scope.cancel()
         try:
             return await self._tasks.__aexit__(exc_type, exc, tb)
         finally:
             with anyio.CancelScope(shield=True):
-                for engine in self._engines.values():
-                    await engine.aclose()
+                await self.engines.aclose()
                 self.store.close()
+
+    async def checkpoint_all(self, within_s: float = 2.0) -> None:
+        """For a clean exit: stop every job here, left `interrupted` with its progress (waits up to `within_s`)."""
+        self._stopping = True
+        queued = [queue.popleft() for queue in self._queues.values() for _ in range(len(queue))]
+        for job_id in queued:
+            with contextlib.suppress(StorageError):  # else its lease runs out: it shows interrupted all the same
+                await self._in_thread(self.store.finish, job_id, "interrupted")
+            self._finished[job_id].set()
+        for scope in self._scopes.values():
+            scope.cancel()
+        with anyio.move_on_after(within_s):
+            for job_id in list(self._scopes):
+                await self._finished[job_id].wait()
 
     # --- the operations ----------------------------------------------------------------------------
 
@@ -119,43 +152,55 @@ class JobRunner:
         roots: AllowedRoots | None = None,
         engine: str = "in-process",
         options: JobOptions | None = None,
+        overwrite: bool = False,
         input_type: InputType = "document",
     ) -> JobStart:
-        """Check, count and price the job, then queue it; answers before any embedding."""
+        """Check, count and price the job, then queue it; answers before any embedding.
+
+        `overwrite`: the output may replace a job's output already there (never another file). A
+        rerun onto the output of an earlier run of the same input (a file-tree job's incremental
+        run) may replace it without: it is that job's own output.
+        """
         options = options or JobOptions.from_column(glob)
         roots = roots or self.roots
         source = roots.check_input(input)
-        target = roots.check_output(output, [source])
+        target = roots.resolve(output)
         out_format = format or ("npy" if target.suffix.lower() == ".npy" else "jsonl")
         if out_format not in OUTPUT_FORMATS:
             raise InputError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, not {format!r}.")
-        if out_format == "npy":
-            roots.check_output(str(ids_path(target)), [source])
         chosen = self.engine_named(engine).provider(provider)
         await chosen.resolve_space()  # the job's space must be final (a compatible server's length)
         column, space = options.to_column(), chosen.space_for(input_type)
-        job_input = self._job_input(str(source), target, out_format, column, chosen.name, engine, roots, space)
+        job_input = await anyio.to_thread.run_sync(
+            self.inputs.open, str(source), target, out_format, column, chosen.name, engine, roots, space
+        )
+        rerun = job_input.run.previous is not None and bool(job_input.run.previous.files)  # its own output
+        target = self._check_output(roots, output, source, out_format, overwrite or rerun)
         scan = await anyio.to_thread.run_sync(self.inputs.scan, job_input)
         found = await anyio.to_thread.run_sync(fingerprint, str(source), column, output_files(target, out_format))
-        job = self.store.create(
-            input=str(source),
-            output=str(target),
-            format=out_format,
-            glob=column,
-            provider=chosen.name,
-            model=chosen.model,
-            space=space,  # also what a resume embeds as (`input_type_of`)
-            fingerprint=found,
-            total=scan.totals.chunks,
-            estimated_tokens=scan.totals.tokens,
-            estimated_usd=estimate_usd(
-                chosen.name, chosen.model, scan.totals.tokens, self.settings, batch=engine == "batch-api"
-            ),
-            engine=engine,
+        job = await self._in_thread(
+            functools.partial(
+                self.store.create,
+                input=str(source),
+                output=str(target),
+                format=out_format,
+                glob=column,
+                provider=chosen.name,
+                model=chosen.model,
+                space=space,  # also what a resume embeds as (`input_type_of`)
+                fingerprint=found,
+                total=scan.totals.chunks,
+                estimated_tokens=scan.totals.tokens,
+                estimated_usd=estimate_usd(
+                    chosen.name, chosen.model, scan.totals.tokens, self.settings, batch=engine == "batch-api"
+                ),
+                engine=engine,
+                overwrite=int(overwrite or rerun),
+            )
         )
         if scan.duplicates:
-            self.store.add_error(job.id, scan.duplicates)
-        self.inputs.save_changes(job.id, job_input)
+            await self._in_thread(self.store.add_error, job.id, scan.duplicates)
+        await anyio.to_thread.run_sync(self.inputs.save_changes, job.id, job_input)
         self._enqueue(job)
         return JobStart(self.status(job.id), scan.duplicates)
 
@@ -169,7 +214,7 @@ class JobRunner:
         chosen = self.engine_named(engine).provider(provider)
         fmt = "npy" if target.suffix.lower() == ".npy" else "jsonl"
         column = (options or JobOptions()).to_column()
-        job_input = self._job_input(str(source), target, fmt, column, chosen.name, engine, roots)
+        job_input = self.inputs.open(str(source), target, fmt, column, chosen.name, engine, roots)
         scan = await anyio.to_thread.run_sync(scan_input, job_input, self.settings.limits)
         return DryRun(scan.totals, job_input, chosen.name, chosen.model, chosen.space, job_input.budget)
 
@@ -187,6 +232,9 @@ class JobRunner:
     def list(self, limit: int = 20) -> list[JobRecord]:
         return self.store.list(limit)
 
+    def resumes_by_itself(self, job: JobRecord) -> bool:
+        return resumes_by_itself(job, self.settings)
+
     async def cancel(self, job_id: str) -> JobRecord:
         """Stop the job: at once here; within a heartbeat when another process runs it.
 
@@ -196,41 +244,21 @@ class JobRunner:
         job = self.status(job_id)
         if job.status in ("done", "failed", "cancelled"):
             return job
-        self.store.request_cancel(job_id)
+        await self._in_thread(self.store.request_cancel, job_id)
         scope = self._scopes.get(job_id)
         if scope is not None:  # its run cancels what the engine started remotely
             scope.cancel()
             with anyio.move_on_after(1.0):
                 await self._finished[job_id].wait()
         elif job.status != "running":  # no one runs it: stop what an earlier run left running remotely
-            await self._cancel_remote(job)
+            await self.engines.cancel_remote(job)
         return self.status(job_id)
 
     def engine_named(self, name: str) -> JobEngine:
-        """The engine of that name (`ENGINES`), built on first use with the in-process engine's providers."""
-        if name not in self._engines:
-            if name not in ENGINES:
-                raise InputError(f"engine must be one of {', '.join(ENGINES)}, not {name!r}.")
-            self._engines[name] = build_engine(name, job_settings(self.settings), self.engine.provider)
-        return self._engines[name]
+        return self.engines.named(name)
 
     def engine_status(self, job: JobRecord) -> dict[str, object] | None:
-        """What the job's engine reports beyond the counts: a Batch API job's batches (no remote call)."""
-        status = getattr(self.engine_named(job.engine), "status", None) if job.engine == "batch-api" else None
-        found = status(job.id, job.model) if status is not None else None
-        if found is None:
-            return None
-        from providers.batch_api.job_engine import batch_summary
-
-        return batch_summary(found)
-
-    async def _cancel_remote(self, job: JobRecord) -> None:
-        if job.engine != "batch-api":
-            return
-        cancel = getattr(self.engine_named(job.engine), "cancel", None)
-        if cancel is not None:
-            with anyio.CancelScope(shield=True):
-                await cancel(job.id, job.model)
+        return self.engines.status(job)
 
     async def resume(self, job_id: str, roots: AllowedRoots | None = None) -> JobRecord:
         """Run a stopped job again; the cache answers every chunk done before, so only the rest is sent."""
@@ -239,15 +267,25 @@ class JobRunner:
             return job
         roots = roots or self.roots
         source = roots.check_input(job.input)
-        roots.check_output(job.output, [source])
+        # Its output may be there from its own earlier run: a job's output (never another file) is replaced.
+        self._check_output(roots, job.output, source, job.format, True)
         excluded = output_files(Path(job.output), job.format)
         now = await anyio.to_thread.run_sync(fingerprint, job.input, job.glob, excluded)
         if now != job.fingerprint:
             raise InputError(f"the input of job {job_id} changed since it started; start a new job for it.")
-        if not self.store.requeue(job_id):
-            raise InputError(f"job {job_id} is {job.status} in another live process; it cannot run twice.")
+        if not await self._in_thread(self.store.requeue, job_id):
+            holder = describe_owner(self.status(job_id).owner)
+            raise InputError(
+                f"job {job_id} is already taken by another server ({holder}): a job runs in one server at a time. "
+                "Follow it with job_status, or cancel_job it there first."
+            )
+        self._resumed.add(job_id)
         self._enqueue(self.status(job_id))
         return self.status(job_id)
+
+    async def resume_free_jobs(self) -> tuple[str, ...]:
+        """Resume interrupted free jobs (as the runner starts); one that cannot is logged. The ids resumed."""
+        return await resume_free_jobs(self.store, self.settings, self.resume)
 
     async def wait(self, job_id: str) -> JobRecord:
         """The job once this process has finished with it (for callers that want to block)."""
@@ -258,8 +296,17 @@ class JobRunner:
 
     # --- running -----------------------------------------------------------------------------------
 
+    def _check_output(self, roots: AllowedRoots, output: str, source: Path, out_format: str, overwrite: bool) -> Path:
+        return check_target(roots, output, source, out_format, overwrite, self.settings.resolved_data_dir)
+
+    async def _in_thread(self, call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """`call` (a job store method) in a worker thread: a lock held elsewhere never blocks the event loop."""
+        return await anyio.to_thread.run_sync(functools.partial(call, *args, **kwargs))
+
     def _enqueue(self, job: JobRecord) -> None:
         assert self._tasks is not None, "use JobRunner as an async context manager"
+        if self._stopping:
+            raise InputError("this server is stopping; start or resume the job in the next one.")
         self._finished[job.id] = anyio.Event()
         queue = self._queues.get(job.provider)
         if queue is not None:
@@ -284,56 +331,49 @@ class JobRunner:
 
     async def _run(self, job_id: str) -> None:
         job = self.status(job_id)
-        if job.status == "cancelled" or not self.store.claim(job_id):
+        if job.status == "cancelled" or not await self._in_thread(self.store.claim, job_id):
             return
         job = self.status(job_id)
         tally = Tally()
-        paid_tokens, paid_usd = job.tokens, job.usd
-        last_saved = 0.0
-
-        def save(*, force: bool = False) -> None:
-            nonlocal last_saved
-            now = self._now()
-            if not force and now - last_saved < self._progress_every_s:
-                return
-            last_saved = now
-            self.store.progress(
-                job_id,
-                done=tally.written,
-                cached=tally.cached,
-                tokens=paid_tokens + tally.tokens,
-                usd=paid_usd + tally.usd,
-                truncated=tally.truncated,
-                dropped_tokens=tally.dropped_tokens,
-            )
-
+        assert self._tasks is not None
+        saver = ProgressSaver(self.store, job, tally, self._tasks, every_s=self._progress_every_s, now=self._now)
         scope = self._scopes[job_id] = anyio.CancelScope()
         writer: VectorWriter | None = None
-        status, error, committed = "done", None, False
+        status: JobStatus = "done"
+        error, committed = None, False
         try:
             with scope:
                 job_input = await anyio.to_thread.run_sync(
-                    self._job_input, job.input, Path(job.output), job.format, job.glob, job.provider, job.engine,
-                    None, job.space,
+                    self.inputs.open, job.input, Path(job.output), job.format, job.glob, job.provider, job.engine,
+                    self.roots, job.space,  # the server's roots: a resumed job may not reach further than a new one
                 )  # fmt: skip
-                writer = await anyio.to_thread.run_sync(self._writer, job, job_input)
                 dimensions = self.engine.provider(job.provider).dimensions
+                writer = await anyio.to_thread.run_sync(open_writer, job, self.roots, dimensions, job_input.fields)
                 tally.cached += await anyio.to_thread.run_sync(self.inputs.carry, job_input, writer, dimensions)
                 engine_job = EngineJob(job.id, job.provider, job.space, input_type=input_type_of(job.space))
                 # `done` counts rows written, each already cached: after a kill it never claims more.
                 engine = self.engine_named(job.engine)
-                await engine.run(engine_job, self.inputs.chunks(job_input), writer, tally, lambda _: save())
-                await anyio.to_thread.run_sync(writer.commit)
+                chunks = self.inputs.chunks(job_input)
+                await engine.run(engine_job, chunks, writer, tally, lambda _: saver.poke())
+                data_dir = self.settings.resolved_data_dir
+                mine = bool(job.overwrite) or job_id in self._resumed  # a resumed job replaces its earlier output
+                await anyio.to_thread.run_sync(commit_output, job, writer, self.roots, data_dir, mine)
                 writer, committed = None, True
                 await anyio.to_thread.run_sync(job_input.commit)
                 self.inputs.save_changes(job.id, job_input)
             if scope.cancelled_caught and not committed:  # a cancel during the commit came too late
-                status = "cancelled"
-                await self._cancel_remote(job)
+                status = "interrupted" if self._stopping else "cancelled"
+                if status == "cancelled":
+                    await self.engines.cancel_remote(job)
         except EmbeddingError as exc:
             status, error = "failed", str(exc)
         except OSError as exc:
             status, error = "failed", f"cannot write {job.output}: {exc}"
+        except sqlite3.Error as exc:  # the ledger or the cache: the job fails, the server goes on
+            status, error = "failed", str(storage_error(exc, "cost ledger or vector cache"))
+        except Exception as exc:  # a bug: this job fails, the server and its other jobs go on
+            logger.exception("job %s failed", job_id)
+            status, error = "failed", f"unexpected {type(exc).__name__}: {exc}; resume_job tries again"
         except BaseException:  # this process is shutting down: the job is left to resume
             status = "interrupted"
             raise
@@ -342,58 +382,19 @@ class JobRunner:
             with anyio.CancelScope(shield=True):
                 if writer is not None:
                     await anyio.to_thread.run_sync(writer.discard)
-                save(force=True)
-                if tally.failed:
-                    self.store.add_error(job_id, f"{tally.failed:,} chunks got no vector (their requests failed)")
-                if tally.truncated:
-                    self.store.add_error(
-                        job_id,
-                        f"{tally.truncated:,} chunks were longer than the model's window and were cut "
-                        f"({tally.dropped_tokens:,} tokens unseen; see truncated/dropped_tokens in the output rows)",
-                    )
-                self.store.finish(job_id, status, error)  # type: ignore[arg-type]
+                await record_end(saver, status, error, within_s=self._finish_within_s)
 
     async def _heartbeat(self) -> None:
         while True:
-            # On this thread, like every use of the store: its one connection is never used by two at once.
-            # An idle server does not write to it.
-            for job_id in self.store.heartbeat() if self._queues else ():
-                scope = self._scopes.get(job_id)
-                if scope is not None:
-                    scope.cancel()
+            # An idle server does not write to the store.
+            if self._queues:
+                try:
+                    cancels = await anyio.to_thread.run_sync(self.store.heartbeat, abandon_on_cancel=True)
+                except StorageError as exc:  # the leases run on; the next beat tries again
+                    logger.warning("the leases of this server's jobs were not renewed: %s", exc)
+                    cancels = set()
+                for job_id in cancels:
+                    scope = self._scopes.get(job_id)
+                    if scope is not None:
+                        scope.cancel()
             await anyio.sleep(self._heartbeat_s)
-
-    def _writer(self, job: JobRecord, job_input: JobInput) -> VectorWriter:
-        output = Path(job.output)
-        if job.format == "npy":
-            return NpyWriter(output, self.engine.provider(job.provider).dimensions, job_input.fields)
-        return JsonlWriter(output, job.space, fields=job_input.fields)
-
-    def _job_input(
-        self, source: str, output: Path, fmt: str, column: str, provider: str, engine: str,
-        roots: AllowedRoots | None = None, space: str | None = None,
-    ) -> JobInput:  # fmt: skip
-        # Read with the server's roots by default: a resumed job may not reach further than a new one.
-        roots = roots or self.roots
-        return self.inputs.open(source, output, output_files(output, fmt), column, provider, engine, roots, space)
-
-
-def output_files(output: Path, out_format: str) -> frozenset[Path]:
-    """The files a job writes, which it never reads even when they lie in its input directory."""
-    files = [output, ids_path(output)] if out_format == "npy" else [output]
-    return frozenset([*files, *(f.with_name(f.name + ".partial") for f in files)])
-
-
-def fingerprint(source: str, glob: str, excluded: frozenset[Path]) -> str:
-    """Each input file's path, size and modification time: a changed input is a new job."""
-    digest = hashlib.sha256()
-    for found in find_sources([source], "auto", JobOptions.from_column(glob).filter, excluded):
-        if found.path is not None:
-            info = found.path.stat()
-            digest.update(json.dumps([str(found.path), info.st_size, info.st_mtime_ns]).encode())
-    return digest.hexdigest()
-
-
-def estimate_usd(provider: str, model: str, tokens: int, settings: Settings, *, batch: bool = False) -> float | None:
-    """What `tokens` cost synchronously, or through the Batch API (`batch`: OpenAI only, half price)."""
-    return (batch_cost_usd if batch else cost_usd)(provider, model, tokens, settings)

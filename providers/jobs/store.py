@@ -4,25 +4,32 @@ A job is `queued`, then `running` under a lease, then `done`, `failed` or `cance
 job whose owner died (kill -9, a crash) shows as `interrupted`: a process is dead when its lease
 ran out, or at once when it lived on this host and its pid is gone. Only one live owner holds a
 job's lease, so two processes never run the same job at once.
+
+Every method may block on another process's lock (up to the busy timeout): callers on an event
+loop run them in a worker thread. Reads use a connection of their own, so they never queue
+behind a write that waits; SQLite failures come out as `StorageError`, saying what to do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import sqlite3
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from providers.clients import current_client
 from providers.redaction import scrub_column
-from providers.storage.sqlite import open_database, write_transaction
+from providers.storage.sqlite import connect, open_database, storage_error, write_transaction
 
-__all__ = ["JOB_STATUSES", "JobRecord", "JobStatus", "JobStore"]
+__all__ = ["JOB_STATUSES", "JobRecord", "JobStatus", "JobStore", "describe_owner"]
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
 JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "done", "failed", "cancelled", "interrupted")
@@ -59,10 +66,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_until REAL NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     engine TEXT NOT NULL DEFAULT 'in-process',
+    overwrite INTEGER NOT NULL DEFAULT 0,
+    finished REAL,
     client TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created)
 """
+_ADDED_COLUMNS = {
+    "engine": "TEXT NOT NULL DEFAULT 'in-process'",
+    "overwrite": "INTEGER NOT NULL DEFAULT 0",
+    "finished": "REAL",
+    "client": "TEXT",
+}
+"""Columns a store made by an earlier version lacks, added when it is opened."""
 
 
 @dataclass(frozen=True)
@@ -100,16 +116,27 @@ class JobRecord:
     """What runs the job: `in-process`, `batch-api` or `ray` (see jobs/engine.py)."""
     client: str | None = None
     """The HTTP client (token name) that started the job: only it sees the job; None for the others."""
+    overwrite: int = 0
+    """1: the caller let the output replace a job's output already there."""
+    finished: float | None = None
+    """When its last run ended (None while it runs, or when its process died)."""
 
     @property
     def error_list(self) -> list[str]:
         return list(json.loads(self.errors))
 
     def rate_per_min(self, now: float) -> float:
-        """Chunks embedded a minute since this run started (chunks a resumed run finds cached are not work)."""
-        if self.started is None or now <= self.started:
+        """Chunks embedded a minute over this run's own running time (chunks a resumed run finds cached are not work).
+
+        A run that ended is measured to its end (for one whose process died: its last progress), so
+        the rate of a finished job stays what it was.
+        """
+        if self.started is None or self.status == "queued":
             return 0.0
-        return 60.0 * (self.done - self.cached) / (now - self.started)
+        end = now if self.status == "running" else (self.finished or self.updated)
+        if end <= self.started:
+            return 0.0
+        return 60.0 * (self.done - self.cached) / (end - self.started)
 
     def eta_s(self, now: float) -> float | None:
         rate = self.rate_per_min(now)
@@ -124,6 +151,14 @@ _COLUMNS = [f.name for f in fields(JobRecord)]
 def new_owner() -> str:
     """This process, as `host:pid:token` (the token tells a reused pid from the process before it)."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def describe_owner(owner: str | None) -> str:
+    """An owner (`host:pid:token`) as people say it."""
+    if owner is None:
+        return "none now"
+    host, _, rest = owner.partition(":")
+    return f"pid {rest.partition(':')[0]} on {host}"
 
 
 def _owner_alive(owner: str) -> bool:
@@ -151,15 +186,17 @@ class JobStore:
         self.lease_s = lease_s
         self._now = now
         self._db = open_database(path, _SCHEMA, "job store")
-        with write_transaction(self._db):  # a store made before jobs had engines gets the column
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-            if "engine" not in columns:
-                self._db.execute("ALTER TABLE jobs ADD COLUMN engine TEXT NOT NULL DEFAULT 'in-process'")
-            if "client" not in columns:  # ... and before jobs belonged to a client
-                self._db.execute("ALTER TABLE jobs ADD COLUMN client TEXT")
+        self._lock = threading.Lock()
+        with write_transaction(self._db):  # a store made by an earlier version gets the new columns
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            for name, declaration in _ADDED_COLUMNS.items():
+                if name not in present:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
         # Errors stored before provider messages were made safe may hold a key or a whole error page.
         scrub_column(self._db, "jobs", "last_error")
         scrub_column(self._db, "jobs", "errors", json_list=True)
+        self._reader = connect(path)
+        self._read_lock = threading.Lock()
 
     def create(self, **values: Any) -> JobRecord:
         now = self._now()
@@ -174,28 +211,39 @@ class JobStore:
             **values,
         }
         names = ", ".join(row)
-        with write_transaction(self._db):
+        with self._writing():
             self._db.execute(f"INSERT INTO jobs ({names}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
         return self._require(row["id"])
 
     def get(self, job_id: str) -> JobRecord | None:
-        row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with self._reading():
+            row = self._reader.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else self._visible(JobRecord(*row))
 
     def list(self, limit: int = 20) -> list[JobRecord]:
         """The newest jobs; for an HTTP client, only its own."""
         client = current_client()
         mine = "" if client is None else "WHERE client = ? "
-        rows = self._db.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM jobs {mine}ORDER BY created DESC, rowid DESC LIMIT ?",
-            (limit,) if client is None else (client, limit),
-        ).fetchall()
+        with self._reading():
+            rows = self._reader.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM jobs {mine}ORDER BY created DESC, rowid DESC LIMIT ?",
+                (limit,) if client is None else (client, limit),
+            ).fetchall()
         return [self._visible(JobRecord(*row)) for row in rows]
+
+    def interrupted(self) -> tuple[JobRecord, ...]:
+        """Jobs no live process runs that were not finished: their owner died, or stopped them to exit."""
+        with self._reading():
+            rows = self._reader.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE status IN ('running', 'queued', 'interrupted') "
+                "ORDER BY created, rowid"
+            ).fetchall()
+        return tuple(job for job in (self._visible(JobRecord(*row)) for row in rows) if job.status == "interrupted")
 
     def claim(self, job_id: str) -> bool:
         """Take the job's lease and mark it running; False when a live owner already runs it."""
         now = self._now()
-        with write_transaction(self._db):
+        with self._writing():
             row = self._db.execute("SELECT status, owner, lease_until FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 return False
@@ -205,8 +253,9 @@ class JobStore:
             # A run writes the whole output again (the cache answers what an earlier run did): counts
             # of rows start over; tokens and USD, which were paid, add up over runs.
             self._db.execute(
-                "UPDATE jobs SET status = 'running', owner = ?, lease_until = ?, started = ?, done = 0, cached = 0, "
-                "truncated = 0, dropped_tokens = 0, cancel_requested = 0, updated = ? WHERE id = ?",
+                "UPDATE jobs SET status = 'running', owner = ?, lease_until = ?, started = ?, finished = NULL, "
+                "done = 0, cached = 0, truncated = 0, dropped_tokens = 0, cancel_requested = 0, updated = ? "
+                "WHERE id = ?",
                 (self.owner, now + self.lease_s, now, now, job_id),
             )
         return True
@@ -214,7 +263,7 @@ class JobStore:
     def heartbeat(self) -> set[str]:
         """Extend the leases of our queued and running jobs; the ids of ours another process asked to cancel."""
         now = self._now()
-        with write_transaction(self._db):
+        with self._writing():
             self._db.execute(
                 "UPDATE jobs SET lease_until = ? WHERE owner = ? AND status IN ('queued', 'running')",
                 (now + self.lease_s, self.owner),
@@ -227,35 +276,45 @@ class JobStore:
     def progress(self, job_id: str, **counts: int | float) -> None:
         now = self._now()
         sets = ", ".join(f"{name} = ?" for name in counts)
-        with write_transaction(self._db):
+        with self._writing():
             self._db.execute(
                 f"UPDATE jobs SET {sets}, updated = ? WHERE id = ? AND owner = ?",
                 [*counts.values(), now, job_id, self.owner],
             )
 
     def add_error(self, job_id: str, message: str) -> None:
-        with write_transaction(self._db):
-            row = self._db.execute("SELECT errors FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            errors = json.loads(row[0]) if row else []
-            if len(errors) < MAX_ERRORS:
-                errors.append(message)
-                self._db.execute("UPDATE jobs SET errors = ? WHERE id = ?", (json.dumps(errors), job_id))
+        with self._writing():
+            self._append_errors(job_id, [message])
 
-    def finish(self, job_id: str, status: JobStatus, error: str | None = None) -> None:
-        """End our run of the job: release the lease."""
-        with write_transaction(self._db):
-            self._db.execute(
+    def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        error: str | None = None,
+        *,
+        counts: Mapping[str, int | float] | None = None,
+        notes: Sequence[str] = (),
+    ) -> None:
+        """End our run of the job, in one transaction: its last `counts`, `notes` and `error`; the lease released."""
+        now = self._now()
+        with self._writing():
+            if counts:
+                sets = ", ".join(f"{name} = ?" for name in counts)
+                self._db.execute(
+                    f"UPDATE jobs SET {sets} WHERE id = ? AND owner = ?", [*counts.values(), job_id, self.owner]
+                )
+            ended = self._db.execute(
                 "UPDATE jobs SET status = ?, last_error = COALESCE(?, last_error), owner = NULL, lease_until = 0, "
-                "updated = ? WHERE id = ? AND (owner = ? OR owner IS NULL)",
-                (status, error, self._now(), job_id, self.owner),
-            )
-        if error is not None:
-            self.add_error(job_id, error)
+                "updated = ?, finished = ? WHERE id = ? AND (owner = ? OR owner IS NULL)",
+                (status, error, now, now, job_id, self.owner),
+            ).rowcount
+            if ended:
+                self._append_errors(job_id, [*notes, *([error] if error is not None else [])])
 
     def requeue(self, job_id: str) -> bool:
         """Queue a stopped job again under our lease; False when a live owner still holds it."""
         now = self._now()
-        with write_transaction(self._db):
+        with self._writing():
             row = self._db.execute("SELECT status, owner, lease_until FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or (row[0] in ("running", "queued") and self._live(row[1], row[2], now)):
                 return False
@@ -269,17 +328,44 @@ class JobStore:
     def request_cancel(self, job_id: str) -> None:
         """Ask whoever runs the job to stop; a queued job, or one whose owner died, is cancelled at once."""
         now = self._now()
-        with write_transaction(self._db):
+        with self._writing():
             self._db.execute("UPDATE jobs SET cancel_requested = 1, updated = ? WHERE id = ?", (now, job_id))
             row = self._db.execute("SELECT status, owner, lease_until FROM jobs WHERE id = ?", (job_id,)).fetchone()
             stopped = row is not None and row[0] == "running" and not self._live(row[1], row[2], now)
             if row is not None and (row[0] == "queued" or stopped):
                 self._db.execute(
-                    "UPDATE jobs SET status = 'cancelled', owner = NULL, lease_until = 0 WHERE id = ?", (job_id,)
+                    "UPDATE jobs SET status = 'cancelled', owner = NULL, lease_until = 0, finished = ? WHERE id = ?",
+                    (now, job_id),
                 )
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock, self._read_lock:
+            self._db.close()
+            self._reader.close()
+
+    def _append_errors(self, job_id: str, messages: Sequence[str]) -> None:
+        row = self._db.execute("SELECT errors FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        errors = json.loads(row[0]) if row else []
+        kept = [*errors, *messages][: max(MAX_ERRORS, len(errors))]
+        if row is not None and len(kept) > len(errors):
+            self._db.execute("UPDATE jobs SET errors = ? WHERE id = ?", (json.dumps(kept), job_id))
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        # One connection, used by one thread at a time (callers run methods in worker threads).
+        try:
+            with self._lock, write_transaction(self._db):
+                yield
+        except sqlite3.Error as exc:
+            raise storage_error(exc, "job store", self.path) from exc
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        try:
+            with self._read_lock:
+                yield
+        except sqlite3.Error as exc:
+            raise storage_error(exc, "job store", self.path) from exc
 
     def _require(self, job_id: str) -> JobRecord:
         record = self.get(job_id)

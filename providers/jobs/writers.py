@@ -21,13 +21,16 @@ import numpy as np
 import numpy.lib.format as npy_format
 import numpy.typing as npt
 
-from providers.errors import ConfigurationError
+from providers.errors import ConfigurationError, InputError
 
 __all__ = ["JsonlWriter", "NpyWriter", "RowFields", "VectorEncoding", "VectorWriter", "ids_path", "npy_header"]
 
 VectorEncoding = Literal["float", "base64"]
 RowFields = MutableMapping[str | int, Mapping[str, object]]
 """Fields a row carries beside its vector (a chunk's path, lines, symbol...), by id: taken as rows are written."""
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
 
 class VectorWriter(Protocol):
@@ -39,30 +42,54 @@ class VectorWriter(Protocol):
 
 
 class _PartialFile:
-    """`<path>.partial`, locked against a second run writing the same output, renamed when complete."""
+    """`<path>.partial`, locked against a second run writing the same output, renamed when complete.
+
+    Made and renamed through a descriptor of its directory, opened once: a directory on the path
+    swapped for a symlink later cannot send the file elsewhere, and the rename checks the path
+    still leads to that directory. A symlink in place of the `.partial` itself is never followed.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.partial = path.with_name(path.name + ".partial")
-        fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
+        self._dir = os.open(path.parent, os.O_RDONLY | _O_DIRECTORY)
+        try:
+            fd = os.open(self.partial.name, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW, 0o644, dir_fd=self._dir)
+        except BaseException:
+            os.close(self._dir)
+            raise
         try:
             _lock(fd, path)
             os.ftruncate(fd, 0)  # only now: truncating first would spoil the file of a run holding the lock
         except BaseException:
             os.close(fd)
+            os.close(self._dir)
             raise
         self.file = os.fdopen(fd, "r+b")
 
     def commit(self) -> None:
         self.file.flush()
         os.fsync(self.file.fileno())
-        os.replace(self.partial, self.path)
-        self.file.close()
+        opened, now = os.fstat(self._dir), os.stat(self.path.parent)
+        if (opened.st_dev, opened.st_ino) != (now.st_dev, now.st_ino):
+            raise InputError(
+                f"{self.path.parent} is no longer the directory the output was started in (now it leads to "
+                f"{os.path.realpath(self.path.parent)}); the vectors are not written there."
+            )
+        os.rename(self.partial.name, self.path.name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
+        self._close()
 
     def discard(self) -> None:
+        if self._dir >= 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.partial.name, dir_fd=self._dir)
+        self._close()
+
+    def _close(self) -> None:
         self.file.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.partial.unlink()
+        if self._dir >= 0:
+            os.close(self._dir)
+            self._dir = -1
 
 
 def _lock(fd: int, path: Path) -> None:

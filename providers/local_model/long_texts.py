@@ -14,6 +14,7 @@ how many of the text's tokens each holds, and renormalised). A prompt the text b
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -97,6 +98,14 @@ def combine_windows(
     np.add.at(combined, texts, window_vectors * weights[:, None])
     combined /= np.maximum(np.linalg.norm(combined, axis=1, keepdims=True), 1e-12)
     return combined
+
+
+def part_of(plan: InputPlan, texts: Sequence[int]) -> tuple[InputPlan, list[int]]:
+    """The plan of some of its texts (numbered by their place in `texts`), and the indexes of their windows."""
+    position = {text: n for n, text in enumerate(texts)}
+    picked = [i for i, window in enumerate(plan.windows) if window.text in position]
+    windows = [dataclasses.replace(plan.windows[i], text=position[plan.windows[i].text]) for i in picked]
+    return InputPlan(windows, {position[t]: plan.dropped[t] for t in texts if t in plan.dropped}), picked
 
 
 def _common_prefix(content: Sequence[int], prompt_ids: Sequence[int]) -> int:

@@ -2,12 +2,21 @@
 
 A provider that reports each request (`embed_each`) has each one recorded in the ledger, its
 cost taken off the call's reservation, and its vectors cached, as that request completes: a
-process killed mid-call loses nothing it paid for, and a rerun sends only the rest.
+process killed mid-call loses nothing it paid for, and a rerun sends only the rest. Code that
+counts spend of its own (a job's `tokens` and `usd`) hears of each recorded piece at once:
+
+```python
+with on_billed(lambda piece: print(piece.tokens, piece.cost_usd)):
+    await service.embed(texts)
+```
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import anyio
@@ -21,7 +30,29 @@ from providers.settings import Settings
 from providers.storage.cache import EmbeddingCache
 from providers.storage.ledger import CostLedger, Reservation
 
-__all__ = ["Keeper", "Recorded"]
+__all__ = ["Keeper", "Recorded", "on_billed"]
+
+BillListener = Callable[[EmbeddingResult], None]
+_LISTENER: ContextVar[BillListener | None] = ContextVar("bill_listener", default=None)
+
+
+@contextmanager
+def on_billed(listener: BillListener) -> Iterator[None]:
+    """Call `listener(piece)` as each piece of a call in this context is recorded in the ledger (priced).
+
+    The rest of a call, settled when it ends, is in its result: a listener counts only the pieces.
+    """
+    token = _LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _LISTENER.reset(token)
+
+
+def _billed(piece: EmbeddingResult) -> None:
+    listener = _LISTENER.get()
+    if listener is not None:
+        listener(piece)
 
 
 @dataclass
@@ -71,6 +102,7 @@ class Keeper:
             priced = self.priced(piece)
             await anyio.to_thread.run_sync(self.ledger.record_part, reservation, priced)
             recorded.add(priced)
+            _billed(priced)
             await self.cache_put(chosen, [texts[i] for i in indexes], piece, input_type)
 
         try:
@@ -123,5 +155,7 @@ class Keeper:
         """Vectors paid for before a failure, from a provider that does not report each request: keep them."""
         partial = error.partial
         assert partial is not None
-        await anyio.to_thread.run_sync(self.ledger.record, self.priced(partial))
+        priced = self.priced(partial)
+        await anyio.to_thread.run_sync(self.ledger.record, priced)
+        _billed(priced)
         await self.cache_put(chosen, [texts[i] for i in error.partial_indexes], partial, input_type)

@@ -48,6 +48,7 @@ from providers.batch_api.job_engine import BatchesRunning
 from providers.chunking.incremental import Changes
 from providers.jobs.engine import EngineJob, JobEngine
 from providers.jobs.files import FORMATS, Chunk, DuplicateIds, Source, find_sources
+from providers.jobs.outputs import check_cli_output
 from providers.jobs.pipeline import Tally
 from providers.jobs.repository import JobOptions
 from providers.jobs.writers import JsonlWriter, NpyWriter, VectorWriter, ids_path
@@ -181,6 +182,7 @@ def add_commands(subparsers: Any) -> None:
     add_shard_arguments(embed)
     embed.add_argument("--skip-invalid", action="store_true", help="skip bad records (counted as failed), not stop")
     embed.add_argument("--no-cache", action="store_true", help="neither read nor fill the cache (no resuming)")
+    embed.add_argument("--overwrite", action="store_true", help="replace an earlier run's output (never other files)")
     embed.add_argument("--no-progress", action="store_true", help="no progress bar; the summary is still printed")
     embed.set_defaults(run=run_embed)
 
@@ -235,7 +237,7 @@ def run_embed(args: argparse.Namespace, settings: Settings) -> int:
     run = _Run()
     try:
         try:
-            job = _job_from(args, settings.limits)
+            job = _job_from(args, settings.limits, settings.resolved_data_dir)
         except EmbeddingError as exc:
             return _fail(f"error: {exc}", run, started, EXIT_USAGE)
         with showing_notices():
@@ -295,7 +297,7 @@ def _report(run: _Run, started: float) -> None:
         _say(line, prefix="  ")
 
 
-def _job_from(args: argparse.Namespace, limits: InputLimits) -> EmbedJob:
+def _job_from(args: argparse.Namespace, limits: InputLimits, data_dir: Path) -> EmbedJob:
     if not 1 <= args.window <= limits.max_texts:
         raise InputError(f"--window must be between 1 and {limits.max_texts}, not {args.window}.")
     engines = engine_options(args)
@@ -312,8 +314,9 @@ def _job_from(args: argparse.Namespace, limits: InputLimits) -> EmbedJob:
             raise InputError(f"--output {output} is a directory; name a file, e.g. {output / 'vectors.jsonl'}.")
         if not output.parent.is_dir():
             raise InputError(f"--output {output}: the directory {output.parent} does not exist.")
-        if output.resolve() in {Path(raw).resolve() for raw in args.inputs if raw != "-"}:
-            raise InputError(f"--output {output} is also an input; write the vectors elsewhere.")
+        # A rerun onto a tree's earlier output reads only what changed: that output is its own.
+        rerun = tree.earlier_run(output, data_dir)
+        check_cli_output(output, args.inputs, data_dir, overwrite=args.overwrite or rerun)
     return EmbedJob(
         inputs=tuple(args.inputs),
         output=output,

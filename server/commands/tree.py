@@ -75,6 +75,15 @@ def open_input(
     )
 
 
+def earlier_run(output: Path, data_dir: Path) -> bool:
+    """Whether a run of a file tree wrote `output` before (its state is kept for the next, incremental run)."""
+    try:
+        found = json.loads(ManifestStore(data_dir / "chunk_manifests").file_for(output).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(found, dict) and bool(found.get("files"))
+
+
 def preflight(
     inputs: Sequence[str], spec: InputSpec, settings: Settings, provider: EmbeddingProvider, space: str | None = None
 ) -> DryRun | None:

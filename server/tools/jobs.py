@@ -35,7 +35,15 @@ from server.tools.budget import fit_items
 from server.tools.registration import add_tool
 from server.wording import count, format_usd
 
-__all__ = ["JobListResult", "JobStarted", "JobStatusResult", "register_job_tools", "run_jobs", "runner_of"]
+__all__ = [
+    "JobListResult",
+    "JobStarted",
+    "JobStatusResult",
+    "checkpoint_jobs",
+    "register_job_tools",
+    "run_jobs",
+    "runner_of",
+]
 
 _RUNNERS: weakref.WeakKeyDictionary[EmbeddingService, JobRunner] = weakref.WeakKeyDictionary()
 _ROOTS_TIMEOUT_S = 2.0
@@ -51,6 +59,13 @@ async def run_jobs(service: EmbeddingService, settings: Settings) -> AsyncIterat
             yield runner
         finally:
             _RUNNERS.pop(service, None)
+
+
+async def checkpoint_jobs(service: EmbeddingService, within_s: float = 2.0) -> None:
+    """For a clean exit: leave this server's jobs `interrupted`, their progress saved (`JobRunner.checkpoint_all`)."""
+    runner = _RUNNERS.get(service)
+    if runner is not None:
+        await runner.checkpoint_all(within_s)
 
 
 def runner_of(service: EmbeddingService) -> JobRunner | None:
@@ -73,6 +88,8 @@ class JobStatusResult(BaseModel):
     engine: str = "in-process"
     batches: dict[str, Any] | None = None
     """A batch-api job: its remote batches (each while few, else counts by status) and request counts."""
+    next_step: str | None = None
+    """An interrupted job: whether it resumes by itself (a free provider) or waits for resume_job."""
     changes: dict[str, Any] | None = None
     """A directory or source-file job: files and chunks added, changed, removed, unchanged since the
     last run to its output, and files skipped by reason."""
@@ -99,10 +116,20 @@ class JobListResult(BaseModel):
 
 
 def _status(
-    job: JobRecord, batches: dict[str, Any] | None = None, changes: dict[str, Any] | None = None
+    job: JobRecord,
+    batches: dict[str, Any] | None = None,
+    runner: JobRunner | None = None,
+    changes: dict[str, Any] | None = None,
 ) -> JobStatusResult:
     now = time.time()
     eta = job.eta_s(now)
+    next_step = None
+    if job.status == "interrupted" and runner is not None:
+        next_step = (
+            "resumes by itself when a server starts (free provider), or now with resume_job"
+            if runner.resumes_by_itself(job)
+            else "waits for resume_job (a paid provider's job never resumes by itself)"
+        )
     return JobStatusResult(
         job_id=job.id,
         status=job.status,
@@ -117,6 +144,7 @@ def _status(
         truncated=job.truncated,
         engine=job.engine,
         batches=batches,
+        next_step=next_step,
         changes=changes,
     )
 
@@ -136,6 +164,8 @@ def _line(job: JobStatusResult) -> str:
     if job.batches is not None:
         listed = job.batches["batches_by_status"]
         text += f"; {sum(listed.values())} batch(es): " + ", ".join(f"{n} {state}" for state, n in listed.items())
+    if job.next_step is not None:
+        text += f"; it {job.next_step}"
     return text + "."
 
 
@@ -197,6 +227,7 @@ async def start_embedding_job(
     engine: Annotated[
         Literal["in-process", "batch-api", "ray"], Field(description="batch-api: OpenAI, half price, <=24 h")
     ] = "in-process",
+    overwrite: Annotated[bool, Field(description="Replace an earlier job's output there (never other files)")] = False,
     input_type: Literal["document", "query"] = "document",
     glob: Patterns = None,
     exclude: Patterns = None,
@@ -223,6 +254,7 @@ async def start_embedding_job(
             roots=roots,
             engine=engine,
             options=options,
+            overwrite=overwrite,
             input_type=input_type,
         )
     )
@@ -250,7 +282,7 @@ async def job_status(job_id: JobId, ctx: Context) -> CallToolResult:
     Poll it after start_embedding_job or resume_job."""
     runner = _runner(ctx)
     job = await _call(lambda: _async(runner.status, job_id))
-    out = _status(job, _batches(runner, job), runner.changes(job_id))
+    out = _status(job, _batches(runner, job), runner, runner.changes(job_id))
     text = _line(out) if out.changes is None else f"{_line(out)} {_changes_text(out.changes)}"
     return _answer(out, text)
 
@@ -267,7 +299,8 @@ async def cancel_job(job_id: JobId, ctx: Context) -> CallToolResult:
 async def list_jobs(ctx: Context) -> CallToolResult:
     """The 10 newest embedding jobs with their progress, as job_status shows each.
     Use it to find a job_id."""
-    jobs = [_status(job) for job in _runner(ctx).list(10)]
+    runner = _runner(ctx)
+    jobs = [_status(job, runner=runner) for job in runner.list(10)]
 
     def first(count: int) -> dict[str, Any]:
         left = len(jobs) - count

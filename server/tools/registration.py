@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from providers import EmbeddingError
 from providers.redaction import redact
+from providers.storage.sqlite import storage_error
 from server.tools.budget import shorten
 from server.tools.client_log import accept_log_levels
 
@@ -117,11 +118,8 @@ def explain(error: BaseException) -> str:
     if isinstance(error, EmbeddingError):
         return str(error)  # written to be read: it already says what to do
     what = f"{type(error).__name__}: {error}"
-    if isinstance(error, sqlite3.DatabaseError):
-        return (
-            f"the cost ledger or vector cache failed ({what}). If it happens again, stop the server, move "
-            "ledger.sqlite3 and cache.sqlite3 out of the data directory (SIGNAL_HUB_DATA_DIR) and restart."
-        )
+    if isinstance(error, sqlite3.Error):  # a full disk or a lock is passing: only a damaged file is moved aside
+        return str(storage_error(error, "cost ledger or vector cache"))
     if isinstance(error, OSError):
         return f"{what}. Check that the data directory (SIGNAL_HUB_DATA_DIR) is writable and the disk has room."
     return (
