@@ -49,6 +49,7 @@ from providers.redaction import add_secret
 from providers.registry import ProviderSpec
 from providers.remote.capped import OversizedResponse, capped_client
 from providers.remote.engine import Failure, RemoteProvider, Reply
+from providers.remote.http_json import is_refused
 from providers.remote.options import RemoteOptions, remote_fields_from_env
 from providers.remote.pacing import build_limiter
 from providers.remote.ratelimit import Clock, RateLimiter, Sleep, parse_retry_after
@@ -256,7 +257,7 @@ def classify(exc: BaseException) -> Failure | None:
         )
     if isinstance(exc, openai.APIConnectionError | TimeoutError):  # APITimeoutError included
         # An answer over its cap would be as large again: not worth a retry.
-        return Failure(retry=_oversized(exc) is None, refused=_is_refused(exc))
+        return Failure(retry=_oversized(exc) is None, refused=is_refused(exc))
     return None
 
 
@@ -279,7 +280,7 @@ def outage(exc: BaseException) -> str:
         return f"answered {exc.status_code}"
     if isinstance(exc, openai.APITimeoutError | TimeoutError):
         return "did not answer in time"
-    if _is_refused(exc):
+    if is_refused(exc):
         return "could not be reached (connection refused: nothing listens there)"
     return "could not be reached"
 
@@ -356,18 +357,6 @@ def _oversized(exc: BaseException) -> OversizedResponse | None:
     """The capped answer under an SDK connection error, if that is what it was."""
     cause = exc.__cause__
     return cause if isinstance(cause, OversizedResponse) else None
-
-
-def _is_refused(exc: BaseException) -> bool:
-    """Nothing listens at the endpoint (as opposed to a slow or dropped connection)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ConnectionRefusedError) or "connection refused" in str(current).lower():
-            return True
-        current = current.__cause__ or current.__context__
-    return False
 
 
 def _build(settings: Settings, model: str | None, dimensions: int | None) -> OpenAIProvider:

@@ -185,7 +185,7 @@ def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     def quick(name: str, settings: Settings, providers: Any, **options: Any) -> Any:
         return build(name, settings, providers, **{**options, "poll_s": 0.05})
 
-    monkeypatch.setattr("providers.jobs.runner.build_engine", quick)
+    monkeypatch.setattr("providers.jobs.runner_engines.build_engine", quick)
 
 
 @pytest.fixture

@@ -117,8 +117,10 @@ def test_sigint_then_sigterm_answers_the_call_in_flight_checkpoints_the_job_and_
     # provider's job may resume by itself when the next server starts.)
     after = start(servers, data_dir, project)
     if job_status(after, 2, job_id)["status"] == "interrupted":
-        resumed = after.call(3, "resume_job", job_id=job_id)["result"]["structuredContent"]
-        assert resumed["status"] in ("queued", "running")
+        answer = after.call(3, "resume_job", job_id=job_id)["result"]
+        # The free job may have resumed by itself between the two calls: then resume_job refuses.
+        if not answer.get("isError"):
+            assert answer["structuredContent"]["status"] in ("queued", "running")
     assert wait_for_progress(after, job_id, "cached", done)["cached"] >= done
 
 
