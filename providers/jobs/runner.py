@@ -9,9 +9,9 @@ async with JobRunner(settings, AllowedRoots.from_env(os.environ, Path.cwd())) as
 
 Jobs are checked and priced before they are queued. An engine (`jobs/engine.py`) runs them. An
 interrupted job (its process died, or `checkpoint_all` stopped it to exit) runs again by `resume`,
-the cache answering what was done; a free provider's resumes by itself when the next runner
-starts on the data directory. The job store is used from worker threads only: a database locked
-or full never stops the event loop, and fails only the job it hurts.
+going on after the rows its `.partial` kept (`jobs/continuing.py`); a free provider's resumes by
+itself when the next runner starts on the data directory. The job store is used from worker threads
+only: a database locked or full never stops the event loop, and fails only the job it hurts.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import anyio.to_thread
 from providers.base import InputType, input_type_of
 from providers.clients import as_client, current_client
 from providers.errors import EmbeddingError, InputError, StorageError
+from providers.jobs.continuing import open_output
 from providers.jobs.engine import EngineJob, InProcessEngine, JobEngine, job_settings
 from providers.jobs.free_resume import resume_free_jobs, resumes_by_itself
 from providers.jobs.input_checks import estimate_usd, fingerprint, output_files
@@ -46,7 +47,7 @@ from providers.jobs.runner_engines import RunnerEngines
 from providers.jobs.saving import ProgressSaver, record_end
 from providers.jobs.scan import DryRun, scan_input
 from providers.jobs.store import JobRecord, JobStatus, JobStore, describe_owner
-from providers.jobs.target import check_target, commit_output, open_writer
+from providers.jobs.target import check_target, commit_output
 from providers.jobs.writers import VectorWriter
 from providers.settings import Settings
 from providers.storage.sqlite import storage_error
@@ -261,7 +262,7 @@ class JobRunner:
         return self.engines.status(job)
 
     async def resume(self, job_id: str, roots: AllowedRoots | None = None) -> JobRecord:
-        """Run a stopped job again; the cache answers every chunk done before, so only the rest is sent."""
+        """Run a stopped job again, after the rows its `.partial` kept; the cache answers the rest it did."""
         job = self.status(job_id)
         if job.status == "done":
             return job
@@ -331,6 +332,8 @@ class JobRunner:
 
     async def _run(self, job_id: str) -> None:
         job = self.status(job_id)
+        # A run before this one may have kept rows in the `.partial`; other engines keep state of their own.
+        continuing = job.started is not None and job.engine == "in-process"
         if job.status == "cancelled" or not await self._in_thread(self.store.claim, job_id):
             return
         job = self.status(job_id)
@@ -343,18 +346,14 @@ class JobRunner:
         error, committed = None, False
         try:
             with scope:
-                job_input = await anyio.to_thread.run_sync(
-                    self.inputs.open, job.input, Path(job.output), job.format, job.glob, job.provider, job.engine,
-                    self.roots, job.space,  # the server's roots: a resumed job may not reach further than a new one
-                )  # fmt: skip
                 dimensions = self.engine.provider(job.provider).dimensions
-                writer = await anyio.to_thread.run_sync(open_writer, job, self.roots, dimensions, job_input.fields)
-                tally.cached += await anyio.to_thread.run_sync(self.inputs.carry, job_input, writer, dimensions)
+                opened = functools.partial(open_output, self.inputs, job, self.roots, dimensions, continuing=continuing)
+                output = await anyio.to_thread.run_sync(opened, tally)
+                writer, job_input = output.writer, output.job_input
+                saver.poke()  # rows kept from a stopped run show at once
                 engine_job = EngineJob(job.id, job.provider, job.space, input_type=input_type_of(job.space))
-                # `done` counts rows written, each already cached: after a kill it never claims more.
-                engine = self.engine_named(job.engine)
-                chunks = self.inputs.chunks(job_input)
-                await engine.run(engine_job, chunks, writer, tally, lambda _: saver.poke())
+                engine = self.engine_named(job.engine)  # `done` counts rows written: after a kill it never claims more
+                await engine.run(engine_job, output.chunks, writer, tally, lambda _: saver.poke())
                 data_dir = self.settings.resolved_data_dir
                 mine = bool(job.overwrite) or job_id in self._resumed  # a resumed job replaces its earlier output
                 await anyio.to_thread.run_sync(commit_output, job, writer, self.roots, data_dir, mine)
@@ -380,8 +379,9 @@ class JobRunner:
         finally:
             del self._scopes[job_id]
             with anyio.CancelScope(shield=True):
-                if writer is not None:
-                    await anyio.to_thread.run_sync(writer.discard)
+                if writer is not None:  # a stop keeps what was done, for a resume to go on from
+                    kept = status == "interrupted" and job.engine == "in-process" and tally.written > 0
+                    await anyio.to_thread.run_sync(writer.keep_partial if kept else writer.discard)
                 await record_end(saver, status, error, within_s=self._finish_within_s)
 
     async def _heartbeat(self) -> None:

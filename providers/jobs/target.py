@@ -13,7 +13,9 @@ from providers.jobs.paths import AllowedRoots
 from providers.jobs.store import JobRecord
 from providers.jobs.writers import JsonlWriter, NpyWriter, RowFields, VectorWriter
 
-__all__ = ["check_target", "commit_output", "open_writer"]
+__all__ = ["JobWriter", "check_target", "commit_output", "open_writer"]
+
+JobWriter = JsonlWriter | NpyWriter
 
 
 def check_target(
@@ -23,13 +25,18 @@ def check_target(
     return roots.check_output(output, [source], out_format=out_format, data_dir=data_dir, overwrite=overwrite)
 
 
-def open_writer(job: JobRecord, roots: AllowedRoots, dimensions: int, fields: RowFields | None = None) -> VectorWriter:
-    """The writer of the job's `.partial`, once the way to it is checked again (`fields`: see `JobInput`)."""
+def open_writer(
+    job: JobRecord, roots: AllowedRoots, dimensions: int, fields: RowFields | None = None, *, continuing: bool = False
+) -> JobWriter:
+    """The writer of the job's `.partial`, once the way to it is checked again (`fields`: see `JobInput`).
+
+    `continuing`: the `.partial` a stopped run kept is left as it is (see `JsonlWriter.continue_from`).
+    """
     output = Path(job.output)
     roots.check_unmoved(output.parent)
     if job.format == "npy":
-        return NpyWriter(output, dimensions, fields)
-    return JsonlWriter(output, job.space, fields=fields)
+        return NpyWriter(output, dimensions, fields, continuing=continuing)
+    return JsonlWriter(output, job.space, fields=fields, continuing=continuing)
 
 
 def commit_output(job: JobRecord, writer: VectorWriter, roots: AllowedRoots, data_dir: Path, overwrite: bool) -> None:

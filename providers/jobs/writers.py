@@ -2,7 +2,8 @@
 
 Writers put vectors in `<output>.partial` (locked against a second run), renamed only when
 complete; each row says whether its text was cut to the model's window (`truncated`,
-`dropped_tokens`).
+`dropped_tokens`). A job stopped to exit keeps its `.partial` (`keep_partial`); its resume opens it
+`continuing`, and goes on after the whole rows it holds (`kept_rows`, `continue_from`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy.lib.format as npy_format
 import numpy.typing as npt
 
 from providers.errors import ConfigurationError, InputError
+from providers.jobs.partial import KeptRows, kept_jsonl, kept_npy
 
 __all__ = ["JsonlWriter", "NpyWriter", "RowFields", "VectorEncoding", "VectorWriter", "ids_path", "npy_header"]
 
@@ -39,17 +41,21 @@ class VectorWriter(Protocol):
 
     def commit(self) -> None: ...
     def discard(self) -> None: ...
+    def keep_partial(self) -> None:
+        """Close, leaving the `.partial` for a resume to continue."""
 
 
 class _PartialFile:
     """`<path>.partial`, locked against a second run writing the same output, renamed when complete.
+
+    Emptied once locked, unless `continuing`: then it is left as it is, for `cut` to keep its whole rows.
 
     Made and renamed through a descriptor of its directory, opened once: a directory on the path
     swapped for a symlink later cannot send the file elsewhere, and the rename checks the path
     still leads to that directory. A symlink in place of the `.partial` itself is never followed.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, continuing: bool = False) -> None:
         self.path = path
         self.partial = path.with_name(path.name + ".partial")
         self._dir = os.open(path.parent, os.O_RDONLY | _O_DIRECTORY)
@@ -60,7 +66,8 @@ class _PartialFile:
             raise
         try:
             _lock(fd, path)
-            os.ftruncate(fd, 0)  # only now: truncating first would spoil the file of a run holding the lock
+            if not continuing:  # only now: truncating first would spoil the file of a run holding the lock
+                os.ftruncate(fd, 0)
         except BaseException:
             os.close(fd)
             os.close(self._dir)
@@ -83,6 +90,15 @@ class _PartialFile:
         if self._dir >= 0:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.partial.name, dir_fd=self._dir)
+        self._close()
+
+    def cut(self, size: int) -> None:
+        """Keep the first `size` bytes, and write on after them."""
+        self.file.flush()
+        os.ftruncate(self.file.fileno(), size)
+        self.file.seek(size)
+
+    def keep(self) -> None:
         self._close()
 
     def _close(self) -> None:
@@ -111,11 +127,18 @@ class JsonlWriter:
     """
 
     def __init__(
-        self, path: Path | None, space: str, encoding: VectorEncoding = "float", fields: RowFields | None = None
+        self,
+        path: Path | None,
+        space: str,
+        encoding: VectorEncoding = "float",
+        fields: RowFields | None = None,
+        *,
+        continuing: bool = False,
     ) -> None:
         self._fields = fields
-        self._target = None if path is None else _PartialFile(path)
+        self._target = None if path is None else _PartialFile(path, continuing=continuing)
         self._out: IO[bytes] = sys.stdout.buffer if self._target is None else self._target.file
+        self._space_name = space
         self._space = f',"space":{json.dumps(space)}'
         self._encoding = encoding
         self._numbers = ""
@@ -151,6 +174,16 @@ class JsonlWriter:
         found = self._fields.pop(chunk_id, None) if self._fields else None
         return f",{json.dumps(found)[1:-1]}" if found else ""
 
+    def kept_rows(self, dimensions: int, head: int = 0) -> KeptRows:
+        """The whole rows of the `.partial` opened `continuing` (`head`: see `KeptRows.head`)."""
+        assert self._target is not None
+        return kept_jsonl(self._target.file, self._space_name, dimensions, self._encoding, head=head)
+
+    def continue_from(self, kept: KeptRows) -> None:
+        """Keep the `.partial`'s first `kept` rows (none: `KeptRows()`) and write on after them."""
+        assert self._target is not None
+        self._target.cut(kept.end)
+
     def commit(self) -> None:
         if self._target is not None:
             self._target.commit()
@@ -158,6 +191,10 @@ class JsonlWriter:
     def discard(self) -> None:
         if self._target is not None:
             self._target.discard()
+
+    def keep_partial(self) -> None:
+        if self._target is not None:
+            self._target.keep()
 
 
 class NpyWriter:
@@ -168,17 +205,23 @@ class NpyWriter:
     a source file has its fields there too (`{"id", "path", "start_line", ...}`).
     """
 
-    def __init__(self, path: Path, dimensions: int, fields: RowFields | None = None) -> None:
+    def __init__(
+        self, path: Path, dimensions: int, fields: RowFields | None = None, *, continuing: bool = False
+    ) -> None:
         self.dimensions = dimensions
         self._fields = fields
         self.rows = 0
-        self._ids = _PartialFile(ids_path(path))
+        self._ids = _PartialFile(ids_path(path), continuing=continuing)
         try:
-            self._npy = _PartialFile(path)
+            self._npy = _PartialFile(path, continuing=continuing)
         except BaseException:
-            self._ids.discard()
+            if continuing:  # the ids are the resume's to keep
+                self._ids.keep()
+            else:
+                self._ids.discard()
             raise
-        self._npy.file.write(npy_header(0, dimensions))
+        if not continuing:
+            self._npy.file.write(npy_header(0, dimensions))
 
     def write(self, ids: Sequence[str | int], vectors: npt.NDArray[np.float32], dropped: Sequence[int]) -> None:
         self._npy.file.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
@@ -195,6 +238,20 @@ class NpyWriter:
             row |= {"truncated": True, "dropped_tokens": lost}
         return json.dumps(row)
 
+    def kept_rows(self, dimensions: int, head: int = 0) -> KeptRows:
+        """The whole rows of the `.partial`s opened `continuing`: as many as have both an id and a vector."""
+        return kept_npy(self._ids.file, self._npy.file, npy_header(0, dimensions), dimensions, head=head)
+
+    def continue_from(self, kept: KeptRows) -> None:
+        """Keep the first `kept` rows of both `.partial`s (none: `KeptRows()`) and write on after them."""
+        header = npy_header(0, self.dimensions)
+        self._ids.cut(kept.end)
+        self._npy.cut(len(header) + 4 * self.dimensions * kept.count)
+        self._npy.file.seek(0)
+        self._npy.file.write(header)
+        self._npy.file.seek(0, os.SEEK_END)
+        self.rows = kept.count
+
     def commit(self) -> None:
         self._npy.file.seek(0)
         self._npy.file.write(npy_header(self.rows, self.dimensions))
@@ -204,6 +261,10 @@ class NpyWriter:
     def discard(self) -> None:
         self._ids.discard()
         self._npy.discard()
+
+    def keep_partial(self) -> None:
+        self._ids.keep()
+        self._npy.keep()
 
 
 def ids_path(npy: Path) -> Path:
