@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
@@ -142,6 +142,7 @@ def kept_npy(ids: IO[bytes], npy: IO[bytes], header: bytes, dimensions: int, *, 
     return counter.kept(end)
 
 
-def _lines(file: IO[bytes]) -> Iterable[bytes]:
+def _lines(file: IO[bytes]) -> Iterator[bytes]:
     file.seek(0)
-    yield from file
+    while line := file.readline():  # not `yield from file`: leaving the loop early would close the file
+        yield line
