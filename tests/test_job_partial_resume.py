@@ -43,9 +43,11 @@ def runner_over(settings: Settings, fake: GatedProvider, tmp_path: Path) -> JobR
     return JobRunner(settings, AllowedRoots((tmp_path,)), engine=InProcessEngine(service), resume_free=False)
 
 
-async def stopped_after_one_window(settings: Settings, tmp_path: Path, source: Path, output: str) -> JobRecord:
+async def stopped_after_one_window(
+    settings: Settings, tmp_path: Path, source: Path, output: str, prefix: str = "chunk"
+) -> JobRecord:
     fake = GatedProvider("fake")
-    fake.free_first_text = "chunk number 0"  # the first window goes through, the next waits
+    fake.free_first_text = f"{prefix} number 0"  # the first window goes through, the next waits
     async with runner_over(settings, fake, tmp_path) as runner:
         started = await runner.start(str(source), output)
         with anyio.fail_after(10):
@@ -200,3 +202,17 @@ async def test_a_resume_that_is_cancelled_or_fails_removes_the_partial_its_stop_
             job = await runner.wait(stopped.id)
     assert job.status == end
     assert not list(tmp_path.glob("*.partial"))
+
+
+async def test_a_partial_another_job_wrote_since_is_not_continued_even_when_its_ids_match(
+    uncached: Settings, tmp_path: Path, source: Path
+) -> None:
+    stopped = await stopped_after_one_window(uncached, tmp_path, source, "out.jsonl")
+    other = write_chunks(tmp_path / "other.jsonl", CHUNKS, prefix="other")  # the same ids, other texts
+    await stopped_after_one_window(uncached, tmp_path, other, "out.jsonl", "other")  # its rows fill the .partial
+
+    job, sent = await resumed(uncached, tmp_path, stopped.id)
+
+    assert sorted(sent) == sorted(texts(0)) and job.cached == 0
+    await uninterrupted(uncached, tmp_path, source, "reference.jsonl")
+    assert (tmp_path / "out.jsonl").read_bytes() == (tmp_path / "reference.jsonl").read_bytes()

@@ -332,8 +332,8 @@ class JobRunner:
 
     async def _run(self, job_id: str) -> None:
         job = self.status(job_id)
-        # A run before this one may have kept rows in the `.partial`; other engines keep state of their own.
-        continuing = job.started is not None and job.engine == "in-process"
+        # An earlier run may have kept rows in the `.partial`; other engines keep state of their own.
+        continuing = job.engine == "in-process" and await self._in_thread(self.store.wrote_last, job)
         if job.status == "cancelled" or not await self._in_thread(self.store.claim, job_id):
             return
         job = self.status(job_id)

@@ -240,6 +240,15 @@ class JobStore:
             ).fetchall()
         return tuple(job for job in (self._visible(JobRecord(*row)) for row in rows) if job.status == "interrupted")
 
+    def wrote_last(self, job: JobRecord) -> bool:
+        """Whether `job` ran and no other job writing its output started since: a `.partial` there is its own."""
+        with self._reading():
+            row = self._reader.execute(
+                "SELECT 1 FROM jobs WHERE output = ? AND id != ? AND started >= ? LIMIT 1",
+                (job.output, job.id, job.started),
+            ).fetchone()
+        return job.started is not None and row is None
+
     def claim(self, job_id: str) -> bool:
         """Take the job's lease and mark it running; False when a live owner already runs it."""
         now = self._now()
