@@ -210,6 +210,7 @@ async def test_a_partial_another_job_wrote_since_is_not_continued_even_when_its_
     stopped = await stopped_after_one_window(uncached, tmp_path, source, "out.jsonl")
     other = write_chunks(tmp_path / "other.jsonl", CHUNKS, prefix="other")  # the same ids, other texts
     await stopped_after_one_window(uncached, tmp_path, other, "out.jsonl", "other")  # its rows fill the .partial
+    assert len(partial(tmp_path / "out.jsonl").read_bytes().splitlines()) == FIRST_WINDOW
 
     job, sent = await resumed(uncached, tmp_path, stopped.id)
 
