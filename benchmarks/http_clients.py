@@ -1,20 +1,29 @@
 """One HTTP server shared by 1, 8 and 32 clients, against in-process embedding and against idle.
 
-    python -m benchmarks.http_clients [--batches 8] [--clients 1,8,32]
+    python -m benchmarks.http_clients [--clients 1,8,32] [--batches-per-client 1] [--least 8] [--ramp-s 1]
+                                      [--one-process]
 
-Every client mixes one-text `embed_text` calls with `embed_batch` calls of 100 code chunks
-(base64 vectors, cache off so every text is embedded). Printed, all measured in this run:
-- batch throughput over HTTP against the same batches embedded in-process (before and after);
-- one-text p50/p95 under load against the same call on the idle server;
-- memory: the server's peak RSS with 8 clients against 8 x the RSS of one stdio server that
-  has embedded (8 stdio servers share nothing, so each holds its own model).
+Each client is its own process, as each MCP host is, and mixes one-text `embed_text` calls with
+`embed_batch` calls of 100 code chunks (base64 vectors, cache off so every text is embedded): a
+one-text call, a batch, a one-text call, for each of its batches. The clients start evenly over
+`--ramp-s` (a load test's spawn rate; with 0 they all send their first call in the same instant).
+Printed, all measured in this run:
+- batch throughput over HTTP against the same batches (the same texts) embedded in-process just
+  before and just after each scenario;
+- one-text p50/p95 under load against the same call from one client on the idle server, measured
+  before and after the loaded scenarios;
+- memory: the server's peak RSS with 8 clients against 8 x the RSS of one stdio server that has
+  embedded (8 stdio servers share nothing, so each holds its own model).
+
+`--one-process` runs every client in this process's event loop instead (how the benchmark ran
+before): then the clients' own loop, not the server, sets much of the one-text latency.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +38,8 @@ from providers import EmbeddingService, Settings
 from tests.http_server import ROOT, HttpServer
 
 BATCH = 100
+_IDLE_CALLS = 20
+_START_TIMEOUT_S = 300
 
 
 def rss_mb(pid: int, field: str = "VmHWM") -> float:
@@ -43,54 +54,120 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def in_process(settings: Settings, batches: list[list[str]]) -> float:
+async def in_process(service: EmbeddingService, batches: list[list[str]]) -> float:
     """Chunks a second, embedding the batches one after another in this process."""
-    async with EmbeddingService(settings=settings) as service:
-        await service.embed(["def warm_up(): pass"])
-        started = time.perf_counter()
-        for batch in batches:
-            await service.embed(batch)
-        return sum(map(len, batches)) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for batch in batches:
+        await service.embed(batch)
+    return sum(map(len, batches)) / (time.perf_counter() - started)
 
 
-async def idle_latency(server: HttpServer, texts: list[str]) -> list[float]:
-    async with server.client(None) as client:
+async def run_client(
+    url: str, batches: list[list[str]], texts: list[str], delay_s: float, started: anyio.Event | None
+) -> tuple[float, float, list[float]]:
+    """One client's calls (text, batch, text for each batch) from `delay_s` after the start: when its
+    calls began and ended (`time.time()`, comparable across processes), and its one-text latencies."""
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    one_text: list[float] = []
+    words = iter(texts)
+    async with create_mcp_http_client() as http, Client(streamable_http_client(url, http_client=http)) as client:
         await client.list_tools()
-        seconds = []
-        for text in texts:
-            started = time.perf_counter()
-            await client.call_tool("embed_text", {"text": text, "include_vectors": False})
-            seconds.append(time.perf_counter() - started)
-        return seconds
+        # The client's own first-call work (its result models, the tools' output schemas) is done
+        # now, not timed: a host that has been running a while has done it long before.
+        await client.call_tool("embed_text", {"text": "warm up", "include_vectors": False})
+        await client.call_tool("embed_batch", {"texts": ["warm up"], "encoding": "base64"})
+        if started is None:
+            print("ready", flush=True)
+            await anyio.to_thread.run_sync(sys.stdin.readline)  # "go", to every client at once
+        else:
+            await started.wait()
+        await anyio.sleep(delay_s)
+        began = time.time()
+        for batch in batches:  # an empty batch: one one-text call alone
+            for call in ("text", "batch", "text") if batch else ("text",):
+                if call == "batch":
+                    answer = await client.call_tool("embed_batch", {"texts": batch, "encoding": "base64"})
+                    assert not answer.is_error, answer.content
+                    continue
+                sent = time.perf_counter()
+                answer = await client.call_tool("embed_text", {"text": next(words), "include_vectors": False})
+                one_text.append(time.perf_counter() - sent)
+                assert not answer.is_error, answer.content
+        return began, time.time(), one_text
+
+
+def _worker(url: str, work_file: str) -> None:
+    work = json.loads(Path(work_file).read_text())
+    began, ended, latencies = anyio.run(run_client, url, work["batches"], work["texts"], work["delay_s"], None)
+    print(json.dumps({"began": began, "ended": ended, "one_text": latencies}), flush=True)
 
 
 async def loaded(
-    server: HttpServer, clients: int, batches: list[list[str]], texts: list[str]
+    url: str,
+    batches_of: list[list[list[str]]],
+    texts_of: list[list[str]],
+    work_dir: Path,
+    *,
+    one_process: bool,
+    ramp_s: float = 0.0,
 ) -> tuple[float, list[float]]:
-    """`clients` clients share the batches; each calls embed_text before and after each of its batches."""
-    one_text: list[float] = []
-    mine = [batches[i::clients] for i in range(clients)]
-    words = iter(texts)
+    """Client i starts `i * ramp_s / clients` after the first; chunks a second over the batches, and every
+    one-text latency."""
+    chunks = sum(len(batch) for batches in batches_of for batch in batches)
+    delays = [i * ramp_s / len(batches_of) for i in range(len(batches_of))]
+    if one_process:
+        go = anyio.Event()
+        results: list[tuple[float, float, list[float]]] = []
 
-    async def one_client(own: list[list[str]]) -> None:
-        async with server.client(None) as client:
-            await client.list_tools()
-            for batch in own:
-                for call in ("text", "batch", "text"):
-                    if call == "batch":
-                        answer = await client.call_tool("embed_batch", {"texts": batch, "encoding": "base64"})
-                        assert not answer.is_error, answer.content
-                        continue
-                    started = time.perf_counter()
-                    answer = await client.call_tool("embed_text", {"text": next(words), "include_vectors": False})
-                    one_text.append(time.perf_counter() - started)
-                    assert not answer.is_error, answer.content
+        async def one(batches: list[list[str]], texts: list[str], delay_s: float) -> None:
+            results.append(await run_client(url, batches, texts, delay_s, go))
 
-    started = time.perf_counter()
-    async with anyio.create_task_group() as tasks:
-        for own in mine:
-            tasks.start_soon(one_client, own)
-    return sum(map(len, batches)) / (time.perf_counter() - started), one_text
+        async with anyio.create_task_group() as tasks:
+            for batches, texts, delay_s in zip(batches_of, texts_of, delays, strict=True):
+                tasks.start_soon(one, batches, texts, delay_s)
+            await anyio.sleep(2)  # every client connected and listed the tools (not timed)
+            go.set()
+    else:
+        results = _in_processes(url, batches_of, texts_of, delays, work_dir)
+    # From the first call's start to the last call's end, as the clients saw them.
+    seconds = max(ended for _, ended, _ in results) - min(began for began, _, _ in results)
+    return chunks / seconds, [latency for _, _, latencies in results for latency in latencies]
+
+
+def _in_processes(
+    url: str, batches_of: list[list[list[str]]], texts_of: list[list[str]], delays: list[float], work_dir: Path
+) -> list[tuple[float, float, list[float]]]:
+    workers = []
+    for i, (batches, texts, delay_s) in enumerate(zip(batches_of, texts_of, delays, strict=True)):
+        work = work_dir / f"client-{i}.json"
+        work.write_text(json.dumps({"batches": batches, "texts": texts, "delay_s": delay_s}))
+        command = [sys.executable, "-m", "benchmarks.http_clients", "--worker", url, str(work)]
+        workers.append(subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+    try:
+        for worker in workers:  # bounded: a worker that cannot connect exits, closing its stdout
+            assert worker.stdout is not None and worker.stdout.readline().strip() == "ready", "a client did not start"
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        results = []
+        for worker in workers:
+            out, _ = worker.communicate(timeout=_START_TIMEOUT_S)
+            found = json.loads(out.strip().splitlines()[-1])
+            results.append((found["began"], found["ended"], found["one_text"]))
+        return results
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+
+
+async def idle_latency(url: str, work_dir: Path, texts: list[str], one_process: bool) -> list[float]:
+    """One client alone on the server: `len(texts)` one-text calls."""
+    _, latencies = await loaded(url, [[[] for _ in texts]], [texts], work_dir, one_process=one_process)
+    return latencies
 
 
 async def stdio_server_rss(data_dir: Path) -> float:
@@ -114,43 +191,62 @@ def _children() -> list[int]:
     return [int(pid) for pid in out.split()]
 
 
-async def main(batches: int, client_counts: list[int], lines: int) -> None:
+def _one_texts(start: int, count: int) -> list[str]:
+    return [f"def helper_{i}(value): return value + {i}" for i in range(start, start + count)]
+
+
+async def main(
+    per_client: int, least: int, client_counts: list[int], lines: int, ramp_s: float, one_process: bool
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
         settings = Settings(data_dir=data_dir, cache=False)
-        most = max(batches, *client_counts)
-        chunks = code_chunks(BATCH * most, lines=lines)
+        chunks = code_chunks(BATCH * max(least, per_client * max(client_counts)), lines=lines)
         every = [chunks[i : i + BATCH] for i in range(0, len(chunks), BATCH)]
-        texts = [f"def helper_{i}(value): return value + {i}" for i in range(10_000)]
-        reference = [await in_process(settings, every[:batches])]
-        print(f"in-process: {reference[0]:.1f} chunks/s", file=sys.stderr)
+        next_text = 0
+        rows = []
+        idle: list[float] = []
         shared_mb = float("nan")
-        with HttpServer(data_dir, env={"SIGNAL_HUB_CACHE": "off"}) as server:
-            assert server.process is not None
-            idle = await idle_latency(server, texts[:20])
-            texts = texts[20:]
-            rows = []
-            for clients in client_counts:
-                # At least one batch a client, and never fewer batches than the in-process run.
-                rate, one_text = await loaded(server, clients, every[: max(batches, clients)], texts)
-                texts = texts[len(one_text) :]
-                rows.append((clients, rate, one_text))
-                if clients == 8:
-                    shared_mb = rss_mb(server.process.pid)
-                print(f"{clients} clients: {rate:.1f} chunks/s", file=sys.stderr)
-            status = server.stop()
-        reference.append(await in_process(settings, every[:batches]))
+        async with EmbeddingService(settings=settings) as service:
+            await service.embed(["def warm_up(): pass"])
+            with HttpServer(data_dir, env={"SIGNAL_HUB_CACHE": "off"}) as server:
+                assert server.process is not None
+                idle += await idle_latency(server.url, data_dir, _one_texts(next_text, _IDLE_CALLS), one_process)
+                next_text += _IDLE_CALLS
+                for clients in client_counts:
+                    batches = every[: max(least, per_client * clients)]
+                    before = await in_process(service, batches)
+                    batches_of = [batches[i::clients] for i in range(clients)]
+                    texts_of = []
+                    for own in batches_of:
+                        texts_of.append(_one_texts(next_text, 2 * len(own)))
+                        next_text += 2 * len(own)
+                    rate, one_text = await loaded(
+                        server.url, batches_of, texts_of, data_dir, one_process=one_process, ramp_s=ramp_s
+                    )
+                    if clients == 8:
+                        shared_mb = rss_mb(server.process.pid)
+                    after = await in_process(service, batches)
+                    rows.append((clients, rate, (before + after) / 2, one_text))
+                    said = f"{clients} clients: {rate:.1f} chunks/s; in-process {before:.1f}, {after:.1f}"
+                    print(said, file=sys.stderr)
+                idle += await idle_latency(server.url, data_dir, _one_texts(next_text, _IDLE_CALLS), one_process)
+                status = server.stop()
         stdio_mb = await stdio_server_rss(data_dir)
-    base = statistics.mean(reference)
     idle_p50, idle_p95 = percentile(idle, 0.5), percentile(idle, 0.95)
-    print(f"in-process batch throughput: {reference[0]:.1f} and {reference[1]:.1f} chunks/s (mean {base:.1f})")
-    print(f"idle one-text embed_text over HTTP: p50 {idle_p50 * 1000:.0f} ms, p95 {idle_p95 * 1000:.0f} ms")
-    print("clients | batch throughput vs in-process | one-text p50 vs idle | one-text p95 vs idle")
-    for clients, rate, one_text in rows:
+    where = "all clients in one process" if one_process else "one process per client"
+    start = f"starting over {ramp_s:g} s" if ramp_s else "all starting together"
+    print(
+        f"{where}, {start}; batches of {BATCH} chunks of {lines} lines: "
+        f"{per_client} per client, at least {least} a scenario"
+    )
+    print(f"idle one-text embed_text (before and after): p50 {idle_p50 * 1000:.0f} ms, p95 {idle_p95 * 1000:.0f} ms")
+    print("clients | batch throughput vs in-process (same texts) | one-text p50 vs idle | one-text p95 vs idle")
+    for clients, rate, base, one_text in rows:
         p50, p95 = percentile(one_text, 0.5), percentile(one_text, 0.95)
         print(
-            f"{clients:7d} | {rate / base:.2f}x ({rate:.1f} chunks/s) | {p50 / idle_p50:.1f}x ({p50 * 1000:.0f} ms) "
-            f"| {p95 / idle_p95:.1f}x ({p95 * 1000:.0f} ms)"
+            f"{clients:7d} | {rate / base:.2f}x ({rate:.1f} vs {base:.1f} chunks/s) "
+            f"| {p50 / idle_p50:.1f}x ({p50 * 1000:.0f} ms) | {p95 / idle_p95:.1f}x ({p95 * 1000:.0f} ms)"
         )
     print(
         f"memory: one HTTP server with 8 clients {shared_mb:.0f} MB peak RSS; one stdio server {stdio_mb:.0f} MB, "
@@ -160,10 +256,19 @@ async def main(batches: int, client_counts: list[int], lines: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=2, help="batches of 100 chunks, at least (default 2)")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--batches-per-client", type=int, default=1, help="batches per client (default 1)")
+    parser.add_argument("--least", type=int, default=8, help="batches a scenario has at least (default 8)")
     parser.add_argument("--clients", default="1,8,32", help="client counts, comma-separated (default 1,8,32)")
     parser.add_argument("--lines", type=int, default=10, help="lines per code chunk (default 10: a bounded run)")
+    parser.add_argument(
+        "--ramp-s", type=float, default=1.0, help="clients start evenly over this many seconds (default 1; 0: together)"
+    )
+    parser.add_argument("--one-process", action="store_true", help="every client in this process's event loop")
+    parser.add_argument("--worker", nargs=2, metavar=("URL", "WORK_FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    counts = [int(n) for n in args.clients.split(",")]
-    anyio.run(main, args.batches, counts, args.lines)
+    if args.worker:
+        _worker(*args.worker)
+    else:
+        counts = [int(n) for n in args.clients.split(",")]
+        anyio.run(main, args.batches_per_client, args.least, counts, args.lines, args.ramp_s, args.one_process)

@@ -10,11 +10,12 @@ The default backend on a CPU is int8 ONNX Runtime, exported from the packaged we
 use (in a child process, `local_model/onnx_export.py`) and cached under the data directory; this
 process then needs only onnxruntime and tokenizers, never torch. Texts (after the model's prompt
 for their input type, `local_model/prompts.py`) are tokenized once, cut into model windows
-(`local_model/long_texts.py`), run longest first in a worker thread a turn at a time
-(`local_model/turns.py`), and put back in input order. A model may be a Hugging Face id (`hub.py`)."""
+(`local_model/long_texts.py`), run longest first by the model's lanes, short calls first
+(`local_model/lanes.py`), and put back in input order. A model may be a Hugging Face id (`hub.py`)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -35,6 +36,7 @@ from providers.errors import ConfigurationError, ProviderError
 from providers.local_model.encoders import (
     LOCAL_BACKENDS,
     LocalBackend,
+    LocalRuntime,
     OnnxEncoder,
     SentenceEncoder,
     TorchEncoder,
@@ -42,6 +44,7 @@ from providers.local_model.encoders import (
     resolve_device,
     usable_cores,
 )
+from providers.local_model.lanes import ModelLanes
 from providers.local_model.long_texts import (
     LONG_TEXT_POLICIES,
     InputPlan,
@@ -64,7 +67,6 @@ from providers.local_model.onnx_export import cached_onnx_model, export_in_subpr
 from providers.local_model.options import LocalOptions
 from providers.local_model.prompts import Prompts, model_prompts
 from providers.local_model.tokenizing import encode_windows, plain_tokenizer, special_token_counts
-from providers.local_model.turns import ModelTurns
 from providers.registry import ProviderSpec, one_length_only
 from providers.settings import DEFAULT_LOCAL_MODEL, Settings
 
@@ -87,24 +89,9 @@ DEFAULT_BATCH_SIZES: Mapping[str, int] = {"torch": 8, "onnx": 1, "onnx-int8": 1}
 Runtime one window per call was fastest on code chunks and on one-liners alike: nothing is
 padded, and int8's activation scale then depends on the text alone, not on its batch mates."""
 
-# Windows handed to the model per trip to the worker thread (one turn at the model): small
-# enough that progress is reported, cancellation is honoured and a short call waiting behind
-# the step gets its turn within a few tens of milliseconds.
+# Windows a long call has at the model per turn, and between progress reports and cache writes:
+# a call of at most this many is short, and goes first (`local_model/lanes.py`).
 _WINDOWS_PER_STEP = 8
-
-
-@dataclass(frozen=True)
-class LocalRuntime:
-    """How the loaded model runs: what `auto` and the defaults resolved to."""
-
-    backend: str
-    """"torch", "onnx" or "onnx-int8"."""
-    device: str
-    threads: int
-    batch_size: int
-    """Windows per model call."""
-    max_length: int
-    """Tokens per window, special tokens included."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +105,7 @@ class _LoadedModel:
     """Special tokens the tokenizer puts before and after a text."""
     prompt_ids: dict[InputType, list[int]]
     """Each input type's prompt as tokens (repeated in every window of a split text)."""
+    lanes: ModelLanes
 
 
 class LocalProvider(EmbeddingProvider):
@@ -164,13 +152,8 @@ class LocalProvider(EmbeddingProvider):
         self._prompts: Prompts | None = None
         self._trust_remote_code = trust_remote_code
         self._loaded: _LoadedModel | None = None
-        self.model_calls = 0
-        """Calls into the model so far (a batch of windows each), for tests and diagnostics."""
         self._dimensions: int | None = None
         self._load_lock = anyio.Lock()
-        # One encode at a time (parallel encodes would only fight over the same cores), taken a
-        # step at a time, so a short call never waits for a whole batch.
-        self._turns = ModelTurns()
 
     @classmethod
     def from_settings(cls, settings: Settings, model: str | None = None) -> LocalProvider:
@@ -262,26 +245,23 @@ class LocalProvider(EmbeddingProvider):
         windows_left = Counter(window.text for window in windows)
         texts_done = steps = 0
         short = len(order) <= _WINDOWS_PER_STEP
-        for start in range(0, len(order), _WINDOWS_PER_STEP):
-            step = order[start : start + _WINDOWS_PER_STEP]
-            async with self._turns.turn(short=short):
-                window_vectors[step], calls = await anyio.to_thread.run_sync(
-                    encode_windows, loaded.encoder, loaded.runtime.batch_size, [windows[i].ids for i in step]
-                )
-            self.model_calls += calls
-            finished = []
-            for i in step:
-                windows_left[windows[i].text] -= 1
-                if windows_left[windows[i].text] == 0:
-                    finished.append(windows[i].text)
-            texts_done += len(finished)
-            if on_request is not None and finished:
-                steps += 1
-                part, picked = part_of(plan, finished)
-                with anyio.CancelScope(shield=True):  # what was computed is kept, even when cancelled
-                    await on_request(finished, self._result(window_vectors[picked], part, input_type))
-            if progress is not None:
-                await progress(texts_done, len(texts))
+        async with contextlib.aclosing(loaded.lanes.run([windows[i].ids for i in order], short=short)) as pieces:
+            async for positions, vectors in pieces:
+                step = [order[p] for p in positions]
+                window_vectors[step] = vectors
+                finished = []
+                for i in step:
+                    windows_left[windows[i].text] -= 1
+                    if windows_left[windows[i].text] == 0:
+                        finished.append(windows[i].text)
+                texts_done += len(finished)
+                if on_request is not None and finished:
+                    steps += 1
+                    part, picked = part_of(plan, finished)
+                    with anyio.CancelScope(shield=True):  # what was computed is kept, even when cancelled
+                        await on_request(finished, self._result(window_vectors[picked], part, input_type))
+                if progress is not None:
+                    await progress(texts_done, len(texts))
         whole = self._result(window_vectors, plan, input_type)
         return whole if on_request is None else dataclasses.replace(whole, requests=steps)
 
@@ -295,8 +275,15 @@ class LocalProvider(EmbeddingProvider):
             qualifiers=self.space_qualifiers(input_type),
         )
 
+    @property
+    def model_calls(self) -> int:
+        """Calls into the model so far (a batch of windows each) since it loaded, for tests and diagnostics."""
+        return self._loaded.lanes.calls if self._loaded is not None else 0
+
     async def aclose(self) -> None:
         async with self._load_lock:
+            if self._loaded is not None:
+                self._loaded.lanes.close()
             self._loaded = None
 
     def _plan(self, loaded: _LoadedModel, texts: list[str], input_type: InputType) -> InputPlan:
@@ -326,6 +313,10 @@ class LocalProvider(EmbeddingProvider):
         backend = resolve_backend(self._backend, device)
         threads = self._threads or usable_cores()
         batch_size = self._batch_size or DEFAULT_BATCH_SIZES[backend]
+        # ONNX Runtime on the CPU: one model call per thread, as many at once as threads (faster
+        # than every thread on one call, and a busy core slows only its own call). torch has one
+        # thread pool for the process, and a GPU one queue: one call at a time there.
+        lanes = threads if backend != "torch" and device == "cpu" else 1
         # Nothing may be fetched from a model hub at run time.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -335,7 +326,7 @@ class LocalProvider(EmbeddingProvider):
                 encoder, tokenizer_json, max_length = self._load_torch(device, threads)
             else:
                 source_sha256 = weights_sha256 or sha256_of_file(weights_file(self._path))
-                encoder, tokenizer_json, max_length = self._load_onnx(device, threads, backend, source_sha256)
+                encoder, tokenizer_json, max_length = self._load_onnx(device, threads // lanes, backend, source_sha256)
         except ConfigurationError:
             raise
         except Exception as exc:
@@ -346,13 +337,14 @@ class LocalProvider(EmbeddingProvider):
             raise ConfigurationError(
                 f"split overlap {self._split_overlap} must be smaller than the model's window of {max_length} tokens."
             )
-        runtime = LocalRuntime(backend, device, encoder.threads, batch_size, max_length)
+        runtime = LocalRuntime(backend, device, encoder.threads * lanes, batch_size, max_length, lanes)
         prompt_ids = {
             kind: tokenizer.encode(self.prompts.of(kind), add_special_tokens=False).ids for kind in INPUT_TYPES
         }
-        loaded = _LoadedModel(runtime, encoder, tokenizer, specials, prompt_ids)
         encode_windows(encoder, batch_size, [tokenizer.encode("warm up").ids])  # first-call allocations happen now
-        return loaded
+        encode = functools.partial(encode_windows, encoder, batch_size)
+        model_lanes = ModelLanes(encode, lanes=lanes, batch_size=batch_size, step=_WINDOWS_PER_STEP)
+        return _LoadedModel(runtime, encoder, tokenizer, specials, prompt_ids, model_lanes)
 
     def _load_torch(self, device: str, threads: int) -> tuple[SentenceEncoder, str, int]:
         from sentence_transformers import SentenceTransformer

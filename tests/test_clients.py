@@ -1,4 +1,4 @@
-"""Clients of a shared server: spend by client, a per-client hard limit, jobs by client, fair model turns."""
+"""Clients of a shared server: spend by client, a per-client hard limit, jobs by client (model turns: test_model_lanes)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 from providers import Budget, BudgetExceededError, CostLedger, EmbeddingResult, Settings
 from providers.clients import NO_CLIENT, as_client, current_client
 from providers.jobs.store import JobStore
-from providers.local_model.turns import ModelTurns
 
 
 def paid(usd: float) -> EmbeddingResult:
@@ -78,56 +77,3 @@ def test_a_client_lists_only_its_own_jobs(tmp_path: Path) -> None:
         assert mine.client == "alice" and theirs.client == "bob"
     finally:
         store.close()
-
-
-@pytest.mark.anyio
-async def test_a_short_call_goes_before_the_waiting_steps_of_long_ones() -> None:
-    turns = ModelTurns()
-    order: list[str] = []
-    holding = anyio.Event()
-    release = anyio.Event()
-
-    async def step(name: str, *, short: bool, hold: bool = False) -> None:
-        async with turns.turn(short=short):
-            order.append(name)
-            if hold:
-                holding.set()
-                await release.wait()
-
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(lambda: step("long-1", short=False, hold=True))
-        await holding.wait()
-        for name in ("long-2", "long-3"):
-            tasks.start_soon(lambda n=name: step(n, short=False))  # type: ignore[misc]
-            await anyio.wait_all_tasks_blocked()
-        tasks.start_soon(lambda: step("short", short=True))
-        await anyio.wait_all_tasks_blocked()
-        assert turns.waiting == 3
-        release.set()
-    assert order == ["long-1", "short", "long-2", "long-3"]
-
-
-@pytest.mark.anyio
-async def test_a_cancelled_waiter_gives_up_its_place() -> None:
-    turns = ModelTurns()
-    release = anyio.Event()
-    order: list[str] = []
-
-    async def hold() -> None:
-        async with turns.turn(short=False):
-            await release.wait()
-
-    async def step(name: str) -> None:
-        async with turns.turn(short=True):
-            order.append(name)
-
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(hold)
-        await anyio.wait_all_tasks_blocked()
-        with anyio.CancelScope() as gone:
-            gone.cancel()
-            await step("cancelled")
-        tasks.start_soon(step, "next")
-        await anyio.wait_all_tasks_blocked()
-        release.set()
-    assert order == ["next"] and turns.waiting == 0

@@ -6,6 +6,7 @@ Every test shares one data directory, so the int8 ONNX model is exported once pe
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import anyio
@@ -68,6 +69,43 @@ async def test_progress_is_reported_in_steps_up_to_the_total(provider: LocalProv
 
     await provider.embed([f"chunk number {i}" for i in range(70)], progress=progress)
     assert seen == [*((done, 70) for done in range(8, 70, 8)), (70, 70)]  # steps of 8 windows
+
+
+async def test_a_short_call_is_answered_while_a_long_one_holds_a_lane(shared_data_dir: Path) -> None:
+    provider = LocalProvider(threads=2, data_dir=shared_data_dir)
+    long_texts = [f"def long_call_{i}(rows): return [row * {i} for row in rows]" for i in range(40)]
+    query = "where is the total computed"
+    expected_long = (await provider.embed(long_texts)).vectors  # loads the model; uninterrupted runs
+    expected_short = (await provider.embed([query])).vectors
+    loaded = provider._loaded
+    assert loaded is not None and loaded.runtime.lanes == 2
+    encode, calls = loaded.lanes._encode, provider.model_calls
+    paused, resume = threading.Event(), threading.Event()
+
+    def gated(windows: list[list[int]]) -> np.ndarray:
+        if provider.model_calls == calls + 1 and not paused.is_set():  # the long call's 2nd model call
+            paused.set()
+            assert resume.wait(30)
+        return encode(windows)
+
+    loaded.lanes._encode = gated
+    results: dict[str, np.ndarray] = {}
+
+    async def run(name: str, texts: list[str]) -> None:
+        results[name] = (await provider.embed(texts)).vectors
+
+    try:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(run, "long", long_texts)
+                assert await anyio.to_thread.run_sync(paused.wait, 30)
+                await run("short", [query])  # answered by the other lane while the gate stays shut
+                assert not resume.is_set() and "long" not in results
+                resume.set()
+    finally:
+        resume.set()
+    np.testing.assert_allclose(results["short"], expected_short, atol=1e-6)
+    np.testing.assert_allclose(results["long"], expected_long, atol=1e-6)
 
 
 async def test_concurrent_calls_each_get_their_own_vectors(provider: LocalProvider) -> None:

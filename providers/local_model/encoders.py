@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LOCAL_BACKENDS",
     "LocalBackend",
+    "LocalRuntime",
     "OnnxEncoder",
     "SentenceEncoder",
     "TorchEncoder",
@@ -41,6 +43,23 @@ LOCAL_BACKENDS: tuple[LocalBackend, ...] = ("auto", "torch", "onnx", "onnx-int8"
 
 TokenIds = npt.NDArray[np.int64]
 Vectors = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class LocalRuntime:
+    """How the loaded model runs: what `auto` and the defaults resolved to."""
+
+    backend: str
+    """"torch", "onnx" or "onnx-int8"."""
+    device: str
+    threads: int
+    """CPU threads in all: `lanes` model calls at once, each on `threads // lanes` of them."""
+    batch_size: int
+    """Windows per model call."""
+    max_length: int
+    """Tokens per window, special tokens included."""
+    lanes: int = 1
+    """Model calls run at once (`local_model/lanes.py`)."""
 
 
 class SentenceEncoder(Protocol):

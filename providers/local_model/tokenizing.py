@@ -15,15 +15,14 @@ if TYPE_CHECKING:
 __all__ = ["encode_windows", "plain_tokenizer", "special_token_counts"]
 
 
-def encode_windows(
-    encoder: SentenceEncoder, batch_size: int, windows: list[list[int]]
-) -> tuple[npt.NDArray[np.float32], int]:
-    """L2-normalised vectors of token windows, `batch_size` windows per model call; and the calls made."""
+def encode_windows(encoder: SentenceEncoder, batch_size: int, windows: list[list[int]]) -> npt.NDArray[np.float32]:
+    """L2-normalised vectors of token windows, `batch_size` windows per model call."""
     parts = [
         encoder.encode(*pad_batch(windows[start : start + batch_size])) for start in range(0, len(windows), batch_size)
     ]
     vectors = np.concatenate(parts).astype(np.float32, copy=False)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12), len(parts)
+    normalised: npt.NDArray[np.float32] = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return normalised
 
 
 def plain_tokenizer(tokenizer_json: str) -> Tokenizer:
