@@ -1,10 +1,9 @@
-"""Clients of a shared server: spend by client, a per-client hard limit, jobs by client (model turns: test_model_lanes)."""
+"""Clients of a shared server: spend and a hard limit per client, and jobs by client."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import anyio
 import numpy as np
 import pytest
 
