@@ -35,6 +35,7 @@ from mcp import Client, StdioServerParameters
 
 from benchmarks.corpus import code_chunks
 from providers import EmbeddingService, Settings
+from providers.local_model.encoders import usable_cores
 from tests.http_server import ROOT, HttpServer
 
 BATCH = 100
@@ -64,9 +65,10 @@ async def in_process(service: EmbeddingService, batches: list[list[str]]) -> flo
 
 async def run_client(
     url: str, batches: list[list[str]], texts: list[str], delay_s: float, started: anyio.Event | None
-) -> tuple[float, float, list[float]]:
+) -> tuple[float, float, float, list[float]]:
     """One client's calls (text, batch, text for each batch) from `delay_s` after the start: when its
-    calls began and ended (`time.time()`, comparable across processes), and its one-text latencies."""
+    calls began and ended (`time.time()`, comparable across processes), the CPU seconds this process
+    used meanwhile, and its one-text latencies."""
     from mcp.client.streamable_http import streamable_http_client
     from mcp.shared._httpx_utils import create_mcp_http_client
 
@@ -84,7 +86,7 @@ async def run_client(
         else:
             await started.wait()
         await anyio.sleep(delay_s)
-        began = time.time()
+        began, cpu = time.time(), time.process_time()
         for batch in batches:  # an empty batch: one one-text call alone
             for call in ("text", "batch", "text") if batch else ("text",):
                 if call == "batch":
@@ -95,13 +97,13 @@ async def run_client(
                 answer = await client.call_tool("embed_text", {"text": next(words), "include_vectors": False})
                 one_text.append(time.perf_counter() - sent)
                 assert not answer.is_error, answer.content
-        return began, time.time(), one_text
+        return began, time.time(), time.process_time() - cpu, one_text
 
 
 def _worker(url: str, work_file: str) -> None:
     work = json.loads(Path(work_file).read_text())
-    began, ended, latencies = anyio.run(run_client, url, work["batches"], work["texts"], work["delay_s"], None)
-    print(json.dumps({"began": began, "ended": ended, "one_text": latencies}), flush=True)
+    began, ended, cpu_s, latencies = anyio.run(run_client, url, work["batches"], work["texts"], work["delay_s"], None)
+    print(json.dumps({"began": began, "ended": ended, "cpu_s": cpu_s, "one_text": latencies}), flush=True)
 
 
 async def loaded(
@@ -112,14 +114,14 @@ async def loaded(
     *,
     one_process: bool,
     ramp_s: float = 0.0,
-) -> tuple[float, list[float]]:
-    """Client i starts `i * ramp_s / clients` after the first; chunks a second over the batches, and every
-    one-text latency."""
+) -> tuple[float, float, list[float]]:
+    """Client i starts `i * ramp_s / clients` after the first; chunks a second over the batches, the
+    share of the machine's CPU the clients themselves used meanwhile, and every one-text latency."""
     chunks = sum(len(batch) for batches in batches_of for batch in batches)
     delays = [i * ramp_s / len(batches_of) for i in range(len(batches_of))]
     if one_process:
         go = anyio.Event()
-        results: list[tuple[float, float, list[float]]] = []
+        results: list[tuple[float, float, float, list[float]]] = []
 
         async def one(batches: list[list[str]], texts: list[str], delay_s: float) -> None:
             results.append(await run_client(url, batches, texts, delay_s, go))
@@ -132,13 +134,14 @@ async def loaded(
     else:
         results = _in_processes(url, batches_of, texts_of, delays, work_dir)
     # From the first call's start to the last call's end, as the clients saw them.
-    seconds = max(ended for _, ended, _ in results) - min(began for began, _, _ in results)
-    return chunks / seconds, [latency for _, _, latencies in results for latency in latencies]
+    seconds = max(ended for _, ended, _, _ in results) - min(began for began, _, _, _ in results)
+    clients_cpu = sum(cpu_s for _, _, cpu_s, _ in results) / (seconds * usable_cores())
+    return chunks / seconds, clients_cpu, [latency for _, _, _, latencies in results for latency in latencies]
 
 
 def _in_processes(
     url: str, batches_of: list[list[list[str]]], texts_of: list[list[str]], delays: list[float], work_dir: Path
-) -> list[tuple[float, float, list[float]]]:
+) -> list[tuple[float, float, float, list[float]]]:
     workers = []
     for i, (batches, texts, delay_s) in enumerate(zip(batches_of, texts_of, delays, strict=True)):
         work = work_dir / f"client-{i}.json"
@@ -156,7 +159,7 @@ def _in_processes(
         for worker in workers:
             out, _ = worker.communicate(timeout=_START_TIMEOUT_S)
             found = json.loads(out.strip().splitlines()[-1])
-            results.append((found["began"], found["ended"], found["one_text"]))
+            results.append((found["began"], found["ended"], found["cpu_s"], found["one_text"]))
         return results
     finally:
         for worker in workers:
@@ -166,7 +169,7 @@ def _in_processes(
 
 async def idle_latency(url: str, work_dir: Path, texts: list[str], one_process: bool) -> list[float]:
     """One client alone on the server: `len(texts)` one-text calls."""
-    _, latencies = await loaded(url, [[[] for _ in texts]], [texts], work_dir, one_process=one_process)
+    _, _, latencies = await loaded(url, [[[] for _ in texts]], [texts], work_dir, one_process=one_process)
     return latencies
 
 
@@ -221,13 +224,13 @@ async def main(
                     for own in batches_of:
                         texts_of.append(_one_texts(next_text, 2 * len(own)))
                         next_text += 2 * len(own)
-                    rate, one_text = await loaded(
+                    rate, clients_cpu, one_text = await loaded(
                         server.url, batches_of, texts_of, data_dir, one_process=one_process, ramp_s=ramp_s
                     )
                     if clients == 8:
                         shared_mb = rss_mb(server.process.pid)
                     after = await in_process(service, batches)
-                    rows.append((clients, rate, (before + after) / 2, one_text))
+                    rows.append((clients, rate, (before + after) / 2, clients_cpu, one_text))
                     said = f"{clients} clients: {rate:.1f} chunks/s; in-process {before:.1f}, {after:.1f}"
                     print(said, file=sys.stderr)
                 idle += await idle_latency(server.url, data_dir, _one_texts(next_text, _IDLE_CALLS), one_process)
@@ -241,12 +244,16 @@ async def main(
         f"{per_client} per client, at least {least} a scenario"
     )
     print(f"idle one-text embed_text (before and after): p50 {idle_p50 * 1000:.0f} ms, p95 {idle_p95 * 1000:.0f} ms")
-    print("clients | batch throughput vs in-process (same texts) | one-text p50 vs idle | one-text p95 vs idle")
-    for clients, rate, base, one_text in rows:
+    print(
+        "clients | batch throughput vs in-process (same texts) | one-text p50 vs idle | one-text p95 vs idle "
+        "| CPU the clients used"
+    )
+    for clients, rate, base, clients_cpu, one_text in rows:
         p50, p95 = percentile(one_text, 0.5), percentile(one_text, 0.95)
         print(
             f"{clients:7d} | {rate / base:.2f}x ({rate:.1f} vs {base:.1f} chunks/s) "
-            f"| {p50 / idle_p50:.1f}x ({p50 * 1000:.0f} ms) | {p95 / idle_p95:.1f}x ({p95 * 1000:.0f} ms)"
+            f"| {p50 / idle_p50:.1f}x ({p50 * 1000:.0f} ms) | {p95 / idle_p95:.1f}x ({p95 * 1000:.0f} ms) "
+            f"| {clients_cpu:.0%} of the machine"
         )
     print(
         f"memory: one HTTP server with 8 clients {shared_mb:.0f} MB peak RSS; one stdio server {stdio_mb:.0f} MB, "
