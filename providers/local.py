@@ -89,8 +89,8 @@ DEFAULT_BATCH_SIZES: Mapping[str, int] = {"torch": 8, "onnx": 1, "onnx-int8": 1}
 Runtime one window per call was fastest on code chunks and on one-liners alike: nothing is
 padded, and int8's activation scale then depends on the text alone, not on its batch mates."""
 
-# Windows a long call has at the model per turn, and between progress reports and cache writes:
-# a call of at most this many is short, and goes first (`local_model/lanes.py`).
+# Windows between progress reports and cache writes, and a long call's turn at the model
+# (`local_model/lanes.py`); a call of at most this many is short, and goes first.
 _WINDOWS_PER_STEP = 8
 
 
@@ -343,7 +343,9 @@ class LocalProvider(EmbeddingProvider):
         }
         encode_windows(encoder, batch_size, [tokenizer.encode("warm up").ids])  # first-call allocations happen now
         encode = functools.partial(encode_windows, encoder, batch_size)
-        model_lanes = ModelLanes(encode, lanes=lanes, batch_size=batch_size, step=_WINDOWS_PER_STEP)
+        model_lanes = ModelLanes(
+            encode, lanes=lanes, batch_size=batch_size, step=_WINDOWS_PER_STEP, turn=_WINDOWS_PER_STEP
+        )
         return _LoadedModel(runtime, encoder, tokenizer, specials, prompt_ids, model_lanes)
 
     def _load_torch(self, device: str, threads: int) -> tuple[SentenceEncoder, str, int]:

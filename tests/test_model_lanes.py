@@ -63,7 +63,7 @@ async def collect(lanes: ModelLanes, wanted: list[list[int]], short: bool) -> li
 
 async def test_pieces_come_a_step_at_a_time_with_their_vectors_in_place() -> None:
     model = Model()
-    lanes = ModelLanes(model, lanes=2, batch_size=3, step=8)
+    lanes = ModelLanes(model, lanes=2, batch_size=3, step=8, turn=64)
     try:
         with anyio.fail_after(_WAIT_S):
             pieces = await collect(lanes, windows(100, 20), False)
@@ -78,7 +78,7 @@ async def test_pieces_come_a_step_at_a_time_with_their_vectors_in_place() -> Non
 
 async def test_a_short_call_waits_for_the_model_call_in_progress_not_for_a_step() -> None:
     model = Model()
-    lanes = ModelLanes(model, lanes=1, batch_size=1, step=8)
+    lanes = ModelLanes(model, lanes=1, batch_size=1, step=8, turn=64)
     model.hold()
     try:
         with anyio.fail_after(_WAIT_S):
@@ -94,9 +94,9 @@ async def test_a_short_call_waits_for_the_model_call_in_progress_not_for_a_step(
     assert model.calls[:3] == [100, 900, 101]
 
 
-async def test_long_calls_take_turns_a_step_at_a_time() -> None:
+async def test_long_calls_take_turns_of_up_to_a_turn_of_windows() -> None:
     model = Model()
-    lanes = ModelLanes(model, lanes=1, batch_size=1, step=4)
+    lanes = ModelLanes(model, lanes=1, batch_size=1, step=2, turn=4)
     model.hold()
     try:
         with anyio.fail_after(_WAIT_S):
@@ -111,9 +111,32 @@ async def test_long_calls_take_turns_a_step_at_a_time() -> None:
     assert model.calls == [100, 101, 102, 103, 200, 201, 202, 203, 104, 105, 106, 107, 204, 205, 108, 109]
 
 
+async def test_batches_sent_together_that_fit_in_a_turn_end_one_after_another() -> None:
+    model = Model()
+    lanes = ModelLanes(model, lanes=1, batch_size=1, step=2, turn=16)
+    model.hold()
+    ended: list[str] = []
+
+    async def batch(name: str, first: int) -> None:
+        await collect(lanes, windows(first, 10), False)
+        ended.append(name)
+
+    try:
+        with anyio.fail_after(_WAIT_S):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(batch, "a", 100)
+                assert await anyio.to_thread.run_sync(model.held.wait, _WAIT_S)
+                tasks.start_soon(batch, "b", 200)
+                await anyio.wait_all_tasks_blocked()
+                model.release()
+    finally:
+        lanes.close()
+    assert model.calls == [*range(100, 110), *range(200, 210)] and ended == ["a", "b"]
+
+
 async def test_the_model_keeps_working_while_the_event_loop_is_busy() -> None:
     model = Model()
-    lanes = ModelLanes(model, lanes=1, batch_size=1, step=8)
+    lanes = ModelLanes(model, lanes=1, batch_size=1, step=8, turn=64)
     try:
         with anyio.fail_after(_WAIT_S):
             async with anyio.create_task_group() as tasks:
@@ -139,7 +162,7 @@ async def test_two_lanes_run_two_model_calls_at_once() -> None:
             both.wait()  # broken (an error) unless the two calls are in flight together
         return np.ones((len(windows), 2), dtype=np.float32)
 
-    lanes = ModelLanes(model, lanes=2, batch_size=1, step=8)
+    lanes = ModelLanes(model, lanes=2, batch_size=1, step=8, turn=64)
     try:
         with anyio.fail_after(_WAIT_S):
             pieces = await collect(lanes, windows(100, 4), True)
@@ -154,7 +177,7 @@ async def test_a_failing_model_call_fails_its_call_and_the_lanes_serve_the_next(
             raise RuntimeError("the runtime failed")
         return np.ones((len(windows), 2), dtype=np.float32)
 
-    lanes = ModelLanes(model, lanes=1, batch_size=1, step=8)
+    lanes = ModelLanes(model, lanes=1, batch_size=1, step=8, turn=64)
     try:
         with anyio.fail_after(_WAIT_S):
             with pytest.raises(RuntimeError, match="the runtime failed"):
@@ -167,7 +190,7 @@ async def test_a_failing_model_call_fails_its_call_and_the_lanes_serve_the_next(
 
 async def test_a_cancelled_call_gives_up_the_windows_no_lane_took() -> None:
     model = Model()
-    lanes = ModelLanes(model, lanes=1, batch_size=1, step=8)
+    lanes = ModelLanes(model, lanes=1, batch_size=1, step=8, turn=64)
     model.hold()
     try:
         with anyio.fail_after(_WAIT_S):
@@ -186,7 +209,7 @@ async def test_a_cancelled_call_gives_up_the_windows_no_lane_took() -> None:
 
 async def test_closing_tells_the_waiting_calls_and_refuses_new_ones() -> None:
     model = Model()
-    lanes = ModelLanes(model, lanes=1, batch_size=1, step=8)
+    lanes = ModelLanes(model, lanes=1, batch_size=1, step=8, turn=64)
     model.hold()
     errors: list[BaseException] = []
 

@@ -2,10 +2,12 @@
 
 Every caller shares one model. A call queues its windows; each lane (a thread) takes the next
 model call's windows from the first short call waiting (an agent's one-text `embed_text`), else
-from the long calls in turn, a step of windows each. So:
+from the long calls in turn, up to `turn` windows each. So:
 - the lanes never wait for the event loop between model calls, however busy it is;
 - a short call waits for at most the model calls in progress, never for a step or a batch;
-- one client's 2,048-text batch cannot starve another's: long calls take turns a step at a time.
+- one client's 2,048-text batch cannot starve another's: long calls take turns.
+The vectors come back a `step` of windows at a time, for progress and for keeping each step's
+work. Short turns share the model evenly, but batches sent together then end together.
 """
 
 from __future__ import annotations
@@ -54,10 +56,13 @@ class _Call:
 class ModelLanes:
     """`lanes` threads calling `encode` with up to `batch_size` windows; see the module's docstring."""
 
-    def __init__(self, encode: Encode, *, lanes: int, batch_size: int, step: int, name: str = "local-model") -> None:
+    def __init__(
+        self, encode: Encode, *, lanes: int, batch_size: int, step: int, turn: int, name: str = "local-model"
+    ) -> None:
         self._encode = encode
         self._batch_size = batch_size
         self._step = step
+        self._turn = turn
         self._ready = threading.Condition()
         self._short: deque[_Call] = deque()
         self._long: deque[_Call] = deque()
@@ -168,7 +173,7 @@ class ModelLanes:
             line.popleft()
         elif not call.short:
             call.in_turn += end - start
-            if call.in_turn >= self._step:  # its turn is over: to the back of the line
+            if call.in_turn >= self._turn:  # its turn is over: to the back of the line
                 call.in_turn = 0
                 line.rotate(-1)
         return call, start, end
