@@ -119,9 +119,7 @@ class ModelLanes:
         finally:
             with self._ready:
                 call.gone = True
-                for line in (self._short, self._long):
-                    if call in line:
-                        line.remove(call)
+                self._drop(call)
 
     def close(self) -> None:
         """Stop the lanes once their model calls in progress end; calls still waiting are told."""
@@ -179,6 +177,7 @@ class ModelLanes:
         return call, start, end
 
     def _drop(self, call: _Call) -> None:
+        """Take `call`'s windows no lane has claimed out of line (the lock held)."""
         for line in (self._short, self._long):
             if call in line:
                 line.remove(call)
