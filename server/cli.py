@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
-import signal
 import sys
 
 from providers import EmbeddingError, Settings
@@ -116,8 +116,10 @@ def serve(settings: Settings) -> int:
     )
     server = build_server(settings, lambda _: service)
     # SIGINT, SIGTERM or the end of stdin: calls in flight finish, jobs are checkpointed, exit 0.
-    anyio.run(serve_until_stopped, lambda shutdown: serve_stdio(server, ready, shutdown))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopped: one more Ctrl-C on the way out prints no traceback
+    anyio.run(
+        functools.partial(serve_until_stopped, ignore_once_stopped=True),
+        lambda shutdown: serve_stdio(server, ready, shutdown),
+    )
     return 0
 
 
@@ -147,10 +149,6 @@ def serve_on_http(settings: Settings, host: str | None, port: int | None) -> int
         anyio.run(serve_http, build_server(settings, lambda _: service), service, options, ready)
     except EmbeddingError as exc:
         return refuse(exc)
-    finally:
-        # Stopped cleanly: one more SIGTERM or SIGINT while the interpreter winds down changes nothing.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
     return 0
 
 

@@ -109,19 +109,27 @@ async def serve_until_stopped(
     *,
     grace_s: float = GRACE_S,
     signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
+    ignore_once_stopped: bool = False,
 ) -> Shutdown:
     """Run `serve(shutdown)` with `signals` turned into `shutdown.request(...)`; return when it returns.
 
     The signals are caught until `serve` has finished cleaning up, so a second one (a SIGTERM
     100 ms after the SIGINT, a second Ctrl-C) cannot cut the clean-up short or print a traceback.
+    Then their handlers are given back, or, with `ignore_once_stopped` (a process about to exit 0),
+    ignored from the moment the stop is done: a late SIGTERM must not turn exit 0 into a kill.
     """
     shutdown = Shutdown(grace_s)
 
     async def watch(*, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        with anyio.open_signal_receiver(*signals) as received:
-            task_status.started()  # caught from here on
-            async for number in received:
-                shutdown.request(signal.Signals(number).name)
+        try:
+            with anyio.open_signal_receiver(*signals) as received:
+                task_status.started()  # caught from here on
+                async for number in received:
+                    shutdown.request(signal.Signals(number).name)
+        finally:
+            if ignore_once_stopped and shutdown.stopping:
+                for number in signals:
+                    signal.signal(number, signal.SIG_IGN)
 
     async with anyio.create_task_group() as tasks:
         await tasks.start(watch)

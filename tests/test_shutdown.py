@@ -86,6 +86,21 @@ async def test_sigint_then_sigterm_ask_to_stop_once_and_serve_returns() -> None:
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # given back once served
 
 
+async def test_a_process_about_to_exit_ignores_a_late_sigterm_once_stopped() -> None:
+    # Claude Code's SIGTERM comes 100 ms after its SIGINT: a stop done sooner must not be killed by it.
+    async def serve(shutdown: Shutdown) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        await shutdown.drained()
+
+    try:
+        with anyio.fail_after(5):
+            await serve_until_stopped(serve, ignore_once_stopped=True)
+        assert signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def request(request_id: int, method: str = "tools/call") -> SessionMessage:
     return SessionMessage(JSONRPCRequest(jsonrpc="2.0", id=request_id, method=method, params={}))
 

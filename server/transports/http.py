@@ -321,7 +321,9 @@ async def serve_http(
 ) -> None:
     """Serve until SIGINT or SIGTERM; `ready(url)` gives the line printed on stderr once listening."""
     await serve_until_stopped(
-        lambda shutdown: _serve(server, service, options, ready, shutdown), grace_s=options.grace_s
+        lambda shutdown: _serve(server, service, options, ready, shutdown),
+        grace_s=options.grace_s,
+        ignore_once_stopped=True,
     )
 
 
