@@ -1,6 +1,6 @@
 """One HTTP server shared by 1, 8 and 32 clients, against in-process embedding and against idle.
 
-    python -m benchmarks.http_clients [--clients 1,8,32] [--batches-per-client 1] [--least 8] [--ramp-s 1]
+    python -m benchmarks.http_clients [--clients 1,8,32] [--batches-per-client 2] [--least 8] [--ramp-s 1]
                                       [--one-process]
 
 Each client is its own process, as each MCP host is, and mixes one-text `embed_text` calls with
@@ -8,8 +8,8 @@ Each client is its own process, as each MCP host is, and mixes one-text `embed_t
 one-text call, a batch, a one-text call, for each of its batches. The clients start evenly over
 `--ramp-s` (a load test's spawn rate; with 0 they all send their first call in the same instant).
 Printed, all measured in this run:
-- batch throughput over HTTP against the same batches (the same texts) embedded in-process just
-  before and just after each scenario;
+- batch throughput over HTTP against the same calls (the same texts: each client's one-text calls
+  and batches, one after another) made in-process just before and just after each scenario;
 - one-text p50/p95 under load against the same call from one client on the idle server, measured
   before and after the loaded scenarios;
 - memory: the server's peak RSS with 8 clients against 8 x the RSS of one stdio server that has
@@ -22,6 +22,7 @@ before): then the clients' own loop, not the server, sets much of the one-text l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -55,12 +56,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def in_process(service: EmbeddingService, batches: list[list[str]]) -> float:
-    """Chunks a second, embedding the batches one after another in this process."""
+async def in_process(service: EmbeddingService, batches_of: list[list[list[str]]], texts_of: list[list[str]]) -> float:
+    """Chunks a second of batches, making the clients' calls (the same texts) one after another in this process."""
     started = time.perf_counter()
-    for batch in batches:
-        await service.embed(batch)
-    return sum(map(len, batches)) / (time.perf_counter() - started)
+    for batches, texts in zip(batches_of, texts_of, strict=True):
+        words = iter(texts)
+        for batch in batches:
+            await service.embed([next(words)])
+            await service.embed(batch)
+            await service.embed([next(words)])
+    return sum(len(batch) for batches in batches_of for batch in batches) / (time.perf_counter() - started)
 
 
 async def run_client(
@@ -104,6 +109,7 @@ def _worker(url: str, work_file: str) -> None:
     work = json.loads(Path(work_file).read_text())
     began, ended, cpu_s, latencies = anyio.run(run_client, url, work["batches"], work["texts"], work["delay_s"], None)
     print(json.dumps({"began": began, "ended": ended, "cpu_s": cpu_s, "one_text": latencies}), flush=True)
+    sys.stdin.readline()  # "exit", once every client is done: an exiting process takes CPU from the server
 
 
 async def loaded(
@@ -156,10 +162,12 @@ def _in_processes(
             worker.stdin.write("go\n")
             worker.stdin.flush()
         results = []
-        for worker in workers:
-            out, _ = worker.communicate(timeout=_START_TIMEOUT_S)
-            found = json.loads(out.strip().splitlines()[-1])
+        for worker in workers:  # bounded: a worker that fails exits, closing its stdout
+            assert worker.stdout is not None
+            found = json.loads(worker.stdout.readline())
             results.append((found["began"], found["ended"], found["cpu_s"], found["one_text"]))
+        for worker in workers:
+            worker.communicate("exit\n", timeout=_START_TIMEOUT_S)
         return results
     finally:
         for worker in workers:
@@ -203,7 +211,9 @@ async def main(
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
-        settings = Settings(data_dir=data_dir, cache=False)
+        # The server's configuration from this environment, so both sides run the same (say, with
+        # SIGNAL_HUB_LOCAL_BATCH_PRIORITY=normal).
+        settings = dataclasses.replace(Settings.from_env(os.environ), data_dir=data_dir, cache=False)
         chunks = code_chunks(BATCH * max(least, per_client * max(client_counts)), lines=lines)
         every = [chunks[i : i + BATCH] for i in range(0, len(chunks), BATCH)]
         next_text = 0
@@ -218,18 +228,18 @@ async def main(
                 next_text += _IDLE_CALLS
                 for clients in client_counts:
                     batches = every[: max(least, per_client * clients)]
-                    before = await in_process(service, batches)
                     batches_of = [batches[i::clients] for i in range(clients)]
                     texts_of = []
                     for own in batches_of:
                         texts_of.append(_one_texts(next_text, 2 * len(own)))
                         next_text += 2 * len(own)
+                    before = await in_process(service, batches_of, texts_of)
                     rate, clients_cpu, one_text = await loaded(
                         server.url, batches_of, texts_of, data_dir, one_process=one_process, ramp_s=ramp_s
                     )
                     if clients == 8:
                         shared_mb = rss_mb(server.process.pid)
-                    after = await in_process(service, batches)
+                    after = await in_process(service, batches_of, texts_of)
                     rows.append((clients, rate, (before + after) / 2, clients_cpu, one_text))
                     said = f"{clients} clients: {rate:.1f} chunks/s; in-process {before:.1f}, {after:.1f}"
                     print(said, file=sys.stderr)
@@ -264,7 +274,7 @@ async def main(
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--batches-per-client", type=int, default=1, help="batches per client (default 1)")
+    parser.add_argument("--batches-per-client", type=int, default=2, help="batches per client (default 2)")
     parser.add_argument("--least", type=int, default=8, help="batches a scenario has at least (default 8)")
     parser.add_argument("--clients", default="1,8,32", help="client counts, comma-separated (default 1,8,32)")
     parser.add_argument("--lines", type=int, default=10, help="lines per code chunk (default 10: a bounded run)")

@@ -44,7 +44,7 @@ from providers.local_model.encoders import (
     resolve_device,
     usable_cores,
 )
-from providers.local_model.lanes import ModelLanes
+from providers.local_model.lanes import BATCH_PRIORITIES, BatchPriority, ModelLanes
 from providers.local_model.long_texts import (
     LONG_TEXT_POLICIES,
     InputPlan,
@@ -85,9 +85,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZES: Mapping[str, int] = {"torch": 8, "onnx": 1, "onnx-int8": 1}
-"""Windows per model call when none is configured, the fastest measured on 2 cores. For ONNX
-Runtime one window per call was fastest on code chunks and on one-liners alike: nothing is
-padded, and int8's activation scale then depends on the text alone, not on its batch mates."""
+"""Windows per model call when none is configured, the fastest measured on 2 cores. ONNX Runtime: one
+window per call, on code and one-liners alike (nothing padded; int8's scale is the text's alone)."""
 
 # Windows between progress reports and cache writes, and a long call's turn at the model
 # (`local_model/lanes.py`); a call of at most this many is short, and goes first.
@@ -125,6 +124,7 @@ class LocalProvider(EmbeddingProvider):
         long_texts: LongTextPolicy = "truncate",
         split_overlap: int = 64,
         threads: int | None = None,
+        batch_priority: BatchPriority = "idle",
         data_dir: Path | None = None,
         query_prompt: str | None = None,
         document_prompt: str | None = None,
@@ -135,6 +135,8 @@ class LocalProvider(EmbeddingProvider):
             raise ConfigurationError(f"unknown long-text policy {long_texts!r}; choose one of: truncate, split.")
         if backend not in LOCAL_BACKENDS:
             raise ConfigurationError(f"unknown local backend {backend!r}; choose one of: {', '.join(LOCAL_BACKENDS)}.")
+        if batch_priority not in BATCH_PRIORITIES:
+            raise ConfigurationError(f"unknown batch priority {batch_priority!r}; choose one of: idle, normal.")
         if split_overlap < 0:
             raise ConfigurationError(f"split overlap must be zero or more tokens, got {split_overlap}.")
         if (batch_size is not None and batch_size < 1) or (threads is not None and threads < 1):
@@ -147,6 +149,7 @@ class LocalProvider(EmbeddingProvider):
         self.long_texts: LongTextPolicy = long_texts
         self._split_overlap = split_overlap
         self._threads = threads
+        self._batch_priority = batch_priority
         self._data_dir = data_dir
         self._prompt_overrides = (query_prompt, document_prompt)
         self._prompts: Prompts | None = None
@@ -172,6 +175,7 @@ class LocalProvider(EmbeddingProvider):
             long_texts=settings.local_long_texts,
             split_overlap=settings.local_split_overlap,
             threads=settings.local_threads,
+            batch_priority=settings.local_batch_priority,
             data_dir=settings.resolved_data_dir,
             query_prompt=options.query_prompt,
             document_prompt=options.document_prompt,
@@ -316,7 +320,8 @@ class LocalProvider(EmbeddingProvider):
         # ONNX Runtime on the CPU: one model call per thread, as many at once as threads (faster
         # than every thread on one call, and a busy core slows only its own call). torch has one
         # thread pool for the process, and a GPU one queue: one call at a time there.
-        lanes = threads if backend != "torch" and device == "cpu" else 1
+        onnx_on_cpu = backend != "torch" and device == "cpu"
+        lanes = threads if onnx_on_cpu else 1
         # Nothing may be fetched from a model hub at run time.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -343,8 +348,9 @@ class LocalProvider(EmbeddingProvider):
         }
         encode_windows(encoder, batch_size, [tokenizer.encode("warm up").ids])  # first-call allocations happen now
         encode = functools.partial(encode_windows, encoder, batch_size)
+        background = onnx_on_cpu and self._batch_priority == "idle"  # torch's pool threads are not ours
         model_lanes = ModelLanes(
-            encode, lanes=lanes, batch_size=batch_size, step=_WINDOWS_PER_STEP, turn=_WINDOWS_PER_STEP
+            encode, lanes=lanes, batch_size=batch_size, step=_WINDOWS_PER_STEP, background=background
         )
         return _LoadedModel(runtime, encoder, tokenizer, specials, prompt_ids, model_lanes)
 

@@ -26,6 +26,7 @@ from providers.fallback import FallbackPolicy
 
 # Light modules only (numpy at most): settings are read before any backend or SDK is chosen.
 from providers.local_model.encoders import LOCAL_BACKENDS, LocalBackend
+from providers.local_model.lanes import BATCH_PRIORITIES, BatchPriority
 from providers.local_model.long_texts import LONG_TEXT_POLICIES, LongTextPolicy
 
 __all__ = ["Budget", "InputLimits", "Settings"]
@@ -80,6 +81,8 @@ class Settings:
     """Tokens neighbouring windows share when texts are split."""
     local_threads: int | None = None
     """CPU threads for the local model; None: every core this process may use."""
+    local_batch_priority: BatchPriority = "idle"
+    """"idle": batches' model work at the OS's idle priority, one-text calls at normal (`local_model/lanes.py`)."""
     device: str | None = None
     """None picks CUDA when available, else the CPU."""
     openai_model: str = DEFAULT_OPENAI_MODEL
@@ -146,6 +149,7 @@ class Settings:
             local_long_texts=choice(env, "SIGNAL_HUB_LOCAL_LONG_TEXTS", LONG_TEXT_POLICIES, "truncate"),
             local_split_overlap=number(env, "SIGNAL_HUB_LOCAL_SPLIT_OVERLAP", int, NON_NEGATIVE_INT, 64),
             local_threads=optional(env, "SIGNAL_HUB_LOCAL_THREADS", int, POSITIVE_INT),
+            local_batch_priority=choice(env, "SIGNAL_HUB_LOCAL_BATCH_PRIORITY", BATCH_PRIORITIES, "idle"),
             device=env.get("SIGNAL_HUB_DEVICE") or None,
             openai_model=env.get("SIGNAL_HUB_OPENAI_MODEL", DEFAULT_OPENAI_MODEL),
             openai_base_url=env.get("OPENAI_BASE_URL") or None,

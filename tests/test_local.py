@@ -5,6 +5,7 @@ Every test shares one data directory, so the int8 ONNX model is exported once pe
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -106,6 +107,24 @@ async def test_a_short_call_is_answered_while_a_long_one_holds_a_lane(shared_dat
         resume.set()
     np.testing.assert_allclose(results["short"], expected_short, atol=1e-6)
     np.testing.assert_allclose(results["long"], expected_long, atol=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+async def test_batches_run_at_idle_priority_unless_told_otherwise(
+    provider: LocalProvider, shared_data_dir: Path
+) -> None:
+    texts = [f"def chunk_{i}(): return {i}" for i in range(12)]
+    background = await provider.embed(texts)
+    normal = LocalProvider(batch_priority="normal", data_dir=shared_data_dir)
+    try:
+        at_normal = await normal.embed(texts)
+        assert provider._loaded is not None and provider._loaded.lanes.background
+        assert normal._loaded is not None and not normal._loaded.lanes.background
+    finally:
+        await normal.aclose()
+    np.testing.assert_allclose(background.vectors, at_normal.vectors, atol=1e-6)
+    with pytest.raises(ConfigurationError, match="one of: idle, normal"):
+        LocalProvider(batch_priority="low")  # type: ignore[arg-type]
 
 
 async def test_concurrent_calls_each_get_their_own_vectors(provider: LocalProvider) -> None:

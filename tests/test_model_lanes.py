@@ -7,6 +7,7 @@ The lanes are scheduling logic, so most tests give them a deterministic stand-in
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 
 import anyio
@@ -230,3 +231,71 @@ async def test_closing_tells_the_waiting_calls_and_refuses_new_ones() -> None:
         with pytest.raises(ProviderError, match="closed"):
             await collect(lanes, windows(300, 1), True)
     assert len(errors) == 1 and "closed while this call waited" in str(errors[0])
+
+
+idle_priority = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+
+
+@idle_priority
+async def test_in_the_background_long_calls_run_at_idle_priority_and_short_calls_at_normal() -> None:
+    policies: dict[int, int] = {}
+
+    def model(windows: list[list[int]]) -> np.ndarray:
+        policies[windows[0][0]] = os.sched_getscheduler(0)
+        return np.ones((len(windows), 2), dtype=np.float32)
+
+    lanes = ModelLanes(model, lanes=2, batch_size=1, step=8, background=True)
+    try:
+        with anyio.fail_after(_WAIT_S):
+            await collect(lanes, windows(100, 20), False)
+            await collect(lanes, windows(900, 3), True)
+    finally:
+        lanes.close()
+    assert lanes.background
+    assert {policies[i] for i in range(100, 120)} == {os.SCHED_IDLE}
+    assert {policies[i] for i in range(900, 903)} == {os.SCHED_OTHER}
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's thread is left as it was
+
+
+@idle_priority
+async def test_in_the_background_a_short_call_has_lanes_of_its_own_while_every_long_lane_is_busy() -> None:
+    long_lanes_busy = threading.Barrier(3, timeout=_WAIT_S)  # both long lanes and this test
+    release = threading.Event()
+
+    def model(windows: list[list[int]]) -> np.ndarray:
+        if windows[0][0] in (100, 101):
+            long_lanes_busy.wait()
+            assert release.wait(_WAIT_S)
+        return np.ones((len(windows), 2), dtype=np.float32)
+
+    lanes = ModelLanes(model, lanes=2, batch_size=1, step=8, background=True)
+    try:
+        with anyio.fail_after(_WAIT_S):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(collect, lanes, windows(100, 4), False)
+                await anyio.to_thread.run_sync(long_lanes_busy.wait)
+                short = await collect(lanes, windows(900, 2), True)  # would wait for `release` on a long lane
+                release.set()
+    finally:
+        release.set()
+        lanes.close()
+    assert sum(len(positions) for positions, _ in short) == 2
+
+
+async def test_without_the_background_every_lane_serves_both_kinds_of_call_at_normal_priority() -> None:
+    names: set[str] = set()
+
+    def model(windows: list[list[int]]) -> np.ndarray:
+        names.add(threading.current_thread().name)
+        if hasattr(os, "sched_getscheduler"):
+            assert os.sched_getscheduler(0) == os.SCHED_OTHER
+        return np.ones((len(windows), 2), dtype=np.float32)
+
+    lanes = ModelLanes(model, lanes=1, batch_size=1, step=8)
+    try:
+        with anyio.fail_after(_WAIT_S):
+            await collect(lanes, windows(100, 4), False)
+            await collect(lanes, windows(900, 1), True)
+    finally:
+        lanes.close()
+    assert not lanes.background and names == {"local-model-any-0"}

@@ -82,6 +82,7 @@ POSITIVE_INTEGER = "a positive integer"
         ("SIGNAL_HUB_LOCAL_SPLIT_OVERLAP", "-1", "zero or a positive integer"),
         ("SIGNAL_HUB_LOCAL_SPLIT_OVERLAP", "half", "zero or a positive integer"),
         ("SIGNAL_HUB_LOCAL_THREADS", "0", POSITIVE_INTEGER),
+        ("SIGNAL_HUB_LOCAL_BATCH_PRIORITY", "low", "one of: idle, normal"),
         ("SIGNAL_HUB_OPENAI_RPM", "0", "a positive number of requests per minute"),
         ("SIGNAL_HUB_OPENAI_RPM", "lots", "a positive number of requests per minute"),
         ("SIGNAL_HUB_OPENAI_TPM", "-5", "a positive number of tokens per minute"),
@@ -138,6 +139,7 @@ def test_local_settings_default_to_the_backends_own_choices() -> None:
     assert settings.local_long_texts == "truncate"
     assert settings.local_split_overlap == 64
     assert settings.local_threads is None
+    assert settings.local_batch_priority == "idle"
 
 
 def test_local_settings_are_read_from_the_environment() -> None:
@@ -148,6 +150,7 @@ def test_local_settings_are_read_from_the_environment() -> None:
             "SIGNAL_HUB_LOCAL_SPLIT_OVERLAP": "0",
             "SIGNAL_HUB_LOCAL_THREADS": "2",
             "SIGNAL_HUB_LOCAL_BATCH_SIZE": "8",
+            "SIGNAL_HUB_LOCAL_BATCH_PRIORITY": "Normal",
         }
     )
     assert settings.local_backend == "onnx-int8"
@@ -155,6 +158,7 @@ def test_local_settings_are_read_from_the_environment() -> None:
     assert settings.local_split_overlap == 0
     assert settings.local_threads == 2
     assert settings.local_batch_size == 8  # 8 is a choice now, not "unset"
+    assert settings.local_batch_priority == "normal"
 
 
 def test_empty_local_settings_count_as_unset() -> None:
