@@ -88,9 +88,9 @@ DEFAULT_BATCH_SIZES: Mapping[str, int] = {"torch": 8, "onnx": 1, "onnx-int8": 1}
 """Windows per model call when none is configured, the fastest measured on 2 cores. ONNX Runtime: one
 window per call, on code and one-liners alike (nothing padded; int8's scale is the text's alone)."""
 
-# Windows between progress reports and cache writes, and a long call's turn at the model
-# (`local_model/lanes.py`); a call of at most this many is short, and goes first.
-_WINDOWS_PER_STEP = 8
+# Windows: between progress reports and cache writes, and at most in a short call (it goes first);
+# a long call's turn (100 chunks go whole, so batches sent together end one after another).
+_STEP, _TURN = 8, 128
 
 
 @dataclass(frozen=True)
@@ -248,7 +248,7 @@ class LocalProvider(EmbeddingProvider):
         window_vectors = np.empty((len(windows), self.dimensions), dtype=np.float32)
         windows_left = Counter(window.text for window in windows)
         texts_done = steps = 0
-        short = len(order) <= _WINDOWS_PER_STEP
+        short = len(order) <= _STEP
         async with contextlib.aclosing(loaded.lanes.run([windows[i].ids for i in order], short=short)) as pieces:
             async for positions, vectors in pieces:
                 step = [order[p] for p in positions]
@@ -350,7 +350,7 @@ class LocalProvider(EmbeddingProvider):
         encode = functools.partial(encode_windows, encoder, batch_size)
         background = onnx_on_cpu and self._batch_priority == "idle"  # torch's pool threads are not ours
         model_lanes = ModelLanes(
-            encode, lanes=lanes, batch_size=batch_size, step=_WINDOWS_PER_STEP, background=background
+            encode, lanes=lanes, batch_size=batch_size, step=_STEP, turn=_TURN, background=background
         )
         return _LoadedModel(runtime, encoder, tokenizer, specials, prompt_ids, model_lanes)
 
