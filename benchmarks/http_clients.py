@@ -1,7 +1,7 @@
 """One HTTP server shared by 1, 8 and 32 clients, against in-process embedding and against idle.
 
     python -m benchmarks.http_clients [--clients 1,8,32] [--batches-per-client 2] [--least 8] [--ramp-s 1]
-                                      [--one-process]
+                                      [--rounds 3] [--one-process]
 
 Each client is its own process, as each MCP host is, and mixes one-text `embed_text` calls with
 `embed_batch` calls of 100 code chunks (base64 vectors, cache off so every text is embedded): a
@@ -11,9 +11,12 @@ Printed, all measured in this run:
 - batch throughput over HTTP against the same calls (the same texts: each client's one-text calls
   and batches, one after another) made in-process just before and just after each scenario;
 - one-text p50/p95 under load against the same call from one client on the idle server, measured
-  before and after the loaded scenarios;
+  before each round and at the end;
 - memory: the server's peak RSS with 8 clients against 8 x the RSS of one stdio server that has
   embedded (8 stdio servers share nothing, so each holds its own model).
+Every scenario runs `--rounds` times, the in-process reference beside it each time: this shared
+machine's speed drifts by 15% from one minute to the next, so one round's ratio is noise; the
+median of the rounds is printed, with their range.
 
 `--one-process` runs every client in this process's event loop instead (how the benchmark ran
 before): then the clients' own loop, not the server, sets much of the one-text latency.
@@ -25,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -207,7 +211,7 @@ def _one_texts(start: int, count: int) -> list[str]:
 
 
 async def main(
-    per_client: int, least: int, client_counts: list[int], lines: int, ramp_s: float, one_process: bool
+    per_client: int, least: int, client_counts: list[int], lines: int, ramp_s: float, one_process: bool, rounds: int
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
@@ -217,32 +221,33 @@ async def main(
         chunks = code_chunks(BATCH * max(least, per_client * max(client_counts)), lines=lines)
         every = [chunks[i : i + BATCH] for i in range(0, len(chunks), BATCH)]
         next_text = 0
-        rows = []
+        rows: dict[int, list[tuple[float, float, float, list[float]]]] = {clients: [] for clients in client_counts}
         idle: list[float] = []
         shared_mb = float("nan")
         async with EmbeddingService(settings=settings) as service:
             await service.embed(["def warm_up(): pass"])
             with HttpServer(data_dir, env={"SIGNAL_HUB_CACHE": "off"}) as server:
                 assert server.process is not None
-                idle += await idle_latency(server.url, data_dir, _one_texts(next_text, _IDLE_CALLS), one_process)
-                next_text += _IDLE_CALLS
-                for clients in client_counts:
-                    batches = every[: max(least, per_client * clients)]
-                    batches_of = [batches[i::clients] for i in range(clients)]
-                    texts_of = []
-                    for own in batches_of:
-                        texts_of.append(_one_texts(next_text, 2 * len(own)))
-                        next_text += 2 * len(own)
-                    before = await in_process(service, batches_of, texts_of)
-                    rate, clients_cpu, one_text = await loaded(
-                        server.url, batches_of, texts_of, data_dir, one_process=one_process, ramp_s=ramp_s
-                    )
-                    if clients == 8:
-                        shared_mb = rss_mb(server.process.pid)
-                    after = await in_process(service, batches_of, texts_of)
-                    rows.append((clients, rate, (before + after) / 2, clients_cpu, one_text))
-                    said = f"{clients} clients: {rate:.1f} chunks/s; in-process {before:.1f}, {after:.1f}"
-                    print(said, file=sys.stderr)
+                for round_number in range(1, rounds + 1):
+                    idle += await idle_latency(server.url, data_dir, _one_texts(next_text, _IDLE_CALLS), one_process)
+                    next_text += _IDLE_CALLS
+                    for clients in client_counts:
+                        batches = every[: max(least, per_client * clients)]
+                        batches_of = [batches[i::clients] for i in range(clients)]
+                        texts_of = []
+                        for own in batches_of:
+                            texts_of.append(_one_texts(next_text, 2 * len(own)))
+                            next_text += 2 * len(own)
+                        before = await in_process(service, batches_of, texts_of)
+                        rate, clients_cpu, one_text = await loaded(
+                            server.url, batches_of, texts_of, data_dir, one_process=one_process, ramp_s=ramp_s
+                        )
+                        if clients == 8:
+                            shared_mb = rss_mb(server.process.pid)  # the peak so far
+                        after = await in_process(service, batches_of, texts_of)
+                        rows[clients].append((rate, (before + after) / 2, clients_cpu, one_text))
+                        said = f"round {round_number}, {clients} clients: {rate:.1f} chunks/s"
+                        print(f"{said}; in-process {before:.1f}, {after:.1f}", file=sys.stderr)
                 idle += await idle_latency(server.url, data_dir, _one_texts(next_text, _IDLE_CALLS), one_process)
                 status = server.stop()
         stdio_mb = await stdio_server_rss(data_dir)
@@ -251,25 +256,38 @@ async def main(
     start = f"starting over {ramp_s:g} s" if ramp_s else "all starting together"
     print(
         f"{where}, {start}; batches of {BATCH} chunks of {lines} lines: "
-        f"{per_client} per client, at least {least} a scenario"
+        f"{per_client} per client, at least {least} a scenario; {rounds} round(s): medians (and ranges) of the rounds"
     )
-    print(f"idle one-text embed_text (before and after): p50 {idle_p50 * 1000:.0f} ms, p95 {idle_p95 * 1000:.0f} ms")
+    print(
+        f"idle one-text embed_text (before each round and at the end): "
+        f"p50 {idle_p50 * 1000:.0f} ms, p95 {idle_p95 * 1000:.0f} ms"
+    )
     print(
         "clients | batch throughput vs in-process (same texts) | one-text p50 vs idle | one-text p95 vs idle "
         "| CPU the clients used"
     )
-    for clients, rate, base, clients_cpu, one_text in rows:
-        p50, p95 = percentile(one_text, 0.5), percentile(one_text, 0.95)
+    for clients, measured in rows.items():
+        throughput = [rate / base for rate, base, _, _ in measured]
+        rate, base = statistics.median(m[0] for m in measured), statistics.median(m[1] for m in measured)
+        p50s = [percentile(one_text, 0.5) for _, _, _, one_text in measured]
+        p95s = [percentile(one_text, 0.95) for _, _, _, one_text in measured]
         print(
-            f"{clients:7d} | {rate / base:.2f}x ({rate:.1f} vs {base:.1f} chunks/s) "
-            f"| {p50 / idle_p50:.1f}x ({p50 * 1000:.0f} ms) | {p95 / idle_p95:.1f}x ({p95 * 1000:.0f} ms) "
-            f"| {clients_cpu:.0%} of the machine"
+            f"{clients:7d} | {_median_range(throughput)} ({rate:.1f} vs {base:.1f} chunks/s) "
+            f"| {_median_range([p / idle_p50 for p in p50s], '.1f')} ({statistics.median(p50s) * 1000:.0f} ms) "
+            f"| {_median_range([p / idle_p95 for p in p95s], '.1f')} ({statistics.median(p95s) * 1000:.0f} ms) "
+            f"| {statistics.median(cpu for _, _, cpu, _ in measured):.0%} of the machine"
         )
     print(
         f"memory: one HTTP server with 8 clients {shared_mb:.0f} MB peak RSS; one stdio server {stdio_mb:.0f} MB, "
         f"8 of them {8 * stdio_mb:.0f} MB: ratio {shared_mb / (8 * stdio_mb):.2f}"
     )
     print(f"server exit status after SIGTERM: {status}")
+
+
+def _median_range(ratios: list[float], spec: str = ".2f") -> str:
+    """`1.02x` for one round, `1.02x (0.95-1.10)` for several."""
+    median = f"{statistics.median(ratios):{spec}}x"
+    return median if len(ratios) == 1 else f"{median} ({min(ratios):{spec}}-{max(ratios):{spec}})"
 
 
 if __name__ == "__main__":
@@ -281,6 +299,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--ramp-s", type=float, default=1.0, help="clients start evenly over this many seconds (default 1; 0: together)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of every scenario; medians are printed (default 3)"
+    )
     parser.add_argument("--one-process", action="store_true", help="every client in this process's event loop")
     parser.add_argument("--worker", nargs=2, metavar=("URL", "WORK_FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -288,4 +309,6 @@ if __name__ == "__main__":
         _worker(*args.worker)
     else:
         counts = [int(n) for n in args.clients.split(",")]
-        anyio.run(main, args.batches_per_client, args.least, counts, args.lines, args.ramp_s, args.one_process)
+        anyio.run(
+            main, args.batches_per_client, args.least, counts, args.lines, args.ramp_s, args.one_process, args.rounds
+        )
