@@ -236,6 +236,16 @@ async def test_closing_tells_the_waiting_calls_and_refuses_new_ones() -> None:
 idle_priority = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
 
 
+async def long_then_short(lanes: ModelLanes, long_windows: int, short_windows: int) -> None:
+    """A long call (windows from 100), then a short one (from 900); the lanes are closed after."""
+    try:
+        with anyio.fail_after(_WAIT_S):
+            await collect(lanes, windows(100, long_windows), False)
+            await collect(lanes, windows(900, short_windows), True)
+    finally:
+        lanes.close()
+
+
 @idle_priority
 async def test_in_the_background_long_calls_run_at_idle_priority_and_short_calls_at_normal() -> None:
     policies: dict[int, int] = {}
@@ -245,12 +255,7 @@ async def test_in_the_background_long_calls_run_at_idle_priority_and_short_calls
         return np.ones((len(windows), 2), dtype=np.float32)
 
     lanes = ModelLanes(model, lanes=2, batch_size=1, step=8, background=True)
-    try:
-        with anyio.fail_after(_WAIT_S):
-            await collect(lanes, windows(100, 20), False)
-            await collect(lanes, windows(900, 3), True)
-    finally:
-        lanes.close()
+    await long_then_short(lanes, 20, 3)
     assert lanes.background
     assert {policies[i] for i in range(100, 120)} == {os.SCHED_IDLE}
     assert {policies[i] for i in range(900, 903)} == {os.SCHED_OTHER}
@@ -292,10 +297,5 @@ async def test_without_the_background_every_lane_serves_both_kinds_of_call_at_no
         return np.ones((len(windows), 2), dtype=np.float32)
 
     lanes = ModelLanes(model, lanes=1, batch_size=1, step=8)
-    try:
-        with anyio.fail_after(_WAIT_S):
-            await collect(lanes, windows(100, 4), False)
-            await collect(lanes, windows(900, 1), True)
-    finally:
-        lanes.close()
+    await long_then_short(lanes, 4, 1)
     assert not lanes.background and names == {"local-model-any-0"}
