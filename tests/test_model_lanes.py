@@ -7,8 +7,10 @@ The lanes are scheduling logic, so most tests give them a deterministic stand-in
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
+from collections.abc import Awaitable, Callable
 
 import anyio
 import numpy as np
@@ -30,6 +32,7 @@ class Model:
         self.held = threading.Event()
         self._gate: threading.Event | None = None
         self.reached = threading.Condition()
+        self.waiting_when_held = 0
 
     def hold(self) -> None:
         self._gate = threading.Event()
@@ -62,14 +65,38 @@ async def collect(lanes: ModelLanes, wanted: list[list[int]], short: bool) -> li
         return [piece async for piece in pieces]
 
 
+async def one_call(lanes: ModelLanes, wanted: list[list[int]], short: bool) -> list[tuple[list[int], np.ndarray]]:
+    """One call's pieces, bounded; the lanes are closed after."""
+    try:
+        with anyio.fail_after(_WAIT_S):
+            return await collect(lanes, wanted, short)
+    finally:
+        lanes.close()
+
+
+async def while_held(
+    lanes: ModelLanes, model: Model, first: Callable[[], Awaitable[object]], then: Callable[[], Awaitable[object]]
+) -> None:
+    """`first` runs until its first model call is held; `then` starts and waits (`model.waiting_when_held`:
+    the calls the lanes had waiting then); the model is released. Bounded; the lanes are closed after."""
+    model.hold()
+    try:
+        with anyio.fail_after(_WAIT_S):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(first)
+                assert await anyio.to_thread.run_sync(model.held.wait, _WAIT_S)
+                tasks.start_soon(then)
+                await anyio.wait_all_tasks_blocked()
+                model.waiting_when_held = lanes.waiting
+                model.release()
+    finally:
+        lanes.close()
+
+
 async def test_pieces_come_a_step_at_a_time_with_their_vectors_in_place() -> None:
     model = Model()
     lanes = ModelLanes(model, lanes=2, batch_size=3, step=8, turn=64)
-    try:
-        with anyio.fail_after(_WAIT_S):
-            pieces = await collect(lanes, windows(100, 20), False)
-    finally:
-        lanes.close()
+    pieces = await one_call(lanes, windows(100, 20), False)
     assert [len(positions) for positions, _ in pieces] == [8, 8, 4]
     for positions, vectors in pieces:
         assert vectors[:, 0].tolist() == [100 + p for p in positions]
@@ -80,58 +107,30 @@ async def test_pieces_come_a_step_at_a_time_with_their_vectors_in_place() -> Non
 async def test_a_short_call_waits_for_the_model_call_in_progress_not_for_a_step() -> None:
     model = Model()
     lanes = ModelLanes(model, lanes=1, batch_size=1, step=8, turn=64)
-    model.hold()
-    try:
-        with anyio.fail_after(_WAIT_S):
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(collect, lanes, windows(100, 20), False)
-                assert await anyio.to_thread.run_sync(model.held.wait, _WAIT_S)  # the long call's first model call
-                tasks.start_soon(collect, lanes, windows(900, 1), True)
-                await anyio.wait_all_tasks_blocked()
-                assert lanes.waiting == 2
-                model.release()
-    finally:
-        lanes.close()
+    long_call = functools.partial(collect, lanes, windows(100, 20), False)
+    await while_held(lanes, model, long_call, functools.partial(collect, lanes, windows(900, 1), True))
+    assert model.waiting_when_held == 2
     assert model.calls[:3] == [100, 900, 101]
 
 
 async def test_long_calls_take_turns_of_up_to_a_turn_of_windows() -> None:
     model = Model()
     lanes = ModelLanes(model, lanes=1, batch_size=1, step=2, turn=4)
-    model.hold()
-    try:
-        with anyio.fail_after(_WAIT_S):
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(collect, lanes, windows(100, 10), False)
-                assert await anyio.to_thread.run_sync(model.held.wait, _WAIT_S)
-                tasks.start_soon(collect, lanes, windows(200, 6), False)
-                await anyio.wait_all_tasks_blocked()
-                model.release()
-    finally:
-        lanes.close()
+    long_call = functools.partial(collect, lanes, windows(100, 10), False)
+    await while_held(lanes, model, long_call, functools.partial(collect, lanes, windows(200, 6), False))
     assert model.calls == [100, 101, 102, 103, 200, 201, 202, 203, 104, 105, 106, 107, 204, 205, 108, 109]
 
 
 async def test_batches_sent_together_that_fit_in_a_turn_end_one_after_another() -> None:
     model = Model()
     lanes = ModelLanes(model, lanes=1, batch_size=1, step=2, turn=16)
-    model.hold()
     ended: list[str] = []
 
     async def batch(name: str, first: int) -> None:
         await collect(lanes, windows(first, 10), False)
         ended.append(name)
 
-    try:
-        with anyio.fail_after(_WAIT_S):
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(batch, "a", 100)
-                assert await anyio.to_thread.run_sync(model.held.wait, _WAIT_S)
-                tasks.start_soon(batch, "b", 200)
-                await anyio.wait_all_tasks_blocked()
-                model.release()
-    finally:
-        lanes.close()
+    await while_held(lanes, model, functools.partial(batch, "a", 100), functools.partial(batch, "b", 200))
     assert model.calls == [*range(100, 110), *range(200, 210)] and ended == ["a", "b"]
 
 
@@ -164,11 +163,7 @@ async def test_two_lanes_run_two_model_calls_at_once() -> None:
         return np.ones((len(windows), 2), dtype=np.float32)
 
     lanes = ModelLanes(model, lanes=2, batch_size=1, step=8, turn=64)
-    try:
-        with anyio.fail_after(_WAIT_S):
-            pieces = await collect(lanes, windows(100, 4), True)
-    finally:
-        lanes.close()
+    pieces = await one_call(lanes, windows(100, 4), True)
     assert sum(len(positions) for positions, _ in pieces) == 4
 
 
